@@ -1,0 +1,58 @@
+"""One FastAPI application over the routers of the services it hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from complaints import __version__
+from shared.events import CloudEvent, SubmittedData
+from shared.web import install_problem_handlers
+from shared.service import Service
+
+
+def build_http_app(services: Sequence[Service]) -> FastAPI:
+    """The HTTP API of `services`, with health, readiness and problem documents."""
+    app = FastAPI(
+        title="complaints",
+        version=__version__,
+        description="Complaint intake, resolution and notification (see docs/ and CONTRACT).",
+    )
+    install_problem_handlers(app)
+    for service in services:
+        app.include_router(service.router)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: each hosted service reaches its database and the broker",
+        responses={503: {"description": "a dependency is unreachable"}},
+    )
+    async def readyz() -> JSONResponse:
+        checks = {service.name: await service.ready() for service in services}
+        ok = all(v == "ok" for check in checks.values() for v in check.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            template = "#/components/schemas/{model}"
+            for name, model in (("SubmittedData", SubmittedData), ("SubmittedEvent", CloudEvent)):
+                model_schema = model.model_json_schema(ref_template=template)
+                components.update(model_schema.pop("$defs", {}))
+                components[name] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,104 @@
+"""Simulated web and phone traffic in English, Turkish and Dutch, and a live view of the flow."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from shared import topics
+from shared.events import CONTENT_TYPE, EventType, new_event
+from shared.kafka import build_producer
+from shared.settings import Settings
+
+# (language, name, category, description, amount)
+SAMPLES: list[tuple[str, str, str | None, str, str | None]] = [
+    ("en", "Alice Morgan", "product", "The kettle I bought last week stopped working after two days.", "49.90"),
+    ("en", "Brian Cole", None, "I waited forty minutes at the counter and nobody helped me.", None),
+    ("en", "Chloe Hart", "warranty", "You refused my warranty repair although the laptop is 8 months old.", "1299.00"),
+    ("en", "Daniel Price", "staff_conduct", "The shift manager was rude to me in front of other customers.", None),
+    ("tr", "Ayşe Yılmaz", "product", "Aldığım buzdolabı soğutmuyor, iki haftadır bekliyorum.", "18500.00"),
+    ("tr", "Mehmet Demir", "stock", "Kampanyadaki ürün hiçbir mağazada stokta yok.", None),
+    ("tr", "Zeynep Kaya", None, "Web sitesinde ödeme sayfası sürekli hata veriyor.", None),
+    ("nl", "Sanne de Vries", "service", "Mijn bestelling is al drie keer verkeerd bezorgd.", "89.00"),
+    ("nl", "Pieter Jansen", "price_quality", "De prijs klopt niet met de kwaliteit van de jas.", "149.95"),
+    ("nl", "Emma Bakker", "advertising", "De folder beloofde 50% korting maar in de winkel niet.", None),
+]
+
+
+def submission(rng: random.Random, channel: str) -> dict[str, Any]:
+    """One realistic `complaint.submitted` data document."""
+    language, name, category, description, amount = rng.choice(SAMPLES)
+    first = name.split()[0].lower().translate(str.maketrans("ışçöüğ", "iscoug"))
+    data: dict[str, Any] = {
+        "external_id": f"{channel}-{uuid.uuid4().hex[:12]}",
+        "channel": channel,
+        "customer": {
+            "id": f"cust-{rng.randint(1000, 9999)}",
+            "name": name,
+            "email": f"{first}@example.com",
+            "phone": f"+3120{rng.randint(1000000, 9999999)}",
+            "locale": language,
+        },
+        "description": description,
+    }
+    if category:
+        data["category"] = category
+    if amount:
+        data["amount_at_stake"] = {"amount": amount, "currency": "TRY" if language == "tr" else "EUR"}
+    return data
+
+
+async def traffic(
+    settings: Settings, *, keys: dict[str, str], interval_s: float = 2.0, seed: int = 7,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Post web complaints over HTTP and phone complaints over Kafka until cancelled."""
+    rng = random.Random(seed)  # noqa: S311 - demo data, not security
+    producer = build_producer(settings, client_id="complaints-demo-phone")
+    await producer.start()
+    try:
+        async with httpx.AsyncClient(base_url=settings.base_url(), timeout=10) as http:
+            for n in itertools.count():
+                channel = "web" if n % 2 == 0 else "phone"
+                data = submission(rng, channel)
+                if channel == "web":
+                    answer = await http.post(
+                        "/v1/complaints", json=data, headers={"Authorization": f"Bearer {keys['web']}"}
+                    )
+                    say(f"web   → POST /v1/complaints {answer.status_code} {answer.json().get('complaint_id', '')}")
+                else:
+                    event = new_event(type=EventType.SUBMITTED, source="phone/ivr-demo", data=data)
+                    await producer.send_and_wait(
+                        topics.SUBMITTED, event.to_bytes(),
+                        key=topics.submission_key(channel, data["external_id"]).encode(),
+                        headers=[("content-type", CONTENT_TYPE.encode())],
+                    )
+                    say(f"phone → {topics.SUBMITTED} {data['external_id']}")
+                await asyncio.sleep(interval_s)
+    finally:
+        await producer.stop()
+
+
+async def follow(settings: Settings, *, token: str, say: Callable[[str], None] = print) -> None:
+    """Print each event of the live stream on one line until cancelled."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http:  # noqa: S113
+        async with http.stream("GET", "/v1/stream", headers=headers) as response:
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    event = json.loads(line.split(":", 1)[1])
+                    data = event.get("data", {})
+                    extra = " ".join(
+                        f"{k}={data[k]}" for k in ("team", "severity", "kind") if k in data
+                    )
+                    say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")

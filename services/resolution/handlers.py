@@ -1,0 +1,44 @@
+"""Resolution's use cases: every event of a complaint lands on its case, once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from services.resolution import domain, repository
+from shared import inbox
+from shared.events import CloudEvent, EventType, ReceivedData, RoutedData
+from shared.web import field_errors
+from shared.kafka import Record, Rejected, parse_event
+
+CONSUMER = "resolution"
+
+
+async def on_event_record(conn: asyncpg.Connection, record: Record, *, now: datetime) -> None:
+    """Apply one event of `complaints.events.v1` to its case (redeliveries change nothing)."""
+    event = parse_event(record)
+    if not await inbox.first_time(conn, CONSUMER, event.id):
+        return
+    await apply_event(conn, event, now=now)
+
+
+async def apply_event(conn: asyncpg.Connection, event: CloudEvent, *, now: datetime) -> None:
+    complaint_id = event.subject or (event.data or {}).get("complaint_id")
+    if not complaint_id:
+        return  # not about one complaint (a dead-letter notice, say): nothing to record
+    trace.get_current_span().set_attribute("complaint.id", complaint_id)
+    try:
+        if event.type == EventType.RECEIVED:
+            await repository.add_received(conn, ReceivedData.model_validate(event.data))
+        elif event.type == EventType.ROUTED:
+            routed = RoutedData.model_validate(event.data)
+            await repository.open_case(conn, routed, domain.open_case(routed))
+    except ValidationError as exc:
+        reason = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors()))
+        raise Rejected("schema_violation", f"{event.type}: {reason}") from None
+    await repository.append_timeline(
+        conn, complaint_id, event.id, domain.timeline_entry(event, received=now)
+    )

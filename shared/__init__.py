@@ -1,0 +1,1 @@
+"""Common machinery of the complaints services: settings, events, outbox, inbox, telemetry."""

@@ -1,0 +1,100 @@
+"""PostgreSQL: one pool per service, scoped to the service's schema, every statement traced."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+Pool = asyncpg.Pool
+
+
+def _operation(query: str) -> str:
+    words = query.lstrip().split(None, 1)
+    return words[0].upper() if words else "SQL"
+
+
+def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.Connection]:
+    """A connection class whose statements become client spans of `tracer` (SQL text only)."""
+
+    def span(query: str) -> Any:
+        return tracer.start_as_current_span(
+            f"{_operation(query)} {dbname}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system": "postgresql",
+                "db.name": dbname,
+                "db.operation": _operation(query),
+                "db.statement": query.strip()[:2000],
+            },
+        )
+
+    class TracedConnection(asyncpg.Connection):
+        async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+            with span(query):
+                return await super().execute(query, *args, timeout=timeout)
+
+        async def executemany(
+            self, command: str, args: Any, *, timeout: float | None = None
+        ) -> None:
+            with span(command):
+                await super().executemany(command, args, timeout=timeout)
+
+        async def fetch(
+            self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
+        ) -> list[Any]:
+            with span(query):
+                return await super().fetch(
+                    query, *args, timeout=timeout, record_class=record_class
+                )
+
+        async def fetchrow(
+            self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
+        ) -> Any:
+            with span(query):
+                return await super().fetchrow(
+                    query, *args, timeout=timeout, record_class=record_class
+                )
+
+        async def fetchval(
+            self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+        ) -> Any:
+            with span(query):
+                return await super().fetchval(query, *args, column=column, timeout=timeout)
+
+    return TracedConnection
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    schema: str,
+    application: str,
+    tracer: trace.Tracer | None = None,
+    max_size: int = 8,
+) -> Pool:
+    """A pool whose connections see `schema` first and trace their statements."""
+    dbname = dsn.rsplit("/", 1)[-1].split("?", 1)[0] or "postgres"
+    kwargs: dict[str, Any] = {}
+    if tracer is not None:
+        kwargs["connection_class"] = traced_connection_class(tracer, dbname)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{schema},public", "application_name": application},
+        **kwargs,
+    )
+    assert pool is not None
+    return pool

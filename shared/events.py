@@ -1,0 +1,273 @@
+"""The CloudEvents 1.0 envelope and the data of the contract's events (versioned, money as strings)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+CONTENT_TYPE = "application/cloudevents+json"
+MAX_DESCRIPTION = 10_000
+MAX_STAFF_INVOLVED = 20
+
+
+class EventType(StrEnum):
+    """Every event type of the contract (`complaint.submitted` is what channels send)."""
+
+    SUBMITTED = "complaint.submitted"
+    RECEIVED = "complaint.received"
+    REJECTED = "complaint.rejected"
+    ROUTED = "complaint.routed"
+    ACKNOWLEDGED = "complaint.acknowledged"
+    STAFF_RESPONSE_REQUESTED = "complaint.staff_response_requested"
+    STAFF_RESPONDED = "complaint.staff_responded"
+    REMEDY_PROPOSED = "complaint.remedy_proposed"
+    APPROVAL_REQUESTED = "complaint.approval_requested"
+    REMEDY_APPROVED = "complaint.remedy_approved"
+    REMEDY_DECLINED = "complaint.remedy_declined"
+    RESOLVED = "complaint.resolved"
+    REOPENED = "complaint.reopened"
+    CLOSED = "complaint.closed"
+    SLA_WARNING = "complaint.sla_warning"
+    SLA_BREACHED = "complaint.sla_breached"
+    ESCALATED = "complaint.escalated"
+    FEEDBACK_RECEIVED = "complaint.feedback_received"
+    CASE_OPENED = "complaint.case_opened"
+    NOTIFICATION_SENT = "notification.sent"
+    NOTIFICATION_FAILED = "notification.failed"
+    DEADLETTERED = "record.deadlettered"
+
+
+class Channel(StrEnum):
+    WEB = "web"
+    PHONE = "phone"
+    EMAIL = "email"
+    CHAT = "chat"
+    STORE = "store"
+
+
+class Category(StrEnum):
+    PRODUCT = "product"
+    SERVICE = "service"
+    FACILITIES = "facilities"
+    ADVERTISING = "advertising"
+    STAFF_CONDUCT = "staff_conduct"
+    PRICE_QUALITY = "price_quality"
+    WARRANTY = "warranty"
+    STOCK = "stock"
+    WEBSITE_PHONE = "website_phone"
+    OTHER = "other"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (only adapters call this; domain functions take `now`)."""
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a timezone offset (RFC 3339)")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Text500 = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class Money(BaseModel):
+    """A decimal amount as a string plus its ISO 4217 currency; never a float."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    amount: Annotated[str, StringConstraints(pattern=r"^\d{1,12}(\.\d{1,4})?$")] = Field(
+        description="non-negative decimal string, e.g. '49.90'"
+    )
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
+        description="ISO 4217 code, e.g. 'EUR'"
+    )
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _no_floats(cls, value: object) -> object:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            raise ValueError("must be a decimal string such as '49.90', not a number")
+        return value
+
+    def decimal(self) -> Decimal:
+        return Decimal(self.amount)
+
+
+class Customer(BaseModel):
+    """Who complains; `id` plus at least one way to reach them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text128
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    email: (
+        Annotated[
+            str,
+            StringConstraints(
+                max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", strip_whitespace=True
+            ),
+        ]
+        | None
+    ) = None
+    phone: (
+        Annotated[str, StringConstraints(max_length=32, pattern=r"^\+?[0-9 ()./-]{3,31}$")] | None
+    ) = None
+    locale: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)
+    ] = "en"
+
+    @model_validator(mode="after")
+    def _one_contact(self) -> Customer:
+        if not self.email and not self.phone:
+            raise ValueError("needs at least one contact: email or phone")
+        return self
+
+    def language(self) -> str:
+        """The primary language subtag, lower-case (`tr-TR` → `tr`)."""
+        return self.locale.split("-")[0].lower()
+
+
+class SubmittedData(BaseModel):
+    """`complaint.submitted` data: what channels send."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    external_id: Text128
+    channel: Channel
+    customer: Customer
+    description: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DESCRIPTION)]
+    category: Category | None = None
+    order_id: Text128 | None = None
+    amount_at_stake: Money | None = None
+    staff_involved: Annotated[list[Text128], Field(max_length=MAX_STAFF_INVOLVED)] = Field(
+        default_factory=list
+    )
+    desired_outcome: Text2000 | None = None
+    occurred_at: AwareDatetime | None = None
+
+    @field_validator("description")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class Deadlines(BaseModel):
+    acknowledge_by: datetime
+    resolve_by: datetime
+
+
+class ReceivedData(BaseModel):
+    """`complaint.received`: the complaint as accepted, with the contact needed for a receipt."""
+
+    complaint_id: str
+    actor: str = "system"
+    received_at: datetime
+    channel: Channel
+    external_id: str
+    customer: Customer
+    description: str
+    category: Category | None = None
+    order_id: str | None = None
+    amount_at_stake: Money | None = None
+    staff_involved: list[str] = Field(default_factory=list)
+    desired_outcome: str | None = None
+    occurred_at: datetime | None = None
+
+
+class RoutedData(BaseModel):
+    """`complaint.routed`: where the complaint went, how severe it is, and its clocks."""
+
+    complaint_id: str
+    actor: str = "system"
+    routed_at: datetime
+    received_at: datetime
+    channel: Channel
+    external_id: str
+    category: Category
+    category_reason: str
+    severity: Severity
+    severity_reasons: list[str]
+    team: str
+    assignee: str | None = None
+    language: str
+    staff_involved: list[str] = Field(default_factory=list)
+    deadlines: Deadlines
+
+
+class NotificationData(BaseModel):
+    """`notification.sent` / `notification.failed`: one message to a customer or staff member."""
+
+    complaint_id: str
+    actor: str = "system"
+    notification_id: str
+    kind: str
+    medium: Literal["email", "sms", "console"]
+    language: str
+    at: datetime
+    reason: str | None = None
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event in structured JSON mode."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    subject: str | None = None
+    time: datetime | None = None
+    datacontenttype: str | None = "application/json"
+    data: Any = None
+
+    def to_bytes(self) -> bytes:
+        """Serialized as the structured-mode JSON the contract promises."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def new_event(
+    *,
+    type: EventType | str,
+    source: str,
+    data: BaseModel | dict[str, Any],
+    subject: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """A new CloudEvent with a fresh id; `data` is dumped as JSON-ready values."""
+    payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=source,
+        type=str(type),
+        subject=subject,
+        time=time or utcnow(),
+        data=payload,
+    )

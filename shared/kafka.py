@@ -1,0 +1,253 @@
+"""Kafka plumbing shared by the services: topics, the producer, batch consumption, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared import outbox, topics
+from shared.events import EventType, new_event, utcnow
+from shared.settings import Settings
+from shared.telemetry import extract_context
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -> None:
+    """Create the contract's topics if the broker does not have them yet."""
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if not missing:
+            return
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=name,
+                        num_partitions=settings.kafka_topic_partitions,
+                        replication_factor=settings.kafka_replication_factor,
+                    )
+                    for name in missing
+                ]
+            )
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        await admin.close()
+
+
+def build_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas (idempotence off: not every broker has it)."""
+    return AIOKafkaProducer(
+        **settings.kafka_client_options(),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+    )
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """Subscriber options for at-least-once, ordered batch consumption."""
+    return {
+        "batch": True,
+        "max_records": settings.kafka_max_batch,
+        "batch_timeout_ms": settings.kafka_fetch_max_wait_ms,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": 300_000,
+    }
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed Kafka record, as the handlers see it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, raw: ConsumerRecord[Any, Any]) -> Record:
+        return cls(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            value=raw.value,
+            headers=tuple(raw.headers or ()),
+        )
+
+
+class Rejected(Exception):
+    """Input a consumer cannot accept: it goes to the dead-letter topic with this reason."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+# Errors that say the database or network is unwell, not that the record is bad: retry the batch.
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    KafkaError,
+)
+
+
+def deadletter_message(record: Record, *, code: str, reason: str, consumer: str) -> outbox.Message:
+    """The dead-letter CloudEvent for `record`: original bytes, coordinates, reason and time."""
+    event = new_event(
+        type=EventType.DEADLETTERED,
+        source=f"complaints/{consumer}",
+        data={
+            "reason_code": code,
+            "reason": reason,
+            "consumer": consumer,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key_base64": base64.b64encode(record.key).decode() if record.key else None,
+            "value_base64": base64.b64encode(record.value or b"").decode(),
+            "headers": {k: base64.b64encode(v or b"").decode() for k, v in record.headers},
+            "at": utcnow().isoformat(),
+        },
+    )
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return outbox.Message(topics.DEADLETTER, key, event)
+
+
+Handler = Callable[[asyncpg.Connection, Record], Awaitable[None]]
+
+
+async def process_batch(
+    *,
+    pool: asyncpg.Pool,
+    tracer: trace.Tracer,
+    consumer: str,
+    records: Sequence[Record],
+    handle: Handler,
+) -> None:
+    """Handle `records` in one transaction, each in a savepoint and its own trace span.
+
+    A record the handler rejects, or that fails in a way that is not transient, is dead-lettered
+    (through the outbox, in the same transaction) and the batch moves on. A transient failure
+    rolls back the whole batch and is raised, so the broker redelivers it.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        for record in records:
+            with tracer.start_as_current_span(
+                f"{record.topic} process",
+                context=extract_context(record.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.kafka.destination.partition": record.partition,
+                    "messaging.kafka.message.offset": record.offset,
+                    "messaging.consumer.group.name": consumer,
+                },
+            ) as span:
+                try:
+                    async with conn.transaction():
+                        await handle(conn, record)
+                except Rejected as exc:
+                    span.set_attribute("complaints.deadletter.reason", exc.code)
+                    await outbox.enqueue(
+                        conn,
+                        [deadletter_message(record, code=exc.code, reason=exc.reason,
+                                            consumer=consumer)],
+                    )
+                except TRANSIENT:
+                    raise
+                except Exception as exc:
+                    # A bug must not block the partition: keep the record, with the error's type.
+                    # Exception text may quote personal data: the type above debug, the rest below.
+                    log.error(
+                        "%s failed on %s[%d]@%d (%s); dead-lettered",
+                        consumer, record.topic, record.partition, record.offset,
+                        type(exc).__name__,
+                    )
+                    log.debug("consumer failure detail", exc_info=True)
+                    span.record_exception(exc)
+                    await outbox.enqueue(
+                        conn,
+                        [
+                            deadletter_message(
+                                record,
+                                code="processing_error",
+                                reason=f"the consumer failed on this record ({type(exc).__name__})",
+                                consumer=consumer,
+                            )
+                        ],
+                    )
+
+
+async def retry_pause(attempt: int) -> None:
+    """Back off before a failed batch is redelivered, so an outage is not a hot loop."""
+    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+def faststream_security(settings: Settings) -> Any:
+    """The FastStream security object equivalent to the aiokafka options of `settings`."""
+    from faststream.security import (
+        BaseSecurity,
+        SASLPlaintext,
+        SASLScram256,
+        SASLScram512,
+    )
+
+    opts = settings.kafka_client_options()
+    ssl_context = opts.get("ssl_context")
+    mechanism = settings.kafka_sasl_mechanism
+    if mechanism is None:
+        return BaseSecurity(ssl_context=ssl_context) if ssl_context else None
+    kinds = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    return kinds[mechanism](
+        username=settings.kafka_sasl_plain_username or "",
+        password=opts.get("sasl_plain_password", ""),
+        ssl_context=ssl_context,
+        use_ssl=settings.kafka_security_protocol == "SASL_SSL",
+    )
+
+
+def parse_event(record: Record) -> Any:
+    """The CloudEvent in a record of `complaints.events.v1`, or `Rejected`."""
+    from pydantic import ValidationError
+
+    from shared.events import CloudEvent
+
+    if not record.value:
+        raise Rejected("empty", "the record has no value")
+    try:
+        return CloudEvent.model_validate_json(record.value)
+    except ValidationError as exc:
+        kinds = {e.get("type") for e in exc.errors()}
+        code = "not_json" if kinds & {"json_invalid", "json_type"} else "not_cloudevent"
+        raise Rejected(code, f"not a CloudEvents 1.0 JSON event ({len(exc.errors())} errors)") from None

@@ -1,0 +1,168 @@
+"""The transactional outbox: events are written with the state change, a relay publishes them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared.events import CONTENT_TYPE, CloudEvent
+from shared.telemetry import extract_context, inject_headers
+
+log = logging.getLogger(__name__)
+
+# Only one relay per schema publishes at a time, so one complaint's events keep their order;
+# others stand by (SKIP LOCKED keeps them from waiting on rows already being published).
+_RELAY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event bound for a topic, keyed for ordering."""
+
+    topic: str
+    key: str | None
+    event: CloudEvent
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[Message]) -> None:
+    """Record `messages` in the caller's transaction, with the current trace context."""
+    if not messages:
+        return
+    headers = inject_headers()
+    headers["content-type"] = CONTENT_TYPE
+    await conn.executemany(
+        "INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)",
+        [
+            (
+                m.event.id,
+                m.topic,
+                m.key.encode() if m.key is not None else None,
+                m.event.to_bytes(),
+                headers,
+            )
+            for m in messages
+        ],
+    )
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows in order, with acks from all replicas, then marks them sent."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        send: Callable[[str, bytes, bytes | None, list[tuple[str, bytes]]], Awaitable[Any]],
+        tracer: trace.Tracer,
+        poll_interval_s: float = 0.5,
+        batch_size: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._send = send
+        self._tracer = tracer
+        self._poll = poll_interval_s
+        self._batch = batch_size
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Ask the relay to look now (called after a transaction that wrote outbox rows commits)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until stopped; a failure is logged and retried with back-off, never fatal."""
+        backoff = self._poll
+        while not self._stopping:
+            try:
+                published = await self.drain_once()
+                backoff = self._poll
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, type(exc).__name__)
+                published = 0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            if published >= self._batch:
+                continue
+            self._wake.clear()
+            if not self._stopping:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                except TimeoutError:
+                    pass
+
+    async def drain_once(self) -> int:
+        """Publish one batch of unsent rows; return how many were published."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(_RELAY_LOCK_SQL):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+            )
+            if not rows:
+                return 0
+            await self._publish(rows)
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+        return len(rows)
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        spans = []
+        futures = []
+        try:
+            for row in rows:
+                stored: dict[str, str] = row["headers"]
+                span = self._tracer.start_span(
+                    f"{row['topic']} publish",
+                    context=extract_context(stored),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.operation": "publish",
+                        "messaging.destination.name": row["topic"],
+                    },
+                )
+                spans.append(span)
+                with trace.use_span(span, end_on_exit=False):
+                    headers = {k: v for k, v in stored.items() if k not in ("traceparent", "tracestate")}
+                    headers.update(inject_headers())
+                futures.append(
+                    await self._send(
+                        row["topic"],
+                        bytes(row["value"]),
+                        bytes(row["key"]) if row["key"] is not None else None,
+                        [(k, v.encode()) for k, v in headers.items()],
+                    )
+                )
+            await asyncio.gather(*futures)
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+
+async def purge_sent(conn: asyncpg.Connection, older_than_s: float) -> int:
+    """Delete rows published more than `older_than_s` ago; return how many."""
+    result = await conn.execute(
+        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s
+    )
+    return int(result.split()[-1])

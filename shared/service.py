@@ -1,0 +1,242 @@
+"""What every service is made of: a FastStream broker, a pool, an outbox relay and HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+import asyncpg
+
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared import db, kafka, migrate
+from shared.web import traced_route_class
+from shared.events import utcnow
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+from shared.telemetry import build_tracer_provider, service_name, tracer
+
+log = logging.getLogger(__name__)
+
+
+class RecordHandler(Protocol):
+    def __call__(
+        self, conn: asyncpg.Connection, record: kafka.Record, *, now: datetime
+    ) -> Awaitable[None]: ...
+
+
+class Service:
+    """One service: subclasses register their subscribers and routes in `register`."""
+
+    name: ClassVar[str]
+    migrations_package: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        secret: bytes,
+        tracer_provider: TracerProvider | None = None,
+        alone: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.secret = secret
+        self._owns_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or build_tracer_provider(
+            service_name(self.name, alone=alone)
+        )
+        self.tracer = tracer(self.tracer_provider)
+        self.group_id = f"complaints-{self.name}"
+        self.broker = KafkaBroker(
+            settings.kafka_client_options()["bootstrap_servers"],
+            client_id=f"complaints-{self.name}",
+            request_timeout_ms=30_000,
+            security=kafka.faststream_security(settings),
+            middlewares=[KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider)],
+            logger=logging.getLogger(f"complaints.broker.{self.name}"),
+            log_level=logging.DEBUG,
+            graceful_timeout=15.0,
+        )
+        self.router = APIRouter(route_class=traced_route_class(self.tracer))
+        self._pool: db.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._relay: OutboxRelay | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.register()
+
+    def register(self) -> None:
+        """Declare subscribers (with `consume`) and routes on `self.router`."""
+
+    def consume(
+        self,
+        topic: str,
+        handle: RecordHandler,
+        *,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Consume `topic` in ordered, at-least-once batches, one transaction each.
+
+        Each record goes to `handle(conn, record, now=...)`; bad records are dead-lettered by
+        `kafka.process_batch`. A transient failure backs off and rewinds the batch. After a
+        batch commits the relay is woken, and then `after`.
+        """
+        failures = 0
+
+        @self.broker.subscriber(
+            topic,
+            group_id=self.group_id,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            **kafka.consumer_options(self.settings),
+        )
+        async def on_batch(message: KafkaMessage) -> None:
+            nonlocal failures
+            records = [kafka.Record.of(raw) for raw in message.raw_message]
+            now = utcnow()
+
+            async def one(conn: asyncpg.Connection, record: kafka.Record) -> None:
+                await handle(conn, record, now=now)
+
+            try:
+                await kafka.process_batch(
+                    pool=self.pool, tracer=self.tracer, consumer=self.group_id,
+                    records=records, handle=one,
+                )
+            except kafka.TRANSIENT as exc:
+                failures += 1
+                log.warning("%s: batch failed (%s); retrying", self.name, type(exc).__name__)
+                await kafka.retry_pause(failures)
+                raise
+            failures = 0
+            self.relay.wake()
+            if after is not None:
+                after()
+
+    async def on_open(self) -> None:
+        """Start the service's own background work (called once the pool and relay are up)."""
+
+    @property
+    def pool(self) -> db.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        if self._relay is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._relay
+
+    async def migrate(self) -> list[str]:
+        """Apply this service's migrations to its schema."""
+        return await migrate.apply(
+            self.settings.require_database_url(),
+            self.name,
+            migrate.for_service(self.migrations_package),
+        )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` until the service stops; a crash is logged, not silent."""
+        task = asyncio.create_task(coro)
+        task.add_done_callback(_report_crash)
+        self._tasks.append(task)
+
+    async def open(self) -> None:
+        """Pool, producer and relay: everything but consumption."""
+        self._pool = await db.create_pool(
+            self.settings.require_database_url(),
+            schema=self.name,
+            application=f"complaints-{self.name}",
+            tracer=self.tracer,
+            max_size=self.settings.database_pool_size,
+        )
+        self._producer = kafka.build_producer(self.settings, client_id=f"complaints-{self.name}-relay")
+        await self._producer.start()
+        self._relay = OutboxRelay(
+            pool=self._pool,
+            send=self._send,
+            tracer=self.tracer,
+            poll_interval_s=self.settings.outbox_poll_interval_s,
+        )
+        self.spawn(self._relay.run())
+        await self.on_open()
+
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        assert self._producer is not None
+        return await self._producer.send(topic, value, key=key, headers=headers)
+
+    async def start(self) -> None:
+        """Open, then consume."""
+        await self.open()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        """Stop consuming, let the relay publish what is committed, then release everything."""
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        if self._relay is not None:
+            self._relay.stop()
+        for task in self._tasks:
+            if task is not None and not task.done():
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._owns_provider:
+            self.tracer_provider.shutdown()
+        else:
+            self.tracer_provider.force_flush()
+
+    async def ready(self) -> dict[str, str]:
+        """Whether the database and the broker answer (for `/readyz`)."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+        try:
+            assert self._producer is not None
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable ({type(exc).__name__})"
+        return checks
+
+    def as_faststream(self) -> FastStream:
+        """This service as a plain FastStream application (no HTTP)."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan() -> AsyncIterator[None]:
+            await self.open()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        return FastStream(self.broker, lifespan=lifespan)
+
+
+def _report_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s crashed: %r", task.get_name(), task.exception())

@@ -1,0 +1,83 @@
+"""Configuration from the environment (and an optional `.env`), built at start-up, never at import."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the contract's configuration table, plus the operational ones we add."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COMPLAINTS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=1, le=65535)
+    smtp_from: str = "complaints@localhost"
+    smtp_timeout_s: float = 10.0
+
+    # Kafka security, named as aiokafka names it.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_plain_username: str | None = None
+    kafka_sasl_plain_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_topic_partitions: int = Field(default=8, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    # Latency of a consumer follows this on brokers whose fetch is not woken by new data.
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    kafka_max_batch: int = Field(default=200, ge=1)
+
+    # Signs staff and customer tokens; `complaints up` keeps a generated one in the state dir.
+    auth_secret: SecretStr | None = None
+    database_pool_size: int = Field(default=8, ge=1)
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    public_base_url: str | None = None
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options for any aiokafka client, security included."""
+        if not self.kafka_bootstrap:
+            raise RuntimeError("no Kafka broker configured (COMPLAINTS_KAFKA_BOOTSTRAP)")
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+            "request_timeout_ms": 30_000,
+        }
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_sasl_plain_username
+            if self.kafka_sasl_plain_password is not None:
+                opts["sasl_plain_password"] = self.kafka_sasl_plain_password.get_secret_value()
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile,
+                certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile,
+            )
+        return opts
+
+    def base_url(self) -> str:
+        """The public URL of the HTTP API, used in links (status, feedback)."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}"
+
+    def require_database_url(self) -> str:
+        """The database URL, or a clear error when none was resolved."""
+        if not self.database_url:
+            raise RuntimeError("no database configured (COMPLAINTS_DATABASE_URL)")
+        return self.database_url

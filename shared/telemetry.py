@@ -1,0 +1,83 @@
+"""Tracing: one tracer provider per service, W3C context in Kafka headers, no personal data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+INSTRUMENTATION = "complaints"
+
+
+def otlp_exporter_from_env(env: Mapping[str, str] | None = None) -> SpanExporter | None:
+    """The OTLP span exporter the standard `OTEL_*` variables ask for, or None for no export."""
+    env = os.environ if env is None else env
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
+        return None
+    if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    return HttpExporter()
+
+
+def service_name(service: str, *, alone: bool) -> str:
+    """`complaints-<service>`; `OTEL_SERVICE_NAME` wins when one service runs alone."""
+    override = os.environ.get("OTEL_SERVICE_NAME")
+    if alone and override:
+        return override
+    return f"complaints-{service}"
+
+
+def build_tracer_provider(
+    name: str, *, processors: Sequence[SpanProcessor] = ()
+) -> TracerProvider:
+    """A tracer provider for one service: its own `service.name`, exporting as `OTEL_*` says."""
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    exporter = otlp_exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    for processor in processors:
+        provider.add_span_processor(processor)
+    return provider
+
+
+def inject_headers() -> dict[str, str]:
+    """The current trace context as W3C headers (`traceparent`, `tracestate`)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | None) -> Any:
+    """An OpenTelemetry context from W3C headers (a dict, or Kafka's list of byte pairs)."""
+    if headers is None:
+        return otel_context.Context()
+    if isinstance(headers, Mapping):
+        carrier = {k.lower(): v for k, v in headers.items()}
+    else:
+        carrier = {k.lower(): v.decode("latin-1") for k, v in headers if v is not None}
+    return propagate.extract(carrier)
+
+
+def tracer(provider: trace.TracerProvider) -> trace.Tracer:
+    return provider.get_tracer(INSTRUMENTATION)

@@ -1,0 +1,17 @@
+"""Topic names and message keys of the public contract."""
+
+SUBMITTED = "complaints.submitted.v1"
+EVENTS = "complaints.events.v1"
+DEADLETTER = "complaints.deadletter.v1"
+
+ALL = (SUBMITTED, EVENTS, DEADLETTER)
+
+
+def submission_key(channel: str, external_id: str) -> str:
+    """Key of a submission: all submissions of one (channel, external_id) share a partition."""
+    return f"{channel}:{external_id}"
+
+
+def complaint_key(complaint_id: str) -> str:
+    """Key of a domain event: one complaint's events keep their order."""
+    return complaint_id
