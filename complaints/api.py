@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from complaints import __version__
 from shared.events import CloudEvent, SubmittedData
-from shared.web import install_problem_handlers
 from shared.service import Service
+from shared.web import install_problem_handlers
 
 
 def build_http_app(services: Sequence[Service]) -> FastAPI:
@@ -38,13 +38,16 @@ def build_http_app(services: Sequence[Service]) -> FastAPI:
     async def readyz() -> JSONResponse:
         checks = {service.name: await service.ready() for service in services}
         ok = all(v == "ok" for check in checks.values() for v in check.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             template = "#/components/schemas/{model}"
             for name, model in (("SubmittedData", SubmittedData), ("SubmittedEvent", CloudEvent)):

@@ -17,7 +17,9 @@ from shared import auth, devinfra
 from shared.events import Channel
 from shared.settings import Settings
 
-app = typer.Typer(help="Event-driven complaint resolution.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Event-driven complaint resolution.", no_args_is_help=True, add_completion=False
+)
 keys_app = typer.Typer(help="Channel keys: create, list, revoke.", no_args_is_help=True)
 staff_app = typer.Typer(help="Staff: bearer tokens.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -83,8 +85,12 @@ async def _up(demo: bool) -> None:
             out.print(f"  staff token (demo-manager): {token}")
             if demo:
                 out.print("[bold]demo traffic[/]: web complaints over HTTP, phone over Kafka")
-                tasks.append(asyncio.create_task(demo_traffic.traffic(settings, keys=keys, say=out.print)))
-                tasks.append(asyncio.create_task(demo_traffic.follow(settings, token=token, say=out.print)))
+                tasks.append(
+                    asyncio.create_task(demo_traffic.traffic(settings, keys=keys, say=out.print))
+                )
+                tasks.append(
+                    asyncio.create_task(demo_traffic.follow(settings, token=token, say=out.print))
+                )
 
         async def stopping() -> None:
             if tasks:
@@ -94,7 +100,8 @@ async def _up(demo: bool) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             tasks.clear()
 
-        await system.serve(settings, system.NAMES, secret=secret, on_ready=ready, on_stopping=stopping)
+        services = system.build_services(settings, system.NAMES, secret=secret)
+        await system.serve(settings, services, on_ready=ready, on_stopping=stopping)
     finally:
         await stopping()
         infra.close()
@@ -136,7 +143,8 @@ def serve(
             secret = auth.resolve_secret(infra.settings)
             base = infra.settings.base_url()
             await system.serve(
-                infra.settings, [service], secret=secret,
+                infra.settings,
+                system.build_services(infra.settings, [service], secret=secret),
                 on_ready=lambda: err.print(f"{service} serving on {base}"),
             )
         finally:
@@ -168,7 +176,9 @@ async def _settings_with_database() -> Settings:
 
 
 @keys_app.command("create")
-def keys_create(channel: Annotated[Channel, typer.Option(help="The channel the key is for.")]) -> None:
+def keys_create(
+    channel: Annotated[Channel, typer.Option(help="The channel the key is for.")],
+) -> None:
     """Create a channel key and print it alone on stdout."""
     from services.intake import keys as channel_keys
 
@@ -192,11 +202,15 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for row in rows:
         state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
-        sys.stdout.write(f"{row['key_id']}  {row['channel']:<6} {row['created_at']:%Y-%m-%d %H:%M}  {state}\n")
+        sys.stdout.write(
+            f"{row['key_id']}  {row['channel']:<6} {row['created_at']:%Y-%m-%d %H:%M}  {state}\n"
+        )
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")],
+) -> None:
     """Revoke a channel key; its holder gets 401 from then on."""
     from services.intake import keys as channel_keys
 

@@ -19,16 +19,58 @@ from shared.settings import Settings
 
 # (language, name, category, description, amount)
 SAMPLES: list[tuple[str, str, str | None, str, str | None]] = [
-    ("en", "Alice Morgan", "product", "The kettle I bought last week stopped working after two days.", "49.90"),
+    (
+        "en",
+        "Alice Morgan",
+        "product",
+        "The kettle I bought last week stopped working after two days.",
+        "49.90",
+    ),
     ("en", "Brian Cole", None, "I waited forty minutes at the counter and nobody helped me.", None),
-    ("en", "Chloe Hart", "warranty", "You refused my warranty repair although the laptop is 8 months old.", "1299.00"),
-    ("en", "Daniel Price", "staff_conduct", "The shift manager was rude to me in front of other customers.", None),
-    ("tr", "Ayşe Yılmaz", "product", "Aldığım buzdolabı soğutmuyor, iki haftadır bekliyorum.", "18500.00"),
+    (
+        "en",
+        "Chloe Hart",
+        "warranty",
+        "You refused my warranty repair although the laptop is 8 months old.",
+        "1299.00",
+    ),
+    (
+        "en",
+        "Daniel Price",
+        "staff_conduct",
+        "The shift manager was rude to me in front of other customers.",
+        None,
+    ),
+    (
+        "tr",
+        "Ayşe Yılmaz",
+        "product",
+        "Aldığım buzdolabı soğutmuyor, iki haftadır bekliyorum.",
+        "18500.00",
+    ),
     ("tr", "Mehmet Demir", "stock", "Kampanyadaki ürün hiçbir mağazada stokta yok.", None),
     ("tr", "Zeynep Kaya", None, "Web sitesinde ödeme sayfası sürekli hata veriyor.", None),
-    ("nl", "Sanne de Vries", "service", "Mijn bestelling is al drie keer verkeerd bezorgd.", "89.00"),
-    ("nl", "Pieter Jansen", "price_quality", "De prijs klopt niet met de kwaliteit van de jas.", "149.95"),
-    ("nl", "Emma Bakker", "advertising", "De folder beloofde 50% korting maar in de winkel niet.", None),
+    (
+        "nl",
+        "Sanne de Vries",
+        "service",
+        "Mijn bestelling is al drie keer verkeerd bezorgd.",
+        "89.00",
+    ),
+    (
+        "nl",
+        "Pieter Jansen",
+        "price_quality",
+        "De prijs klopt niet met de kwaliteit van de jas.",
+        "149.95",
+    ),
+    (
+        "nl",
+        "Emma Bakker",
+        "advertising",
+        "De folder beloofde 50% korting maar in de winkel niet.",
+        None,
+    ),
 ]
 
 
@@ -51,16 +93,23 @@ def submission(rng: random.Random, channel: str) -> dict[str, Any]:
     if category:
         data["category"] = category
     if amount:
-        data["amount_at_stake"] = {"amount": amount, "currency": "TRY" if language == "tr" else "EUR"}
+        data["amount_at_stake"] = {
+            "amount": amount,
+            "currency": "TRY" if language == "tr" else "EUR",
+        }
     return data
 
 
 async def traffic(
-    settings: Settings, *, keys: dict[str, str], interval_s: float = 2.0, seed: int = 7,
+    settings: Settings,
+    *,
+    keys: dict[str, str],
+    interval_s: float = 2.0,
+    seed: int = 7,
     say: Callable[[str], None] = print,
 ) -> None:
     """Post web complaints over HTTP and phone complaints over Kafka until cancelled."""
-    rng = random.Random(seed)  # noqa: S311 - demo data, not security
+    rng = random.Random(seed)
     producer = build_producer(settings, client_id="complaints-demo-phone")
     await producer.start()
     try:
@@ -70,13 +119,18 @@ async def traffic(
                 data = submission(rng, channel)
                 if channel == "web":
                     answer = await http.post(
-                        "/v1/complaints", json=data, headers={"Authorization": f"Bearer {keys['web']}"}
+                        "/v1/complaints",
+                        json=data,
+                        headers={"Authorization": f"Bearer {keys['web']}"},
                     )
-                    say(f"web   → POST /v1/complaints {answer.status_code} {answer.json().get('complaint_id', '')}")
+                    say(
+                        f"web   → POST /v1/complaints {answer.status_code} {answer.json().get('complaint_id', '')}"
+                    )
                 else:
                     event = new_event(type=EventType.SUBMITTED, source="phone/ivr-demo", data=data)
                     await producer.send_and_wait(
-                        topics.SUBMITTED, event.to_bytes(),
+                        topics.SUBMITTED,
+                        event.to_bytes(),
                         key=topics.submission_key(channel, data["external_id"]).encode(),
                         headers=[("content-type", CONTENT_TYPE.encode())],
                     )

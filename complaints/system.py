@@ -17,7 +17,7 @@ from complaints.api import build_http_app
 from services.intake.app import build_app as build_intake
 from services.notify.app import build_app as build_notify
 from services.resolution.app import build_app as build_resolution
-from shared import auth, devinfra, kafka
+from shared import devinfra, kafka
 from shared.service import Service
 from shared.settings import Settings
 
@@ -58,11 +58,15 @@ async def resolve(settings: Settings, *, smtp_sink: bool) -> Infrastructure:
             infra.broker = devinfra.EmbeddedBroker(log_path=devinfra.state_dir() / "tansu.log")
             await asyncio.to_thread(infra.broker.start)
             updates["kafka_bootstrap"] = infra.broker.bootstrap
-            infra.notes.append(f"broker    embedded tansu at {infra.broker.bootstrap} (memory only)")
+            infra.notes.append(
+                f"broker    embedded tansu at {infra.broker.bootstrap} (memory only)"
+            )
         infra.database = await devinfra.resolve_database(settings.database_url)
         updates["database_url"] = infra.database.url
         if infra.database.origin != "configured":
-            infra.notes.append(f"database  {infra.database.origin} PostgreSQL: {infra.database.url}")
+            infra.notes.append(
+                f"database  {infra.database.origin} PostgreSQL: {infra.database.url}"
+            )
         if smtp_sink and "smtp_host" not in settings.model_fields_set:
             maildir = devinfra.state_dir() / "mail"
             infra.smtp = devinfra.SmtpSink(maildir=maildir).start()
@@ -82,7 +86,9 @@ async def migrate_all(settings: Settings, names: Sequence[str] = NAMES) -> dict[
     applied = {}
     for name in names:
         applied[name] = await migrate.apply(
-            settings.require_database_url(), name, migrate.for_service(f"services.{name}.migrations")
+            settings.require_database_url(),
+            name,
+            migrate.for_service(f"services.{name}.migrations"),
         )
     return applied
 
@@ -116,27 +122,26 @@ class _Server(uvicorn.Server):
 
 async def serve(
     settings: Settings,
-    names: Sequence[str],
+    services: Sequence[Service],
     *,
-    secret: bytes,
     on_ready: Callable[[], Any] | None = None,
     on_stopping: Callable[[], Any] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Start `names` and their HTTP API; run until `stop` is set or SIGINT/SIGTERM."""
+    """Start `services` and their HTTP API; run until `stop` is set or SIGINT/SIGTERM."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await kafka.ensure_topics(settings)
-    services = build_services(settings, names, secret=secret)
     started: list[Service] = []
     server = _Server(
         uvicorn.Config(
             build_http_app(services),
             host=settings.http_host,
             port=settings.http_port,
+            access_log=False,
             log_level="warning",
             lifespan="off",
             # open event streams must not hold shutdown hostage
@@ -172,7 +177,3 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-
-
-def secret_for(settings: Settings) -> bytes:
-    return auth.resolve_secret(settings)

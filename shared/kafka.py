@@ -181,8 +181,11 @@ async def process_batch(
                     span.set_attribute("complaints.deadletter.reason", exc.code)
                     await outbox.enqueue(
                         conn,
-                        [deadletter_message(record, code=exc.code, reason=exc.reason,
-                                            consumer=consumer)],
+                        [
+                            deadletter_message(
+                                record, code=exc.code, reason=exc.reason, consumer=consumer
+                            )
+                        ],
                     )
                 except TRANSIENT:
                     raise
@@ -191,7 +194,10 @@ async def process_batch(
                     # Exception text may quote personal data: the type above debug, the rest below.
                     log.error(
                         "%s failed on %s[%d]@%d (%s); dead-lettered",
-                        consumer, record.topic, record.partition, record.offset,
+                        consumer,
+                        record.topic,
+                        record.partition,
+                        record.offset,
                         type(exc).__name__,
                     )
                     log.debug("consumer failure detail", exc_info=True)
@@ -250,4 +256,6 @@ def parse_event(record: Record) -> Any:
     except ValidationError as exc:
         kinds = {e.get("type") for e in exc.errors()}
         code = "not_json" if kinds & {"json_invalid", "json_type"} else "not_cloudevent"
-        raise Rejected(code, f"not a CloudEvents 1.0 JSON event ({len(exc.errors())} errors)") from None
+        raise Rejected(
+            code, f"not a CloudEvents 1.0 JSON event ({len(exc.errors())} errors)"
+        ) from None

@@ -90,7 +90,9 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, type(exc).__name__)
+                log.warning(
+                    "outbox relay failed, retrying in %.1fs: %s", backoff, type(exc).__name__
+                )
                 published = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -140,7 +142,9 @@ class OutboxRelay:
                 )
                 spans.append(span)
                 with trace.use_span(span, end_on_exit=False):
-                    headers = {k: v for k, v in stored.items() if k not in ("traceparent", "tracestate")}
+                    headers = {
+                        k: v for k, v in stored.items() if k not in ("traceparent", "tracestate")
+                    }
                     headers.update(inject_headers())
                 futures.append(
                     await self._send(

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 import asyncpg
-
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
 from faststream import AckPolicy, FastStream
@@ -20,11 +19,11 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import db, kafka, migrate
-from shared.web import traced_route_class
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider, service_name, tracer
+from shared.web import traced_route_class
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +107,11 @@ class Service:
 
             try:
                 await kafka.process_batch(
-                    pool=self.pool, tracer=self.tracer, consumer=self.group_id,
-                    records=records, handle=one,
+                    pool=self.pool,
+                    tracer=self.tracer,
+                    consumer=self.group_id,
+                    records=records,
+                    handle=one,
                 )
             except kafka.TRANSIENT as exc:
                 failures += 1
@@ -159,7 +161,9 @@ class Service:
             tracer=self.tracer,
             max_size=self.settings.database_pool_size,
         )
-        self._producer = kafka.build_producer(self.settings, client_id=f"complaints-{self.name}-relay")
+        self._producer = kafka.build_producer(
+            self.settings, client_id=f"complaints-{self.name}-relay"
+        )
         await self._producer.start()
         self._relay = OutboxRelay(
             pool=self._pool,

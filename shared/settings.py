@@ -25,9 +25,7 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = 10.0
 
     # Kafka security, named as aiokafka names it.
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_plain_username: str | None = None
     kafka_sasl_plain_password: SecretStr | None = None

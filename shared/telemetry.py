@@ -20,7 +20,9 @@ def otlp_exporter_from_env(env: Mapping[str, str] | None = None) -> SpanExporter
     env = os.environ if env is None else env
     if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
         return None
-    if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+    if not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
         return None
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -48,9 +50,7 @@ def service_name(service: str, *, alone: bool) -> str:
     return f"complaints-{service}"
 
 
-def build_tracer_provider(
-    name: str, *, processors: Sequence[SpanProcessor] = ()
-) -> TracerProvider:
+def build_tracer_provider(name: str, *, processors: Sequence[SpanProcessor] = ()) -> TracerProvider:
     """A tracer provider for one service: its own `service.name`, exporting as `OTEL_*` says."""
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     exporter = otlp_exporter_from_env()

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ValidationError
 from services.intake import handlers, repository
 from shared import auth
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
-from shared.web import Problem, bearer, validation_problem
 from shared.service import Service
+from shared.web import Problem, bearer, validation_problem
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -61,7 +61,9 @@ def install(service: Service, router: APIRouter) -> None:
         data, source = _parse(body, channel)
         if data.channel.value != channel:
             raise Problem(
-                403, "Forbidden", f"this key belongs to channel {channel!r}, not {data.channel.value!r}"
+                403,
+                "Forbidden",
+                f"this key belongs to channel {channel!r}, not {data.channel.value!r}",
             )
         async with service.pool.acquire() as conn, conn.transaction():
             complaint_id, created = await handlers.accept(conn, data, source=source, now=utcnow())
@@ -70,7 +72,9 @@ def install(service: Service, router: APIRouter) -> None:
         status_url = f"{service.settings.base_url()}/v1/complaints/{complaint_id}"
         answer = Accepted(complaint_id=complaint_id, status_url=status_url, duplicate=not created)
         return JSONResponse(
-            answer.model_dump(), status_code=202, headers={"Location": f"/v1/complaints/{complaint_id}"}
+            answer.model_dump(),
+            status_code=202,
+            headers={"Location": f"/v1/complaints/{complaint_id}"},
         )
 
 
@@ -100,12 +104,16 @@ def _parse(body: bytes, channel: str) -> tuple[SubmittedData, str]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Problem(
-            422, "Invalid request", "the body is not JSON",
+            422,
+            "Invalid request",
+            "the body is not JSON",
             errors=[{"field": "(body)", "rule": "json_invalid", "message": "not JSON"}],
         ) from None
     if not isinstance(doc, dict):
         raise Problem(
-            422, "Invalid request", "the body must be a JSON object",
+            422,
+            "Invalid request",
+            "the body must be a JSON object",
             errors=[{"field": "(body)", "rule": "object_type", "message": "not an object"}],
         )
     source = f"{channel}/http"
@@ -117,8 +125,16 @@ def _parse(body: bytes, channel: str) -> tuple[SubmittedData, str]:
             raise validation_problem(exc) from None
         if event.type != EventType.SUBMITTED:
             raise Problem(
-                422, "Invalid request", "type must be complaint.submitted",
-                errors=[{"field": "type", "rule": "literal_error", "message": "must be complaint.submitted"}],
+                422,
+                "Invalid request",
+                "type must be complaint.submitted",
+                errors=[
+                    {
+                        "field": "type",
+                        "rule": "literal_error",
+                        "message": "must be complaint.submitted",
+                    }
+                ],
             )
         doc, source, prefix = event.data, event.source, ("data",)
     try:

@@ -22,8 +22,8 @@ from shared.events import (
     SubmittedData,
     new_event,
 )
-from shared.web import field_errors
 from shared.kafka import Record, Rejected
+from shared.web import field_errors
 
 SOURCE = "complaints/intake"
 MAX_RECORD_BYTES = 256 * 1024
@@ -43,7 +43,9 @@ async def accept(
         conn, complaint_id=complaint_id, data=data, routing=routing, source=source, received_at=now
     )
     if not created:
-        complaint_id = await repository.find_complaint_id(conn, data.channel.value, data.external_id)
+        complaint_id = await repository.find_complaint_id(
+            conn, data.channel.value, data.external_id
+        )
     trace.get_current_span().set_attribute("complaint.id", complaint_id)
     if created:
         await outbox.enqueue(conn, accepted_events(complaint_id, data, routing, now))
@@ -77,10 +79,24 @@ def accepted_events(
     )
     key = topics.complaint_key(complaint_id)
     return [
-        outbox.Message(topics.EVENTS, key, new_event(
-            type=EventType.RECEIVED, source=SOURCE, subject=complaint_id, data=received, time=now)),
-        outbox.Message(topics.EVENTS, key, new_event(
-            type=EventType.ROUTED, source=SOURCE, subject=complaint_id, data=routed, time=now)),
+        outbox.Message(
+            topics.EVENTS,
+            key,
+            new_event(
+                type=EventType.RECEIVED,
+                source=SOURCE,
+                subject=complaint_id,
+                data=received,
+                time=now,
+            ),
+        ),
+        outbox.Message(
+            topics.EVENTS,
+            key,
+            new_event(
+                type=EventType.ROUTED, source=SOURCE, subject=complaint_id, data=routed, time=now
+            ),
+        ),
     ]
 
 
@@ -93,7 +109,9 @@ def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     if value is None or not value.strip():
         raise Rejected("empty", "the record has no value")
     if len(value) > MAX_RECORD_BYTES:
-        raise Rejected("oversized", f"the record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}")
+        raise Rejected(
+            "oversized", f"the record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
+        )
     try:
         doc = json.loads(value)
     except (ValueError, UnicodeDecodeError):
@@ -104,10 +122,14 @@ def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
         event = CloudEvent.model_validate(doc)
     except ValidationError as exc:
         raise Rejected(
-            "not_cloudevent", "not a CloudEvents 1.0 envelope: " + _summary(field_errors(exc.errors()))
+            "not_cloudevent",
+            "not a CloudEvents 1.0 envelope: " + _summary(field_errors(exc.errors())),
         ) from None
     if event.type != EventType.SUBMITTED:
-        raise Rejected("unknown_type", f"type {event.type!r} is not accepted here; expected complaint.submitted")
+        raise Rejected(
+            "unknown_type",
+            f"type {event.type!r} is not accepted here; expected complaint.submitted",
+        )
     return validate_data(event.data, prefix=("data",)), event.source
 
 
@@ -118,7 +140,11 @@ def validate_data(data: Any, *, prefix: tuple[str, ...] = ()) -> SubmittedData:
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=prefix)
         channel_field = ".".join((*prefix, "channel"))
-        code = "unknown_channel" if any(e["field"] == channel_field for e in errors) else "schema_violation"
+        code = (
+            "unknown_channel"
+            if any(e["field"] == channel_field for e in errors)
+            else "schema_violation"
+        )
         raise Rejected(code, _summary(errors)) from None
 
 

@@ -57,7 +57,9 @@ async def find_complaint_id(conn: asyncpg.Connection, channel: str, external_id:
     return str(found)
 
 
-async def add_channel_key(conn: asyncpg.Connection, *, key_id: str, channel: str, key_hash: str) -> None:
+async def add_channel_key(
+    conn: asyncpg.Connection, *, key_id: str, channel: str, key_hash: str
+) -> None:
     await conn.execute(
         "INSERT INTO channel_keys (key_id, channel, key_hash) VALUES ($1, $2, $3)",
         key_id,

@@ -13,8 +13,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.notify import repository
 from shared import auth
-from shared.web import Problem, bearer
 from shared.service import Service
+from shared.web import Problem, bearer
 
 
 class StreamSignal:
@@ -49,7 +49,9 @@ def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
             raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
         resume = request.headers.get("last-event-id", "").strip()
         if resume and not resume.isdigit():
-            raise Problem(422, "Invalid request", "Last-Event-ID must be an event id from this stream")
+            raise Problem(
+                422, "Invalid request", "Last-Event-ID must be an event id from this stream"
+            )
         async with service.pool.acquire() as conn:
             start = int(resume) if resume else await repository.stream_head(conn)
         return EventSourceResponse(_events(service, request, signal, start), ping=15)

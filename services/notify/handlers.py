@@ -52,8 +52,12 @@ async def plan_receipt(conn: asyncpg.Connection, data: ReceivedData, *, now: dat
     notification_id = str(uuid.uuid4())
     if message is None:
         failed = NotificationData(
-            complaint_id=data.complaint_id, notification_id=notification_id, kind="receipt",
-            medium="email", language=data.customer.language(), at=now,
+            complaint_id=data.complaint_id,
+            notification_id=notification_id,
+            kind="receipt",
+            medium="email",
+            language=data.customer.language(),
+            at=now,
             reason="no e-mail address: the channel gave the customer their receipt",
         )
         await outbox.enqueue(conn, [_event(EventType.NOTIFICATION_FAILED, failed)])
@@ -79,7 +83,9 @@ def smtp_sender(settings: Settings) -> Callable[[EmailMessage], None]:
     """A blocking function that hands one message to the configured SMTP server."""
 
     def send(message: EmailMessage) -> None:
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_s) as smtp:
+        with smtplib.SMTP(
+            settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_s
+        ) as smtp:
             smtp.send_message(message)
 
     return send
@@ -187,7 +193,10 @@ class Mailer:
                 return
             final = row["attempts"] >= domain.MAX_ATTEMPTS
             await repository.mark_failed(
-                conn, row["notification_id"], error, final=final,
+                conn,
+                row["notification_id"],
+                error,
+                final=final,
                 retry_in_s=domain.retry_delay_s(row["attempts"]),
             )
             if final:

@@ -37,7 +37,9 @@ async def plan(
     return inserted is not None
 
 
-async def claim_due(conn: asyncpg.Connection, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
+async def claim_due(
+    conn: asyncpg.Connection, *, limit: int, lease_s: float
+) -> list[asyncpg.Record]:
     """Lease due messages to this mailer; a crashed mailer's lease runs out and they return."""
     return await conn.fetch(
         """UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
@@ -61,8 +63,9 @@ async def mark_sent(conn: asyncpg.Connection, notification_id: str) -> None:
     )
 
 
-async def mark_failed(conn: asyncpg.Connection, notification_id: str, error: str, *, final: bool,
-                      retry_in_s: float) -> None:
+async def mark_failed(
+    conn: asyncpg.Connection, notification_id: str, error: str, *, final: bool, retry_in_s: float
+) -> None:
     await conn.execute(
         """UPDATE notifications SET status = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
                last_error = $2, lease_until = NULL,
@@ -84,7 +87,9 @@ async def remember_team(conn: asyncpg.Connection, complaint_id: str, team: str) 
     )
 
 
-async def add_to_stream(conn: asyncpg.Connection, event: CloudEvent, complaint_id: str | None) -> None:
+async def add_to_stream(
+    conn: asyncpg.Connection, event: CloudEvent, complaint_id: str | None
+) -> None:
     """Keep an event for the live stream, tagged with its complaint's team when known."""
     await conn.execute(
         """INSERT INTO stream_events (event_id, complaint_id, type, team, at, event)

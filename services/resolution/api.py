@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from services.resolution import repository
-from shared.web import Problem, staff_principal
 from shared.service import Service
+from shared.web import Problem, staff_principal
 
 
 def complaint_view(found: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +35,12 @@ def complaint_view(found: dict[str, Any]) -> dict[str, Any]:
         "pending_approval": case["pending_approval"],
         "staff_involved": case["staff_involved"],
         "timeline": [
-            {"type": e["type"], "at": e["at"].isoformat(), "actor": e["actor"], "detail": e["detail"]}
+            {
+                "type": e["type"],
+                "at": e["at"].isoformat(),
+                "actor": e["actor"],
+                "detail": e["detail"],
+            }
             for e in found["timeline"]
         ],
     }

@@ -24,7 +24,9 @@ class OpenedCase:
 
 def open_case(routed: RoutedData) -> OpenedCase:
     """A routed complaint opens a case whose clocks run from when it was received."""
-    return OpenedCase(status=Status.ROUTED, deadlines=sla.deadlines(routed.severity, routed.received_at))
+    return OpenedCase(
+        status=Status.ROUTED, deadlines=sla.deadlines(routed.severity, routed.received_at)
+    )
 
 
 # What each event shows on the timeline: staff-facing facts, never the customer's words.

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from services.resolution import domain, repository
 from shared import inbox
 from shared.events import CloudEvent, EventType, ReceivedData, RoutedData
-from shared.web import field_errors
 from shared.kafka import Record, Rejected, parse_event
+from shared.web import field_errors
 
 CONSUMER = "resolution"
 

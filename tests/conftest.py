@@ -1,0 +1,136 @@
+"""The real parts for the integration tests: broker, database and SMTP sink, one set per run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from complaints import system
+from shared import auth, devinfra, kafka
+from shared.service import Service
+from shared.settings import Settings
+from shared.telemetry import build_tracer_provider
+
+ADMIN_DSN = os.environ.get("COMPLAINTS_TEST_ADMIN_DSN") or devinfra.admin_dsn()
+SECRET = b"test-secret-not-for-production"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """The Kafka-protocol broker: `COMPLAINTS_TEST_KAFKA_BOOTSTRAP`, else an embedded tansu."""
+    configured = os.environ.get("COMPLAINTS_TEST_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    embedded = devinfra.EmbeddedBroker().start()
+    try:
+        yield embedded.bootstrap
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def database() -> AsyncIterator[str]:
+    """A fresh database for this run on the real PostgreSQL, dropped afterwards."""
+    name = f"complaints_test_{uuid.uuid4().hex[:10]}"
+    url = await devinfra.ensure_database(ADMIN_DSN, name)
+    try:
+        yield url
+    finally:
+        await devinfra.drop_database(ADMIN_DSN, name)
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[devinfra.SmtpSink]:
+    sink = devinfra.SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture(scope="session")
+async def settings(broker: str, database: str, smtp: devinfra.SmtpSink) -> Settings:
+    settings = Settings(
+        _env_file=None,
+        kafka_bootstrap=broker,
+        database_url=database,
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
+        http_port=devinfra.free_port(),
+        kafka_fetch_max_wait_ms=20,
+        outbox_poll_interval_s=0.2,
+    )
+    await system.migrate_all(settings)
+    await kafka.ensure_topics(settings)
+    return settings
+
+
+@dataclass
+class Running:
+    """The three services, serving HTTP, with their spans kept in memory."""
+
+    settings: Settings
+    services: dict[str, Service]
+    spans: InMemorySpanExporter
+    providers: dict[str, TracerProvider]
+    http: httpx.AsyncClient
+    secret: bytes
+
+    def staff_token(self, staff_id: str = "manager-1") -> str:
+        return auth.issue_token(self.secret, kind=auth.STAFF, subject=staff_id, ttl_s=3600)
+
+    async def channel_key(self, channel: str) -> str:
+        from services.intake import keys
+
+        return await keys.create(self.settings, channel)
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.settings.require_database_url())
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    exporter = InMemorySpanExporter()
+    providers = {
+        name: build_tracer_provider(f"complaints-{name}", processors=[SimpleSpanProcessor(exporter)])
+        for name in system.NAMES
+    }
+    services = system.build_services(
+        settings, system.NAMES, secret=SECRET, tracer_providers=providers
+    )
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        system.serve(settings, services, on_ready=ready.set, stop=stop)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    async with httpx.AsyncClient(base_url=settings.base_url(), timeout=30) as http:
+        yield Running(
+            settings=settings,
+            services={s.name: s for s in services},
+            spans=exporter,
+            providers=providers,
+            http=http,
+            secret=SECRET,
+        )
+    stop.set()
+    await task

@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: waiting for an outcome, reading a topic, building submissions."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None] | T | None], *, timeout_s: float = 30.0,
+    interval_s: float = 0.1, what: str = "condition",
+) -> T:
+    """Poll `probe` (sync or async) until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+def submission(channel: str = "web", /, **overrides: Any) -> dict[str, Any]:
+    """A valid `complaint.submitted` data document with a unique external id and e-mail."""
+    token = uuid.uuid4().hex[:10]
+    data: dict[str, Any] = {
+        "external_id": f"{channel}-{token}",
+        "channel": channel,
+        "customer": {
+            "id": f"cust-{token}",
+            "name": "Sanne de Vries",
+            "email": f"sanne.{token}@example.com",
+            "phone": "+31 20 555 0101",
+            "locale": "nl",
+        },
+        "description": "Mijn bestelling is al drie keer verkeerd bezorgd.",
+        "category": "service",
+        "amount_at_stake": {"amount": "89.00", "currency": "EUR"},
+    }
+    data.update(overrides)
+    return data
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> list[Any]:
+    """Every record on `topic` up to its current end (no consumer group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                request_timeout_ms=10_000)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            if not batch and records:
+                break
+            for chunk in batch.values():
+                records.extend(chunk)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def service_process_env(settings: Any, **overrides: str) -> dict[str, str]:
+    """Environment for a `complaints` subprocess pointed at the same parts as `settings`."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPLAINTS_", "OTEL_"))}
+    env.update(
+        COMPLAINTS_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        COMPLAINTS_DATABASE_URL=settings.database_url,
+        COMPLAINTS_SMTP_HOST=settings.smtp_host,
+        COMPLAINTS_SMTP_PORT=str(settings.smtp_port),
+        COMPLAINTS_KAFKA_FETCH_MAX_WAIT_MS="20",
+        COMPLAINTS_OUTBOX_POLL_INTERVAL_S="0.2",
+        COMPLAINTS_AUTH_SECRET="test-secret-not-for-production",
+    )
+    env.update(overrides)
+    return env

@@ -1,0 +1,70 @@
+"""The envelope and the submission model: what is accepted, and how refusals are worded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from shared.events import CloudEvent, EventType, Money, SubmittedData, new_event
+from shared.web import field_errors
+from tests.support import submission
+
+
+def test_envelope_round_trips_in_structured_json():
+    event = new_event(type=EventType.RECEIVED, source="complaints/intake", subject="c-1",
+                      data={"complaint_id": "c-1"})
+    doc = json.loads(event.to_bytes())
+    assert doc["specversion"] == "1.0"
+    assert doc["type"] == "complaint.received"
+    assert doc["subject"] == "c-1"
+    assert doc["datacontenttype"] == "application/json"
+    assert doc["time"].endswith("Z")
+    assert CloudEvent.model_validate(doc) == event
+
+
+def test_envelope_requires_id_source_type_and_version():
+    with pytest.raises(ValidationError) as info:
+        CloudEvent.model_validate({"specversion": "0.3", "data": {}})
+    assert {e["loc"][0] for e in info.value.errors()} == {"specversion", "id", "source", "type"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "rule"),
+    [
+        ({"external_id": ""}, "external_id", "string_too_short"),
+        ({"external_id": "x" * 129}, "external_id", "string_too_long"),
+        ({"channel": "fax"}, "channel", "enum"),
+        ({"description": ""}, "description", "string_too_short"),
+        ({"description": "   "}, "description", "value_error"),
+        ({"description": "x" * 10_001}, "description", "string_too_long"),
+        ({"category": "weather"}, "category", "enum"),
+        ({"amount_at_stake": {"amount": 49.9, "currency": "EUR"}}, "amount_at_stake.amount", "value_error"),
+        ({"amount_at_stake": {"amount": "-1", "currency": "EUR"}}, "amount_at_stake.amount", "string_pattern_mismatch"),
+        ({"amount_at_stake": {"amount": "1.00", "currency": "eur"}}, "amount_at_stake.currency", "string_pattern_mismatch"),
+        ({"customer": {"id": "c1"}}, "customer", "value_error"),
+        ({"customer": {"id": "c1", "email": "not-an-address"}}, "customer.email", "string_pattern_mismatch"),
+        ({"occurred_at": "2026-11-22T10:00:00"}, "occurred_at", "value_error"),
+        ({"staff_involved": ["s"] * 21}, "staff_involved", "too_long"),
+    ],
+)
+def test_each_rule_names_its_field(change, field, rule):
+    with pytest.raises(ValidationError) as info:
+        SubmittedData.model_validate(submission("web", **change))
+    errors = field_errors(info.value.errors())
+    assert [(e["field"], e["rule"]) for e in errors] == [(field, rule)]
+
+
+def test_errors_never_echo_the_value():
+    data = submission("web", customer={"id": "c1", "email": "secret-person@@example"})
+    with pytest.raises(ValidationError) as info:
+        SubmittedData.model_validate(data)
+    assert "secret-person" not in json.dumps(field_errors(info.value.errors()))
+
+
+def test_a_valid_submission_keeps_money_as_a_decimal_string():
+    data = SubmittedData.model_validate(submission("web"))
+    assert data.amount_at_stake == Money(amount="89.00", currency="EUR")
+    assert str(data.amount_at_stake.decimal()) == "89.00"
+    assert data.customer.language() == "nl"

@@ -1,0 +1,45 @@
+"""Every way a submitted record can be refused gets its own reason code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.intake.handlers import MAX_RECORD_BYTES, parse_submitted
+from shared.events import EventType, new_event
+from shared.kafka import Rejected
+from tests.support import submission
+
+
+def _event(**data_change) -> bytes:
+    data = submission("phone")
+    data.update(data_change)
+    return new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"\xff\xfe not json", "not_json"),
+        (b"[1, 2]", "not_cloudevent"),
+        (b'{"specversion": "1.0", "data": {}}', "not_cloudevent"),
+        (json.dumps({"specversion": "1.0", "id": "1", "source": "s", "type": "complaint.closed"}).encode(), "unknown_type"),
+        (_event(description=""), "schema_violation"),
+        (_event(channel="fax"), "unknown_channel"),
+        (b'{"pad": "' + b"x" * MAX_RECORD_BYTES + b'"}', "oversized"),
+    ],
+)
+def test_rejections_carry_a_reason_code(value, code):
+    with pytest.raises(Rejected) as info:
+        parse_submitted(value)
+    assert info.value.code == code
+    assert info.value.reason
+
+
+def test_a_good_record_parses_with_its_source():
+    data, source = parse_submitted(_event())
+    assert data.channel.value == "phone"
+    assert source == "phone/ivr"
