@@ -123,9 +123,8 @@ async def traffic(
                         json=data,
                         headers={"Authorization": f"Bearer {keys['web']}"},
                     )
-                    say(
-                        f"web   → POST /v1/complaints {answer.status_code} {answer.json().get('complaint_id', '')}"
-                    )
+                    accepted = answer.json().get("complaint_id", "")
+                    say(f"web   → POST /v1/complaints {answer.status_code} {accepted}")
                 else:
                     event = new_event(type=EventType.SUBMITTED, source="phone/ivr-demo", data=data)
                     await producer.send_and_wait(
@@ -143,16 +142,18 @@ async def traffic(
 async def follow(settings: Settings, *, token: str, say: Callable[[str], None] = print) -> None:
     """Print each event of the live stream on one line until cancelled."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http:  # noqa: S113
-        async with http.stream("GET", "/v1/stream", headers=headers) as response:
-            kind = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    event = json.loads(line.split(":", 1)[1])
-                    data = event.get("data", {})
-                    extra = " ".join(
-                        f"{k}={data[k]}" for k in ("team", "severity", "kind") if k in data
-                    )
-                    say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")
+    async with (
+        httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http,  # noqa: S113
+        http.stream("GET", "/v1/stream", headers=headers) as response,
+    ):
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                event = json.loads(line.split(":", 1)[1])
+                data = event.get("data", {})
+                extra = " ".join(
+                    f"{k}={data[k]}" for k in ("team", "severity", "kind") if k in data
+                )
+                say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")

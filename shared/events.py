@@ -1,4 +1,4 @@
-"""The CloudEvents 1.0 envelope and the data of the contract's events (versioned, money as strings)."""
+"""The CloudEvents 1.0 envelope and the data of the contract's events (money as strings)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
         missing = [n for n in names if n not in existing]
         if not missing:
             return
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [
                     NewTopic(
@@ -44,8 +45,6 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
                     for name in missing
                 ]
             )
-        except TopicAlreadyExistsError:
-            pass
     finally:
         await admin.close()
 

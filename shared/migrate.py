@@ -1,4 +1,4 @@
-"""Numbered `.sql` migrations per service, each service in its own schema, under an advisory lock."""
+"""Numbered `.sql` migrations, each service in its own schema, applied under an advisory lock."""
 
 from __future__ import annotations
 

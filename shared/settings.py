@@ -1,4 +1,4 @@
-"""Configuration from the environment (and an optional `.env`), built at start-up, never at import."""
+"""Configuration from the environment (or `.env`), built at start-up, never at import."""
 
 from __future__ import annotations
 

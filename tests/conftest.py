@@ -22,7 +22,7 @@ from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider
 
-ADMIN_DSN = os.environ.get("COMPLAINTS_TEST_ADMIN_DSN") or devinfra.admin_dsn()
+ADMIN_DSN = os.environ.get("COMPLAINTS_TEST_ADMIN_DSN") or asyncio.run(devinfra.admin_dsn())[0]
 SECRET = b"test-secret-not-for-production"
 
 
@@ -108,7 +108,9 @@ class Running:
 async def running(settings: Settings) -> AsyncIterator[Running]:
     exporter = InMemorySpanExporter()
     providers = {
-        name: build_tracer_provider(f"complaints-{name}", processors=[SimpleSpanProcessor(exporter)])
+        name: build_tracer_provider(
+            f"complaints-{name}", processors=[SimpleSpanProcessor(exporter)]
+        )
         for name in system.NAMES
     }
     services = system.build_services(
@@ -116,9 +118,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     )
     ready = asyncio.Event()
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        system.serve(settings, services, on_ready=ready.set, stop=stop)
-    )
+    task = asyncio.create_task(system.serve(settings, services, on_ready=ready.set, stop=stop))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():

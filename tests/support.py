@@ -15,8 +15,11 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None] | T | None], *, timeout_s: float = 30.0,
-    interval_s: float = 0.1, what: str = "condition",
+    probe: Callable[[], Awaitable[T | None] | T | None],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.1,
+    what: str = "condition",
 ) -> T:
     """Poll `probe` (sync or async) until it returns something truthy; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -54,14 +57,17 @@ def submission(channel: str = "web", /, **overrides: Any) -> dict[str, Any]:
 
 async def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> list[Any]:
     """Every record on `topic` up to its current end (no consumer group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not partitions:
             await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: list[Any] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import smtplib
 import uuid
@@ -133,10 +134,8 @@ class Mailer:
             if delivered:
                 continue
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-            except TimeoutError:
-                pass
 
     async def deliver_due(self, limit: int = 20) -> int:
         """Deliver what is due now; return how many were attempted."""

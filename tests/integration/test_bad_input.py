@@ -1,4 +1,4 @@
-"""Bad input gets a specific answer: 4xx naming the field, or a dead-letter record with the reason."""
+"""Bad input gets a specific answer: 4xx naming the field, or a dead letter with the reason."""
 
 from __future__ import annotations
 
@@ -110,4 +110,3 @@ async def test_malformed_records_are_dead_lettered_and_the_next_one_is_processed
     assert second["reason_code"] == "schema_violation"
     assert "data.description" in second["reason"]
     assert second["offset"] == first["offset"] + 1
-

@@ -33,7 +33,9 @@ async def _receipt(running: Running, smtp, address: str):
 
 async def test_web_complaint_reaches_mailbox_and_is_routed_with_deadlines(running, smtp):
     key = await running.channel_key("web")
-    data = submission("web", category="product", amount_at_stake={"amount": "300.00", "currency": "EUR"})
+    data = submission(
+        "web", category="product", amount_at_stake={"amount": "300.00", "currency": "EUR"}
+    )
 
     answer = await running.http.post(
         "/v1/complaints", json=data, headers={"Authorization": f"Bearer {key}"}

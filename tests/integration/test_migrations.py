@@ -51,8 +51,13 @@ async def test_two_processes_migrating_at_once_agree(settings):
         env = service_process_env(settings, COMPLAINTS_DATABASE_URL=url)
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "complaints", "migrate", env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "complaints",
+                "migrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             for _ in range(2)
         ]

@@ -26,8 +26,12 @@ async def isolated(smtp):
     name = f"complaints_crash_{uuid.uuid4().hex[:8]}"
     url = await devinfra.ensure_database(ADMIN_DSN, name)
     settings = Settings(
-        _env_file=None, kafka_bootstrap=broker.bootstrap, database_url=url,
-        smtp_host=smtp.host, smtp_port=smtp.port, kafka_fetch_max_wait_ms=20,
+        _env_file=None,
+        kafka_bootstrap=broker.bootstrap,
+        database_url=url,
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
+        kafka_fetch_max_wait_ms=20,
         outbox_poll_interval_s=0.2,
     )
     await system.migrate_all(settings)
@@ -41,9 +45,14 @@ async def isolated(smtp):
 
 async def _spawn_notify(settings: Settings, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "complaints", "serve", "notify",
+        sys.executable,
+        "-m",
+        "complaints",
+        "serve",
+        "notify",
         env=service_process_env(settings, COMPLAINTS_HTTP_PORT=str(devinfra.free_port()), **env),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -60,7 +69,8 @@ async def test_receipt_sent_exactly_once_across_a_kill_of_notify(isolated: Setti
         try:
             event = new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data)
             await producer.send_and_wait(
-                topics.SUBMITTED, event.to_bytes(),
+                topics.SUBMITTED,
+                event.to_bytes(),
                 key=topics.submission_key("phone", data["external_id"]).encode(),
             )
         finally:
@@ -95,7 +105,8 @@ async def test_receipt_sent_exactly_once_across_a_kill_of_notify(isolated: Setti
 
         async def sent_events():
             found = [
-                r for r in await read_topic(isolated.kafka_bootstrap, topics.EVENTS)
+                r
+                for r in await read_topic(isolated.kafka_bootstrap, topics.EVENTS)
                 if json.loads(r.value)["type"] == "notification.sent"
                 and json.loads(r.value)["subject"] == row["complaint_id"]
             ]

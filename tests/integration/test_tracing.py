@@ -1,8 +1,6 @@
-"""One trace follows a complaint from the HTTP request through every service, with no personal data."""
+"""One trace follows a complaint from HTTP through every service, with no personal data."""
 
 from __future__ import annotations
-
-import asyncio
 
 from opentelemetry.trace import SpanKind
 
@@ -33,14 +31,21 @@ async def test_one_trace_covers_http_intake_resolution_and_notify(running: Runni
     await eventually(lambda: smtp.to(data["customer"]["email"]), what="receipt")
 
     def spans_of_trace():
-        return [s for s in running.spans.get_finished_spans() if f"{s.context.trace_id:032x}" == TRACE_ID]
+        return [
+            s
+            for s in running.spans.get_finished_spans()
+            if f"{s.context.trace_id:032x}" == TRACE_ID
+        ]
 
     def covered():
         services = {s.resource.attributes["service.name"] for s in spans_of_trace()}
         names = {s.name for s in spans_of_trace()}
         done = {"complaints-intake", "complaints-resolution", "complaints-notify"} <= services
-        return done and "notification deliver" in names and any(
-            n.startswith("complaints.events.v1 process") for n in names)
+        return (
+            done
+            and "notification deliver" in names
+            and any(n.startswith("complaints.events.v1 process") for n in names)
+        )
 
     await eventually(covered, what="spans from all three services")
     spans = spans_of_trace()
@@ -61,8 +66,11 @@ async def test_one_trace_covers_http_intake_resolution_and_notify(running: Runni
         assert any(s.attributes.get("db.system") == "postgresql" for s in by_service[service])
 
     personal = {
-        data["customer"]["name"], data["customer"]["email"], data["customer"]["phone"],
-        data["description"], data["desired_outcome"],
+        data["customer"]["name"],
+        data["customer"]["email"],
+        data["customer"]["phone"],
+        data["description"],
+        data["desired_outcome"],
     }
     for span in spans:
         for attribute, value in (span.attributes or {}).items():

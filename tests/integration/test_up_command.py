@@ -1,4 +1,4 @@
-"""`complaints up --demo` prints its URLs, shows complaints flowing, exports spans, stops on Ctrl-C."""
+"""`complaints up --demo` prints URLs, shows complaints flowing, exports spans, stops on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 request = ExportTraceServiceRequest.FromString(body)
                 for resource_spans in request.resource_spans:
                     service = next(
-                        a.value.string_value for a in resource_spans.resource.attributes
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
                         if a.key == "service.name"
                     )
                     for scope in resource_spans.scope_spans:
@@ -73,11 +74,18 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "complaints", "up", "--demo",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "complaints",
+        "up",
+        "--demo",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     lines: list[str] = []
     try:
+
         async def read_until(marker: str, count: int = 1) -> None:
             while sum(marker in line for line in lines) < count:
                 raw = await proc.stdout.readline()

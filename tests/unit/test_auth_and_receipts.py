@@ -21,7 +21,9 @@ def test_a_staff_token_names_its_subject_until_it_expires():
         auth.verify_token(SECRET, token, kind=auth.STAFF, now=1061)
 
 
-@pytest.mark.parametrize("mutate", [lambda t: t[:-2] + "xx", lambda t: "x" + t, lambda t: t.split(".")[0]])
+@pytest.mark.parametrize(
+    "mutate", [lambda t: t[:-2] + "xx", lambda t: "x" + t, lambda t: t.split(".")[0]]
+)
 def test_tampered_tokens_are_refused(mutate):
     token = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=60)
     with pytest.raises(auth.InvalidToken):
@@ -47,7 +49,9 @@ def _received(locale: str, **customer) -> ReceivedData:
     data.customer.locale = locale
     for k, v in customer.items():
         setattr(data.customer, k, v)
-    return ReceivedData(complaint_id="c-123", received_at=datetime(2026, 1, 1, tzinfo=UTC), **data.model_dump())
+    return ReceivedData(
+        complaint_id="c-123", received_at=datetime(2026, 1, 1, tzinfo=UTC), **data.model_dump()
+    )
 
 
 @pytest.mark.parametrize(

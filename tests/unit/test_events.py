@@ -13,8 +13,12 @@ from tests.support import submission
 
 
 def test_envelope_round_trips_in_structured_json():
-    event = new_event(type=EventType.RECEIVED, source="complaints/intake", subject="c-1",
-                      data={"complaint_id": "c-1"})
+    event = new_event(
+        type=EventType.RECEIVED,
+        source="complaints/intake",
+        subject="c-1",
+        data={"complaint_id": "c-1"},
+    )
     doc = json.loads(event.to_bytes())
     assert doc["specversion"] == "1.0"
     assert doc["type"] == "complaint.received"
@@ -40,11 +44,27 @@ def test_envelope_requires_id_source_type_and_version():
         ({"description": "   "}, "description", "value_error"),
         ({"description": "x" * 10_001}, "description", "string_too_long"),
         ({"category": "weather"}, "category", "enum"),
-        ({"amount_at_stake": {"amount": 49.9, "currency": "EUR"}}, "amount_at_stake.amount", "value_error"),
-        ({"amount_at_stake": {"amount": "-1", "currency": "EUR"}}, "amount_at_stake.amount", "string_pattern_mismatch"),
-        ({"amount_at_stake": {"amount": "1.00", "currency": "eur"}}, "amount_at_stake.currency", "string_pattern_mismatch"),
+        (
+            {"amount_at_stake": {"amount": 49.9, "currency": "EUR"}},
+            "amount_at_stake.amount",
+            "value_error",
+        ),
+        (
+            {"amount_at_stake": {"amount": "-1", "currency": "EUR"}},
+            "amount_at_stake.amount",
+            "string_pattern_mismatch",
+        ),
+        (
+            {"amount_at_stake": {"amount": "1.00", "currency": "eur"}},
+            "amount_at_stake.currency",
+            "string_pattern_mismatch",
+        ),
         ({"customer": {"id": "c1"}}, "customer", "value_error"),
-        ({"customer": {"id": "c1", "email": "not-an-address"}}, "customer.email", "string_pattern_mismatch"),
+        (
+            {"customer": {"id": "c1", "email": "not-an-address"}},
+            "customer.email",
+            "string_pattern_mismatch",
+        ),
         ({"occurred_at": "2026-11-22T10:00:00"}, "occurred_at", "value_error"),
         ({"staff_involved": ["s"] * 21}, "staff_involved", "too_long"),
     ],

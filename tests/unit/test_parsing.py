@@ -26,7 +26,12 @@ def _event(**data_change) -> bytes:
         (b"\xff\xfe not json", "not_json"),
         (b"[1, 2]", "not_cloudevent"),
         (b'{"specversion": "1.0", "data": {}}', "not_cloudevent"),
-        (json.dumps({"specversion": "1.0", "id": "1", "source": "s", "type": "complaint.closed"}).encode(), "unknown_type"),
+        (
+            json.dumps(
+                {"specversion": "1.0", "id": "1", "source": "s", "type": "complaint.closed"}
+            ).encode(),
+            "unknown_type",
+        ),
         (_event(description=""), "schema_violation"),
         (_event(channel="fax"), "unknown_channel"),
         (b'{"pad": "' + b"x" * MAX_RECORD_BYTES + b'"}', "oversized"),

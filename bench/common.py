@@ -1,0 +1,151 @@
+"""What the benchmarks share: the real parts, the system in its own process, a topic watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from complaints import system
+from shared import devinfra, kafka, topics
+from shared.settings import Settings
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    base_url: str
+    key: str
+
+
+@asynccontextmanager
+async def running_system(tmp: Path) -> AsyncIterator[Bench]:
+    """A broker (configured or embedded), a fresh database, and `complaints up` in a subprocess."""
+    broker = None
+    bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = devinfra.EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    admin, _server = await devinfra.admin_dsn()
+    name = f"complaints_bench_{uuid.uuid4().hex[:8]}"
+    url = await devinfra.ensure_database(admin, name)
+    port = devinfra.free_port()
+    settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
+    await system.migrate_all(settings)
+    await kafka.ensure_topics(settings)
+    from services.intake import keys
+
+    key = await keys.create(settings, "web")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
+    env.update(
+        COMPLAINTS_KAFKA_BOOTSTRAP=bootstrap,
+        COMPLAINTS_DATABASE_URL=url,
+        COMPLAINTS_HTTP_PORT=str(port),
+        COMPLAINTS_STATE_DIR=str(tmp),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        "up",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            if not line:
+                raise RuntimeError("complaints up ended before it was ready")
+            if b"complaints is up" in line:
+                break
+        drain = asyncio.create_task(_drain(proc.stdout))
+        yield Bench(settings=settings, base_url=f"http://127.0.0.1:{port}", key=key)
+        drain.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(2)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+        await devinfra.drop_database(admin, name)
+        if broker is not None:
+            broker.stop()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@dataclass
+class Watcher:
+    """Records when each complaint's event of `type_` is first seen on the events topic."""
+
+    bootstrap: str
+    type_: str
+    seen: dict[str, float] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+            request_timeout_ms=30_000,
+        )
+        await consumer.start()
+        partitions = [
+            TopicPartition(topics.EVENTS, p)
+            for p in sorted(consumer.partitions_for_topic(topics.EVENTS) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        self._task = asyncio.create_task(self._run(consumer))
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+                now = time.perf_counter()
+                for records in batches.values():
+                    for record in records:
+                        event: dict[str, Any] = json.loads(record.value)
+                        if event["type"] == self.type_:
+                            self.seen.setdefault(event["subject"], now)
+        finally:
+            await consumer.stop()
+
+    async def wait_for(self, ids: set[str], timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        while not ids <= self.seen.keys():
+            if time.perf_counter() > deadline:
+                raise TimeoutError(
+                    f"{len(ids - self.seen.keys())} complaints never reached {self.type_}"
+                )
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0–1) of `values`, inclusive method."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]

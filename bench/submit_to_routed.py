@@ -1,0 +1,71 @@
+"""HTTP submit → `complaint.routed`: complaints/s and latency for N complaints.
+
+Runs `complaints up` in its own process against a broker (embedded tansu unless
+COMPLAINTS_KAFKA_BOOTSTRAP is set) and a fresh database on the local PostgreSQL, posts N
+complaints over HTTP with C concurrent clients, and watches the events topic.
+
+    python bench/submit_to_routed.py --complaints 1000 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import Watcher, percentile, running_system
+from tests.support import submission
+
+
+async def main(count: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_system(Path(tmp)) as bench:
+            watcher = Watcher(bench.settings.kafka_bootstrap or "", "complaint.routed")
+            await watcher.start()
+            started: dict[str, float] = {}
+            queue: asyncio.Queue[dict] = asyncio.Queue()
+            for _ in range(count):
+                queue.put_nowait(submission("web"))
+            limits = httpx.Limits(max_connections=concurrency)
+            headers = {"Authorization": f"Bearer {bench.key}"}
+            async with httpx.AsyncClient(
+                base_url=bench.base_url, limits=limits, timeout=60
+            ) as http:
+
+                async def client() -> None:
+                    while not queue.empty():
+                        data = queue.get_nowait()
+                        t0 = time.perf_counter()
+                        answer = await http.post("/v1/complaints", json=data, headers=headers)
+                        answer.raise_for_status()
+                        started[answer.json()["complaint_id"]] = t0
+
+                t_start = time.perf_counter()
+                await asyncio.gather(*(client() for _ in range(concurrency)))
+                t_accepted = time.perf_counter()
+            await watcher.wait_for(set(started), timeout_s=300)
+            t_routed = max(watcher.seen[c] for c in started)
+            await watcher.stop()
+    latencies = [(watcher.seen[c] - started[c]) * 1000 for c in started]
+    print(f"complaints                 {count} over HTTP, {concurrency} concurrent clients")
+    print(f"accepted (202) per second  {count / (t_accepted - t_start):8.1f}")
+    print(f"submit → routed per second {count / (t_routed - t_start):8.1f}")
+    print(
+        f"latency submit → routed    p50 {statistics.median(latencies):7.1f} ms   "
+        f"p95 {percentile(latencies, 0.95):7.1f} ms   p99 {percentile(latencies, 0.99):7.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--complaints", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    asyncio.run(main(args.complaints, args.concurrency))
