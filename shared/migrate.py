@@ -10,6 +10,8 @@ from importlib import resources
 
 import asyncpg
 
+from shared.db import Conn
+
 log = logging.getLogger(__name__)
 
 # One lock for all schemas: migrations are rare, and serialising them keeps DDL simple.
@@ -65,9 +67,7 @@ async def apply(dsn: str, schema: str, migrations: list[Migration]) -> list[str]
         await conn.close()
 
 
-async def _apply_locked(
-    conn: asyncpg.Connection, schema: str, migrations: list[Migration]
-) -> list[str]:
+async def _apply_locked(conn: Conn, schema: str, migrations: list[Migration]) -> list[str]:
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     await conn.execute(
         f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (

@@ -13,6 +13,7 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from shared.db import Conn
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.telemetry import extract_context, inject_headers
 
@@ -32,7 +33,7 @@ class Message:
     event: CloudEvent
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[Message]) -> None:
+async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     """Record `messages` in the caller's transaction, with the current trace context."""
     if not messages:
         return
@@ -163,7 +164,7 @@ class OutboxRelay:
                 span.end()
 
 
-async def purge_sent(conn: asyncpg.Connection, older_than_s: float) -> int:
+async def purge_sent(conn: Conn, older_than_s: float) -> int:
     """Delete rows published more than `older_than_s` ago; return how many."""
     result = await conn.execute(
         "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s

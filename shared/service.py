@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
 from faststream import AckPolicy, FastStream
@@ -19,6 +18,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import db, kafka, migrate
+from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class RecordHandler(Protocol):
-    def __call__(
-        self, conn: asyncpg.Connection, record: kafka.Record, *, now: datetime
-    ) -> Awaitable[None]: ...
+    def __call__(self, conn: Conn, record: kafka.Record, *, now: datetime) -> Awaitable[None]: ...
 
 
 class Service:
@@ -91,7 +89,7 @@ class Service:
         """
         failures = 0
 
-        @self.broker.subscriber(
+        @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
             group_id=self.group_id,
             ack_policy=AckPolicy.NACK_ON_ERROR,
@@ -102,7 +100,7 @@ class Service:
             records = [kafka.Record.of(raw) for raw in message.raw_message]
             now = utcnow()
 
-            async def one(conn: asyncpg.Connection, record: kafka.Record) -> None:
+            async def one(conn: Conn, record: kafka.Record) -> None:
                 await handle(conn, record, now=now)
 
             try:

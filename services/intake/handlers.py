@@ -7,13 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.intake import repository
 from services.intake.domain import Routing, route
 from shared import outbox, topics
+from shared.db import Conn
 from shared.events import (
     CloudEvent,
     EventType,
@@ -34,7 +34,7 @@ def new_complaint_id() -> str:
 
 
 async def accept(
-    conn: asyncpg.Connection, data: SubmittedData, *, source: str, now: datetime
+    conn: Conn, data: SubmittedData, *, source: str, now: datetime
 ) -> tuple[str, bool]:
     """Store and route a submission; return its complaint id and whether it is new."""
     complaint_id = new_complaint_id()
@@ -148,7 +148,7 @@ def validate_data(data: Any, *, prefix: tuple[str, ...] = ()) -> SubmittedData:
         raise Rejected(code, _summary(errors)) from None
 
 
-async def on_submitted_record(conn: asyncpg.Connection, record: Record, *, now: datetime) -> None:
+async def on_submitted_record(conn: Conn, record: Record, *, now: datetime) -> None:
     """Accept one record from `complaints.submitted.v1` (duplicates change nothing)."""
     data, source = parse_submitted(record.value)
     await accept(conn, data, source=source, now=now)

@@ -7,11 +7,12 @@ from datetime import datetime
 import asyncpg
 
 from services.intake.domain import Routing
+from shared.db import Conn
 from shared.events import SubmittedData
 
 
 async def insert_complaint(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     complaint_id: str,
     data: SubmittedData,
@@ -45,7 +46,7 @@ async def insert_complaint(
     return inserted is not None
 
 
-async def find_complaint_id(conn: asyncpg.Connection, channel: str, external_id: str) -> str:
+async def find_complaint_id(conn: Conn, channel: str, external_id: str) -> str:
     """The id of the complaint a channel submitted under `external_id`."""
     found = await conn.fetchval(
         "SELECT complaint_id FROM complaints WHERE channel = $1 AND external_id = $2",
@@ -57,9 +58,7 @@ async def find_complaint_id(conn: asyncpg.Connection, channel: str, external_id:
     return str(found)
 
 
-async def add_channel_key(
-    conn: asyncpg.Connection, *, key_id: str, channel: str, key_hash: str
-) -> None:
+async def add_channel_key(conn: Conn, *, key_id: str, channel: str, key_hash: str) -> None:
     await conn.execute(
         "INSERT INTO channel_keys (key_id, channel, key_hash) VALUES ($1, $2, $3)",
         key_id,
@@ -68,7 +67,7 @@ async def add_channel_key(
     )
 
 
-async def channel_for_key(conn: asyncpg.Connection, key_hash: str) -> str | None:
+async def channel_for_key(conn: Conn, key_hash: str) -> str | None:
     """The channel a live key belongs to, or None for unknown and revoked keys."""
     found = await conn.fetchval(
         "SELECT channel FROM channel_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
@@ -76,13 +75,13 @@ async def channel_for_key(conn: asyncpg.Connection, key_hash: str) -> str | None
     return None if found is None else str(found)
 
 
-async def list_channel_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def list_channel_keys(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT key_id, channel, created_at, revoked_at FROM channel_keys ORDER BY created_at"
     )
 
 
-async def revoke_channel_key(conn: asyncpg.Connection, key_id: str) -> bool:
+async def revoke_channel_key(conn: Conn, key_id: str) -> bool:
     """Revoke a key by id; False when no live key has that id."""
     result = await conn.execute(
         "UPDATE channel_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from services.notify import domain, repository
 from shared import inbox, outbox, topics
+from shared.db import Conn
 from shared.events import EventType, NotificationData, ReceivedData, RoutedData, new_event
 from shared.kafka import Record, Rejected, parse_event
 from shared.settings import Settings
@@ -29,7 +30,7 @@ SOURCE = "complaints/notify"
 log = logging.getLogger(__name__)
 
 
-async def on_event_record(conn: asyncpg.Connection, record: Record, *, now: datetime) -> None:
+async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     """Keep the event for the stream and plan what it calls for (redeliveries change nothing)."""
     event = parse_event(record)
     if not await inbox.first_time(conn, CONSUMER, event.id):
@@ -46,7 +47,7 @@ async def on_event_record(conn: asyncpg.Connection, record: Record, *, now: date
         raise Rejected("schema_violation", f"{event.type} data does not match its schema") from None
 
 
-async def plan_receipt(conn: asyncpg.Connection, data: ReceivedData, *, now: datetime) -> None:
+async def plan_receipt(conn: Conn, data: ReceivedData, *, now: datetime) -> None:
     """Queue the customer's receipt, or record why none can be sent."""
     trace.get_current_span().set_attribute("complaint.id", data.complaint_id)
     message = domain.receipt(data)

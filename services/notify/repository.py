@@ -7,11 +7,12 @@ from typing import Any
 import asyncpg
 
 from services.notify.domain import Message
+from shared.db import Conn
 from shared.events import CloudEvent
 
 
 async def plan(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     notification_id: str,
     complaint_id: str,
@@ -37,9 +38,7 @@ async def plan(
     return inserted is not None
 
 
-async def claim_due(
-    conn: asyncpg.Connection, *, limit: int, lease_s: float
-) -> list[asyncpg.Record]:
+async def claim_due(conn: Conn, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
     """Lease due messages to this mailer; a crashed mailer's lease runs out and they return."""
     return await conn.fetch(
         """UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
@@ -55,7 +54,7 @@ async def claim_due(
     )
 
 
-async def mark_sent(conn: asyncpg.Connection, notification_id: str) -> None:
+async def mark_sent(conn: Conn, notification_id: str) -> None:
     await conn.execute(
         "UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL "
         "WHERE notification_id = $1",
@@ -64,7 +63,7 @@ async def mark_sent(conn: asyncpg.Connection, notification_id: str) -> None:
 
 
 async def mark_failed(
-    conn: asyncpg.Connection, notification_id: str, error: str, *, final: bool, retry_in_s: float
+    conn: Conn, notification_id: str, error: str, *, final: bool, retry_in_s: float
 ) -> None:
     await conn.execute(
         """UPDATE notifications SET status = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
@@ -78,7 +77,7 @@ async def mark_failed(
     )
 
 
-async def remember_team(conn: asyncpg.Connection, complaint_id: str, team: str) -> None:
+async def remember_team(conn: Conn, complaint_id: str, team: str) -> None:
     await conn.execute(
         """INSERT INTO complaint_teams (complaint_id, team) VALUES ($1, $2)
            ON CONFLICT (complaint_id) DO UPDATE SET team = EXCLUDED.team""",
@@ -87,9 +86,7 @@ async def remember_team(conn: asyncpg.Connection, complaint_id: str, team: str) 
     )
 
 
-async def add_to_stream(
-    conn: asyncpg.Connection, event: CloudEvent, complaint_id: str | None
-) -> None:
+async def add_to_stream(conn: Conn, event: CloudEvent, complaint_id: str | None) -> None:
     """Keep an event for the live stream, tagged with its complaint's team when known."""
     await conn.execute(
         """INSERT INTO stream_events (event_id, complaint_id, type, team, at, event)
@@ -105,7 +102,7 @@ async def add_to_stream(
 
 
 async def stream_after(
-    conn: asyncpg.Connection, after_id: int, *, teams: list[str] | None, limit: int = 200
+    conn: Conn, after_id: int, *, teams: list[str] | None, limit: int = 200
 ) -> list[asyncpg.Record]:
     """Stream events after `after_id`, for `teams` (None: all)."""
     return await conn.fetch(
@@ -118,6 +115,6 @@ async def stream_after(
     )
 
 
-async def stream_head(conn: asyncpg.Connection) -> int:
+async def stream_head(conn: Conn) -> int:
     value: Any = await conn.fetchval("SELECT coalesce(max(id), 0) FROM stream_events")
     return int(value)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.resolution import domain, repository
 from shared import inbox
+from shared.db import Conn
 from shared.events import CloudEvent, EventType, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected, parse_event
 from shared.web import field_errors
@@ -17,7 +17,7 @@ from shared.web import field_errors
 CONSUMER = "resolution"
 
 
-async def on_event_record(conn: asyncpg.Connection, record: Record, *, now: datetime) -> None:
+async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     """Apply one event of `complaints.events.v1` to its case (redeliveries change nothing)."""
     event = parse_event(record)
     if not await inbox.first_time(conn, CONSUMER, event.id):
@@ -25,7 +25,7 @@ async def on_event_record(conn: asyncpg.Connection, record: Record, *, now: date
     await apply_event(conn, event, now=now)
 
 
-async def apply_event(conn: asyncpg.Connection, event: CloudEvent, *, now: datetime) -> None:
+async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
     complaint_id = event.subject or (event.data or {}).get("complaint_id")
     if not complaint_id:
         return  # not about one complaint (a dead-letter notice, say): nothing to record

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from services.resolution.domain import OpenedCase, Status, TimelineEntry
+from shared.db import Conn
 from shared.events import ReceivedData, RoutedData
 
 
-async def add_received(conn: asyncpg.Connection, data: ReceivedData) -> None:
+async def add_received(conn: Conn, data: ReceivedData) -> None:
     """A case row for a received complaint (no-op if routing got there first)."""
     await conn.execute(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category,
@@ -27,7 +26,7 @@ async def add_received(conn: asyncpg.Connection, data: ReceivedData) -> None:
     )
 
 
-async def open_case(conn: asyncpg.Connection, routed: RoutedData, case: OpenedCase) -> None:
+async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
     """Record where the complaint was routed and start its clocks."""
     await conn.execute(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category, severity,
@@ -59,7 +58,7 @@ async def open_case(conn: asyncpg.Connection, routed: RoutedData, case: OpenedCa
 
 
 async def append_timeline(
-    conn: asyncpg.Connection, complaint_id: str, event_id: str, entry: TimelineEntry
+    conn: Conn, complaint_id: str, event_id: str, entry: TimelineEntry
 ) -> None:
     await conn.execute(
         """INSERT INTO timeline (complaint_id, event_id, type, at, actor, detail)
@@ -73,7 +72,7 @@ async def append_timeline(
     )
 
 
-async def load_view(conn: asyncpg.Connection, complaint_id: str) -> dict[str, Any] | None:
+async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
     """The case with its timeline, or None."""
     case = await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
     if case is None:
