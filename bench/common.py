@@ -44,9 +44,9 @@ async def running_system(tmp: Path) -> AsyncIterator[Bench]:
     settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
     await system.migrate_all(settings)
     await kafka.ensure_topics(settings)
-    from services.intake import keys
+    from services.intake import admin
 
-    key = await keys.create(settings, "web")
+    key = await admin.create_key(settings, "web")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
     env.update(
         COMPLAINTS_KAFKA_BOOTSTRAP=bootstrap,

@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from complaints import system
+from services.intake import admin
 from shared import auth, devinfra
 from shared.events import Channel
 from shared.settings import Settings
@@ -21,9 +22,13 @@ app = typer.Typer(
     help="Event-driven complaint resolution.", no_args_is_help=True, add_completion=False
 )
 keys_app = typer.Typer(help="Channel keys: create, list, revoke.", no_args_is_help=True)
-staff_app = typer.Typer(help="Staff: bearer tokens.", no_args_is_help=True)
+staff_app = typer.Typer(help="Staff: the directory and bearer tokens.", no_args_is_help=True)
+routes_app = typer.Typer(
+    help="The routing table: which team gets which complaints.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(staff_app, name="staff")
+app.add_typer(routes_app, name="routes")
 
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -68,6 +73,8 @@ async def _up(demo: bool) -> None:
         await system.migrate_all(settings)
         secret = auth.resolve_secret(settings)
         keys = await _dev_keys(settings)
+        if demo:
+            await admin.seed_demo_staff(settings)
         token = auth.issue_token(secret, kind=auth.STAFF, subject="demo-manager", ttl_s=86_400)
         base = settings.base_url()
 
@@ -112,13 +119,11 @@ async def _dev_keys(settings: Settings) -> dict[str, str]:
     """Web and phone keys kept in the state directory, recreated if no longer valid."""
     path = devinfra.state_dir() / "dev-keys.json"
     known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    from services.intake import keys as channel_keys
-
     result = {}
     for channel in ("web", "phone"):
         key = known.get(channel)
-        if key is None or await channel_keys.channel_of(settings, key) != channel:
-            key = await channel_keys.create(settings, channel)
+        if key is None or await admin.channel_of(settings, key) != channel:
+            key = await admin.create_key(settings, channel)
         result[channel] = key
     path.write_text(json.dumps(result))
     path.chmod(0o600)
@@ -175,28 +180,31 @@ async def _settings_with_database() -> Settings:
     return settings
 
 
+def _admin(call: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """Run an intake administration use case against the configured (or local) database."""
+
+    async def main() -> T:
+        return await call(await _settings_with_database())
+
+    try:
+        return _run(main())
+    except admin.AdminError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
 @keys_app.command("create")
 def keys_create(
     channel: Annotated[Channel, typer.Option(help="The channel the key is for.")],
 ) -> None:
     """Create a channel key and print it alone on stdout."""
-    from services.intake import keys as channel_keys
-
-    async def main() -> str:
-        return await channel_keys.create(await _settings_with_database(), channel.value)
-
-    sys.stdout.write(_run(main()) + "\n")
+    sys.stdout.write(_admin(lambda s: admin.create_key(s, channel.value)) + "\n")
 
 
 @keys_app.command("list")
 def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List channel keys (ids and channels; the keys themselves are never stored)."""
-    from services.intake import keys as channel_keys
-
-    async def main() -> list[dict[str, Any]]:
-        return await channel_keys.list_all(await _settings_with_database())
-
-    rows = _run(main())
+    rows = _admin(admin.list_keys)
     if as_json:
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
         return
@@ -212,15 +220,139 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")],
 ) -> None:
     """Revoke a channel key; its holder gets 401 from then on."""
-    from services.intake import keys as channel_keys
-
-    async def main() -> bool:
-        return await channel_keys.revoke(await _settings_with_database(), key_id)
-
-    if not _run(main()):
+    if not _admin(lambda s: admin.revoke_key(s, key_id)):
         err.print(f"[red]no live key with id {key_id}[/]")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")
+
+
+def _languages(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise typer.BadParameter("use true or false")
+
+
+@staff_app.command("add")
+def staff_add(
+    staff_id: Annotated[str, typer.Argument(help="The member's id.")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    team: Annotated[str, typer.Option(help="Team, e.g. customer-care.")],
+    role: Annotated[str, typer.Option(help="agent, senior_agent, supervisor, manager, director")],
+    languages: Annotated[str, typer.Option(help="Comma-separated, e.g. en,tr.")] = "en",
+    capacity: Annotated[
+        int, typer.Option(help="Open-case load they can carry (a low case weighs 1, critical 5).")
+    ] = 20,
+) -> None:
+    """Add a staff member to the directory."""
+    _admin(
+        lambda s: admin.add_staff(
+            s,
+            staff_id=staff_id,
+            name=name,
+            team=team,
+            role=role,
+            languages=_languages(languages) or ["en"],
+            capacity=capacity,
+        )
+    )
+    err.print(f"added {staff_id} to {team}")
+
+
+@staff_app.command("set")
+def staff_set(
+    staff_id: Annotated[str, typer.Argument(help="The member's id.")],
+    available: Annotated[str | None, typer.Option(help="true or false.")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    team: Annotated[str | None, typer.Option()] = None,
+    role: Annotated[str | None, typer.Option()] = None,
+    languages: Annotated[str | None, typer.Option(help="Comma-separated.")] = None,
+    capacity: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Change a member; an unavailable member's unacknowledged cases are reassigned."""
+    flag = None if available is None else _bool(available)
+    moved = _admin(
+        lambda s: admin.set_staff(
+            s,
+            staff_id,
+            available=flag,
+            name=name,
+            team=team,
+            role=role,
+            languages=_languages(languages),
+            capacity=capacity,
+        )
+    )
+    err.print(f"updated {staff_id}" + (f"; reassigned {len(moved)} case(s)" if moved else ""))
+
+
+@staff_app.command("list")
+def staff_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The staff directory."""
+    rows = _admin(admin.list_staff)
+    if as_json:
+        keys = ("id", "name", "team", "role", "languages", "capacity", "available")
+        sys.stdout.write(json.dumps([{k: r[k] for k in keys} for r in rows]) + "\n")
+        return
+    for r in rows:
+        state = "available" if r["available"] else "away"
+        sys.stdout.write(
+            f"{r['id']:<12} {r['team']:<18} {r['role']:<13} {','.join(r['languages']):<9} "
+            f"cap {r['capacity']:<3} {state:<9} {r['name']}\n"
+        )
+
+
+@routes_app.command("list")
+def routes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The routing table, in the order rules are tried (first match wins)."""
+    rows = _admin(admin.list_routes)
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    for r in rows:
+        match = " ".join(f"{f}={r[f]}" for f in admin.ROUTE_FIELDS if r[f]) or "(anything)"
+        sys.stdout.write(f"{r['rule_id']:>4}  prio {r['priority']:<4} {match:<48} → {r['team']}\n")
+
+
+@routes_app.command("add")
+def routes_add(
+    team: Annotated[str, typer.Option(help="Team the matching complaints go to.")],
+    priority: Annotated[int, typer.Option(help="Lower is tried first.")] = 100,
+    category: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    language: Annotated[str | None, typer.Option()] = None,
+    severity: Annotated[str | None, typer.Option()] = None,
+    tier: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Add a routing rule (fields left out match anything); prints its id alone on stdout."""
+    rule_id = _admin(
+        lambda s: admin.add_route(
+            s,
+            team=team,
+            priority=priority,
+            category=category,
+            channel=channel,
+            language=language,
+            severity=severity,
+            tier=tier,
+        )
+    )
+    sys.stdout.write(f"{rule_id}\n")
+
+
+@routes_app.command("remove")
+def routes_remove(rule_id: Annotated[int, typer.Argument()]) -> None:
+    """Remove a routing rule; complaints no rule matches go to the default team."""
+    if not _admin(lambda s: admin.remove_route(s, rule_id)):
+        err.print(f"[red]no routing rule {rule_id}[/]")
+        raise typer.Exit(1)
+    err.print(f"removed rule {rule_id}")
 
 
 @staff_app.command("token")

@@ -44,6 +44,8 @@ class EventType(StrEnum):
     SLA_BREACHED = "complaint.sla_breached"
     ESCALATED = "complaint.escalated"
     FEEDBACK_RECEIVED = "complaint.feedback_received"
+    REASSIGNED = "complaint.reassigned"
+    UNASSIGNED = "complaint.unassigned"
     NOTIFICATION_SENT = "notification.sent"
     NOTIFICATION_FAILED = "notification.failed"
     DEADLETTERED = "record.deadlettered"
@@ -139,6 +141,9 @@ class Customer(BaseModel):
     locale: Annotated[
         str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)
     ] = "en"
+    tier: Literal["standard", "silver", "gold", "vip"] | None = Field(
+        default=None, description="customer value, for routing rules (an extension)"
+    )
 
     @model_validator(mode="after")
     def _one_contact(self) -> Customer:
@@ -218,6 +223,24 @@ class RoutedData(BaseModel):
     language: str
     staff_involved: list[str] = Field(default_factory=list)
     deadlines: Deadlines
+    severity_score: int | None = None
+    team_reason: str | None = None
+    assignment_reason: str | None = None
+    flags: list[dict[str, str]] = Field(default_factory=list)
+    review_by: str | None = None
+    customer_history: dict[str, Any] | None = None
+
+
+class ReassignedData(BaseModel):
+    """`complaint.reassigned` (another holder) and `complaint.unassigned` (left in the queue)."""
+
+    complaint_id: str
+    actor: str = "system"
+    at: datetime
+    team: str
+    from_assignee: str | None = None
+    to_assignee: str | None = None
+    reason: str
 
 
 class NotificationData(BaseModel):

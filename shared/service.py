@@ -80,6 +80,7 @@ class Service:
         handle: RecordHandler,
         *,
         after: Callable[[], None] | None = None,
+        group: str | None = None,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each.
 
@@ -88,10 +89,11 @@ class Service:
         batch commits the relay is woken, and then `after`.
         """
         failures = 0
+        group_id = group or self.group_id
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
-            group_id=self.group_id,
+            group_id=group_id,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             **kafka.consumer_options(self.settings),
         )
@@ -107,7 +109,7 @@ class Service:
                 await kafka.process_batch(
                     pool=self.pool,
                     tracer=self.tracer,
-                    consumer=self.group_id,
+                    consumer=group_id,
                     records=records,
                     handle=one,
                 )

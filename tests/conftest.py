@@ -92,9 +92,9 @@ class Running:
         return auth.issue_token(self.secret, kind=auth.STAFF, subject=staff_id, ttl_s=3600)
 
     async def channel_key(self, channel: str) -> str:
-        from services.intake import keys
+        from services.intake import admin
 
-        return await keys.create(self.settings, channel)
+        return await admin.create_key(self.settings, channel)
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.require_database_url())

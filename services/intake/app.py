@@ -17,6 +17,7 @@ class Intake(Service):
     def register(self) -> None:
         api.install(self, self.router)
         self.consume(topics.SUBMITTED, handlers.on_submitted_record)
+        self.consume(topics.EVENTS, handlers.on_event_record, group=f"{self.group_id}-cases")
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Intake:

@@ -32,7 +32,18 @@ def open_case(routed: RoutedData) -> OpenedCase:
 # What each event shows on the timeline: staff-facing facts, never the customer's words.
 _DETAIL_KEYS: dict[str, tuple[str, ...]] = {
     EventType.RECEIVED: ("channel", "external_id", "category"),
-    EventType.ROUTED: ("team", "assignee", "severity", "category", "deadlines"),
+    EventType.ROUTED: (
+        "team",
+        "assignee",
+        "severity",
+        "severity_score",
+        "category",
+        "deadlines",
+        "flags",
+        "review_by",
+    ),
+    EventType.REASSIGNED: ("team", "from_assignee", "to_assignee", "reason"),
+    EventType.UNASSIGNED: ("team", "reason"),
     EventType.NOTIFICATION_SENT: ("kind", "medium", "language"),
     EventType.NOTIFICATION_FAILED: ("kind", "medium", "reason"),
 }

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from services.resolution import domain, repository
 from shared import inbox
 from shared.db import Conn
-from shared.events import CloudEvent, EventType, ReceivedData, RoutedData
+from shared.events import CloudEvent, EventType, ReassignedData, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected, parse_event
 from shared.web import field_errors
 
@@ -36,6 +36,9 @@ async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
         elif event.type == EventType.ROUTED:
             routed = RoutedData.model_validate(event.data)
             await repository.open_case(conn, routed, domain.open_case(routed))
+        elif event.type == EventType.REASSIGNED:
+            moved = ReassignedData.model_validate(event.data)
+            await repository.set_assignee(conn, moved.complaint_id, moved.to_assignee)
     except ValidationError as exc:
         reason = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors()))
         raise Rejected("schema_violation", f"{event.type}: {reason}") from None

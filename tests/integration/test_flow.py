@@ -34,7 +34,7 @@ async def _receipt(running: Running, smtp, address: str):
 async def test_web_complaint_reaches_mailbox_and_is_routed_with_deadlines(running, smtp):
     key = await running.channel_key("web")
     data = submission(
-        "web", category="product", amount_at_stake={"amount": "300.00", "currency": "EUR"}
+        "web", category="product", amount_at_stake={"amount": "1000.00", "currency": "EUR"}
     )
 
     answer = await running.http.post(
@@ -58,7 +58,7 @@ async def test_web_complaint_reaches_mailbox_and_is_routed_with_deadlines(runnin
     assert view["external_id"] == data["external_id"]
     assert view["category"] == "product"
     assert view["team"] == "product-quality"
-    assert view["severity"] == "high"  # medium, raised one step by 300 at stake
+    assert view["severity"] == "high"  # product 2 + 2 for 1000 EUR at stake = 4
     acknowledge_by = datetime.fromisoformat(view["deadlines"]["acknowledge_by"])
     resolve_by = datetime.fromisoformat(view["deadlines"]["resolve_by"])
     assert resolve_by - acknowledge_by == timedelta(days=3) - timedelta(hours=4)

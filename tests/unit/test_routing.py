@@ -1,4 +1,4 @@
-"""Intake's routing and severity table, and the deadline table (pure functions)."""
+"""Intake's decisions as tables: classification, severity, flags, routing and assignment."""
 
 from __future__ import annotations
 
@@ -6,84 +6,205 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.intake.domain import DEFAULT_TEAM, TEAM_BY_CATEGORY, route
+from services.intake.domain import (
+    DEFAULT_ROUTES,
+    DEFAULT_TEAM,
+    History,
+    RoutingRule,
+    StaffLoad,
+    choose_assignee,
+    classify,
+    decide,
+    default_rules,
+    flags,
+    pick_team,
+    score_severity,
+    signals,
+)
 from shared import sla
 from shared.events import Category, Severity, SubmittedData
 from tests.support import submission
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+ROUTES = [RoutingRule(rule_id=i, category=c, team=t) for i, (c, t) in enumerate(DEFAULT_ROUTES, 1)]
 
 
-def _route(**change):
-    return route(SubmittedData.model_validate(submission("web", **change)), NOW)
-
-
-@pytest.mark.parametrize(
-    ("category", "team"),
-    [
-        ("product", "product-quality"),
-        ("warranty", "product-quality"),
-        ("price_quality", "product-quality"),
-        ("service", "customer-care"),
-        ("staff_conduct", "conduct-review"),
-        ("facilities", "store-operations"),
-        ("stock", "store-operations"),
-        ("advertising", "marketing"),
-        ("website_phone", "digital"),
-        ("other", DEFAULT_TEAM),
-    ],
-)
-def test_category_decides_the_team(category, team):
-    assert _route(category=category, amount_at_stake=None).team == team
-
-
-def test_every_category_has_a_team():
-    assert set(TEAM_BY_CATEGORY) == set(Category)
-
-
-def test_missing_category_is_routed_to_the_default_team_with_a_reason():
-    routing = _route(category=None)
-    assert routing.category == Category.OTHER
-    assert routing.team == DEFAULT_TEAM
-    assert routing.category_reason
+def _data(description: str = "x", *, locale: str = "en", **change) -> SubmittedData:
+    doc = submission("web", description=description, category=None, amount_at_stake=None)
+    doc["customer"]["locale"] = locale
+    doc.update(change)
+    return SubmittedData.model_validate(doc)
 
 
 @pytest.mark.parametrize(
-    ("category", "amount", "staff", "expected"),
+    ("locale", "text", "category"),
     [
-        ("facilities", None, [], Severity.LOW),
-        ("product", None, [], Severity.MEDIUM),
-        ("product", "249.99", [], Severity.MEDIUM),
-        ("product", "250.00", [], Severity.HIGH),
-        ("product", "1000", [], Severity.CRITICAL),
-        ("facilities", "1000", [], Severity.HIGH),
-        ("staff_conduct", None, [], Severity.HIGH),
-        ("facilities", None, ["emp-1"], Severity.HIGH),
+        ("en", "The kettle stopped working after two days", Category.PRODUCT),
+        ("en", "The cashier was rude and shouted at me", Category.STAFF_CONDUCT),
+        ("en", "They refused my warranty repair", Category.WARRANTY),
+        ("en", "The advertised promotion was misleading", Category.ADVERTISING),
+        ("en", "Your website checkout fails at the payment page", Category.WEBSITE_PHONE),
+        ("en", "The item has been out of stock for weeks", Category.STOCK),
+        ("en", "My delivery never arrived", Category.SERVICE),
+        ("tr", "Aldığım buzdolabı soğutmuyor, bozuk geldi", Category.PRODUCT),
+        ("tr", "Kasadaki personel bana çok kaba davrandı ve bağırdı", Category.STAFF_CONDUCT),
+        ("tr", "Kampanyadaki ürün stokta yok", Category.STOCK),
+        ("tr", "GARANTİ kapsamında tamir etmediler", Category.WARRANTY),
+        ("nl", "De waterkoker is kapot en werkt niet", Category.PRODUCT),
+        ("nl", "De medewerker was onbeleefd", Category.STAFF_CONDUCT),
+        ("nl", "Mijn bestelling is te laat bezorgd", Category.SERVICE),
+        ("nl", "De folder beloofde korting, misleidend", Category.ADVERTISING),
     ],
 )
-def test_severity_from_category_amount_and_named_staff(category, amount, staff, expected):
+def test_classification_per_language(locale, text, category):
+    result = classify(_data(text, locale=locale), default_rules())
+    assert result.category == category
+    assert result.reason.startswith(f"{locale} rules matched")
+
+
+def test_classification_falls_back_to_other_languages_then_other():
+    result = classify(_data("The kettle is broken", locale="tr"), default_rules())
+    assert (result.category, result.reason.split()[0]) == (Category.PRODUCT, "en")
+    unknown = classify(_data("Lorem ipsum dolor sit amet"), default_rules())
+    assert unknown.category == Category.OTHER
+    assert unknown.reason.startswith("no rule matched")
+
+
+def test_the_channels_category_wins():
+    result = classify(_data("broken", category="stock"), default_rules())
+    assert (result.category, result.reason) == (Category.STOCK, "given by the channel")
+
+
+def _score(text="x", *, category=Category.STOCK, history=History(), **change):
+    data = _data(text, **change)
+    return score_severity(category, data, history, signals(data, default_rules()))
+
+
+@pytest.mark.parametrize(
+    ("change", "history", "category", "expected", "score"),
+    [
+        ({}, History(), Category.STOCK, Severity.LOW, 0),
+        ({}, History(), Category.PRODUCT, Severity.MEDIUM, 2),
+        ({"amount_at_stake": {"amount": "250", "currency": "EUR"}}, History(), Category.PRODUCT, Severity.MEDIUM, 3),
+        ({"amount_at_stake": {"amount": "1000", "currency": "EUR"}}, History(), Category.PRODUCT, Severity.HIGH, 4),
+        ({"amount_at_stake": {"amount": "1000", "currency": "TRY"}}, History(), Category.PRODUCT, Severity.MEDIUM, 2),
+        ({"amount_at_stake": {"amount": "32000", "currency": "TRY"}}, History(), Category.PRODUCT, Severity.HIGH, 4),
+        ({}, History(complaints_30d=1), Category.PRODUCT, Severity.MEDIUM, 3),
+        ({}, History(complaints_30d=5), Category.PRODUCT, Severity.HIGH, 4),
+        ({"description": "the charger caught fire"}, History(), Category.PRODUCT, Severity.HIGH, 6),
+        ({"description": "my lawyer will take you to court"}, History(), Category.SERVICE, Severity.HIGH, 4),
+        ({"description": "I use a wheelchair"}, History(), Category.FACILITIES, Severity.MEDIUM, 3),
+        ({"description": "fire, and I am disabled; my lawyer knows"}, History(), Category.PRODUCT, Severity.CRITICAL, 10),
+        ({"channel": "phone"}, History(), Category.PRODUCT, Severity.MEDIUM, 3),
+        ({"staff_involved": ["emp-1"]}, History(), Category.STOCK, Severity.HIGH, 0),
+    ],
+)
+def test_severity_points(change, history, category, expected, score):
+    text = change.pop("description", "x")
+    result = _score(text, category=category, history=history, **change)
+    assert (result.severity, result.score) == (expected, score)
+    assert result.reasons[-1] == f"score {score} → {expected.value}"
+
+
+def test_unknown_currency_is_said_not_guessed():
+    result = _score(category=Category.PRODUCT, amount_at_stake={"amount": "99999", "currency": "JPY"})
+    assert any("no thresholds for that currency" in r for r in result.reasons)
+    assert result.score == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "locale", "history", "amount", "codes"),
+    [
+        ("x", "en", History(complaints_30d=3), None, ["frequent_complaints"]),
+        ("x", "en", History(complaints_30d=2), None, []),
+        ("x", "en", History(high_claims_90d=3), "500", ["repeated_high_claims"]),
+        ("x", "en", History(high_claims_90d=3), "20", []),
+        ("you useless idiot", "en", History(), None, ["abusive_language"]),
+        ("aptal mısınız", "tr", History(), None, ["abusive_language"]),
+        ("stelletje idioten", "nl", History(), None, ["abusive_language"]),
+    ],
+)
+def test_flags_for_a_senior_reviewer(text, locale, history, amount, codes):
     money = {"amount": amount, "currency": "EUR"} if amount else None
-    routing = _route(category=category, amount_at_stake=money, staff_involved=staff)
-    assert routing.severity == expected
-    assert routing.severity_reasons[0].startswith(f"category {category}")
+    data = _data(text, locale=locale, amount_at_stake=money)
+    assert [f.code for f in flags(data, history, signals(data, default_rules()))] == codes
+
+
+def test_a_flagged_customer_is_still_routed():
+    decision = decide(_data("you idiots broke my kettle"), history=History(complaints_30d=9),
+                      routing_rules=ROUTES, received_at=NOW)
+    assert decision.team == "product-quality"
+    assert {f.code for f in decision.flags} == {"frequent_complaints", "abusive_language"}
 
 
 @pytest.mark.parametrize(
-    ("severity", "ack", "resolve"),
+    ("facts", "team"),
     [
-        (Severity.CRITICAL, timedelta(hours=1), timedelta(hours=24)),
-        (Severity.HIGH, timedelta(hours=4), timedelta(days=3)),
-        (Severity.MEDIUM, timedelta(hours=24), timedelta(days=7)),
-        (Severity.LOW, timedelta(hours=48), timedelta(days=14)),
+        ({"category": "product", "channel": "web"}, "product-quality"),
+        ({"category": "product", "channel": "phone", "language": "tr"}, "turkish-desk"),
+        ({"category": "product", "channel": "phone", "language": "tr", "tier": "vip"}, "vip-care"),
+        ({"category": "weather"}, DEFAULT_TEAM),
     ],
 )
-def test_deadline_table(severity, ack, resolve):
-    deadlines = sla.deadlines(severity, NOW)
-    assert deadlines.acknowledge_by == NOW + ack
-    assert deadlines.resolve_by == NOW + resolve
+def test_routing_rules_most_urgent_then_most_specific(facts, team):
+    rules = [
+        *ROUTES,
+        RoutingRule(rule_id=50, team="turkish-desk", language="tr", channel="phone"),
+        RoutingRule(rule_id=51, team="vip-care", tier="vip", priority=10),
+    ]
+    assert pick_team(rules, facts)[0] == team
 
 
-def test_routed_deadlines_follow_severity():
-    routing = _route(category="product", amount_at_stake=None)
-    assert routing.deadlines == sla.deadlines(Severity.MEDIUM, NOW)
-    assert routing.language == "nl"
+def _member(staff_id, load=0, capacity=10, languages=("en",), available=True, minutes_ago=None):
+    last = NOW - timedelta(minutes=minutes_ago) if minutes_ago is not None else None
+    return StaffLoad(staff_id, tuple(languages), capacity, load, available, last)
+
+
+@pytest.mark.parametrize(
+    ("staff", "kwargs", "expected"),
+    [
+        # most spare capacity wins
+        ([_member("a", load=6), _member("b", load=2)], {}, "b"),
+        # capacity full → next person
+        ([_member("a", load=9), _member("b", load=8, capacity=9)], {"weight": 2}, None),
+        ([_member("a", load=9), _member("b", load=7, capacity=9)], {"weight": 2}, "b"),
+        # unavailable people are skipped
+        ([_member("a", available=False), _member("b", load=5)], {}, "b"),
+        # a speaker of the customer's language beats more spare capacity
+        ([_member("a"), _member("b", load=5, languages=("en", "tr"))], {"language": "tr"}, "b"),
+        # nobody speaks it: the most spare capacity among all
+        ([_member("a", load=1), _member("b", load=3)], {"language": "nl"}, "a"),
+        # named staff never get their own case
+        ([_member("a"), _member("b", load=4)], {"excluded": ["a"]}, "b"),
+        ([_member("a")], {"excluded": ["a"]}, None),
+        # empty team
+        ([], {}, None),
+    ],
+)
+def test_assignment(staff, kwargs, expected):
+    args = {"language": "en", "weight": 1, **kwargs}
+    result = choose_assignee(staff, **args)
+    assert result.staff_id == expected
+    if expected is None:
+        assert "team queue" in result.reason
+
+
+def test_ties_rotate_round_robin():
+    staff = [_member("a", minutes_ago=1), _member("b", minutes_ago=5), _member("c")]
+    order = []
+    for step in range(6):
+        chosen = choose_assignee(staff, language="en", weight=1).staff_id
+        order.append(chosen)
+        staff = [
+            _member(s.staff_id, minutes_ago=-step) if s.staff_id == chosen else s for s in staff
+        ]
+    assert order == ["c", "b", "a", "c", "b", "a"]
+
+
+def test_decision_sets_clocks_from_severity():
+    decision = decide(_data("The kettle is broken"), history=History(), routing_rules=ROUTES,
+                      received_at=NOW)
+    assert decision.severity == Severity.MEDIUM
+    assert decision.deadlines == sla.deadlines(Severity.MEDIUM, NOW)
+    assert decision.language == "en"
+    assert decision.weight == 2

@@ -1,0 +1,193 @@
+"""Intake's administration as use cases: channel keys, the staff directory, the routing table.
+
+The CLI calls these; each opens its own connection and transaction. Events they cause (a
+reassignment) go to intake's outbox, which a running intake publishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from services.intake import handlers, repository
+from shared import auth
+from shared.events import utcnow
+from shared.settings import Settings
+
+ROLES = ("agent", "senior_agent", "supervisor", "manager", "director")
+
+
+class AdminError(Exception):
+    """A request the directory cannot carry out, in words for the operator."""
+
+
+@asynccontextmanager
+async def _transaction(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(
+        settings.require_database_url(), server_settings={"search_path": "intake"}
+    )
+    try:
+        async with conn.transaction():
+            yield conn
+    finally:
+        await conn.close()
+
+
+async def create_key(settings: Settings, channel: str) -> str:
+    """A new key for `channel`; only its hash is stored."""
+    key = auth.new_channel_key(channel)
+    digest = auth.hash_key(key)
+    async with _transaction(settings) as conn:
+        await repository.add_channel_key(conn, key_id=digest[:12], channel=channel, key_hash=digest)
+    return key
+
+
+async def channel_of(settings: Settings, key: str) -> str | None:
+    async with _transaction(settings) as conn:
+        return await repository.channel_for_key(conn, auth.hash_key(key))
+
+
+async def list_keys(settings: Settings) -> list[dict[str, Any]]:
+    async with _transaction(settings) as conn:
+        return [dict(r) for r in await repository.list_channel_keys(conn)]
+
+
+async def revoke_key(settings: Settings, key_id: str) -> bool:
+    async with _transaction(settings) as conn:
+        return await repository.revoke_channel_key(conn, key_id)
+
+
+def _check_member(role: str | None, languages: list[str] | None, capacity: int | None) -> None:
+    if role is not None and role not in ROLES:
+        raise AdminError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if capacity is not None and capacity < 0:
+        raise AdminError("capacity must be zero or more")
+    if languages is not None and not all(
+        lang.isalpha() and 2 <= len(lang) <= 3 for lang in languages
+    ):
+        raise AdminError("languages must be two- or three-letter codes, e.g. en,tr,nl")
+
+
+async def add_staff(
+    settings: Settings,
+    *,
+    staff_id: str,
+    name: str,
+    team: str,
+    role: str,
+    languages: list[str],
+    capacity: int,
+    available: bool = True,
+) -> None:
+    """Add a member to the directory."""
+    _check_member(role, languages, capacity)
+    try:
+        async with _transaction(settings) as conn:
+            await repository.add_staff(
+                conn,
+                staff_id=staff_id,
+                name=name,
+                team=team,
+                role=role,
+                languages=[lang.lower() for lang in languages],
+                capacity=capacity,
+                available=available,
+            )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(f"staff {staff_id} already exists; use `staff set`") from None
+
+
+async def set_staff(settings: Settings, staff_id: str, **changes: Any) -> list[str]:
+    """Change a member; when they become unavailable (or leave a team), their unacknowledged
+    cases are reassigned. Returns the complaint ids moved."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    _check_member(changes.get("role"), changes.get("languages"), changes.get("capacity"))
+    async with _transaction(settings) as conn:
+        before = await repository.update_staff(conn, staff_id, **changes)
+        if before is None:
+            raise AdminError(f"no staff member {staff_id}")
+        leaving = (before["available"] and changes.get("available") is False) or (
+            "team" in changes and changes["team"] != before["team"]
+        )
+        if not leaving:
+            return []
+        why = "assignee unavailable" if changes.get("available") is False else "assignee moved team"
+        return await handlers.reassign_from(conn, staff_id, reason=why, now=utcnow())
+
+
+async def list_staff(settings: Settings) -> list[dict[str, Any]]:
+    async with _transaction(settings) as conn:
+        return [
+            {**dict(r), "id": r["staff_id"], "languages": list(r["languages"])}
+            for r in await repository.list_staff(conn)
+        ]
+
+
+async def seed_demo_staff(settings: Settings) -> int:
+    """A small directory for the demo, when the directory is empty; returns members added."""
+    async with _transaction(settings) as conn:
+        if await repository.staff_count(conn):
+            return 0
+    members = [
+        ("ana", "Ana Lopes", "customer-care", "agent", ["en", "nl"], 12),
+        ("burak", "Burak Şahin", "customer-care", "agent", ["tr", "en"], 12),
+        ("claire", "Claire Dubois", "customer-care", "supervisor", ["en"], 6),
+        ("daan", "Daan Visser", "product-quality", "agent", ["nl", "en"], 12),
+        ("elif", "Elif Arslan", "product-quality", "senior_agent", ["tr", "en"], 10),
+        ("femke", "Femke de Boer", "store-operations", "agent", ["nl"], 12),
+        ("gokhan", "Gökhan Çelik", "store-operations", "agent", ["tr"], 12),
+        ("hannah", "Hannah Price", "conduct-review", "manager", ["en", "nl", "tr"], 8),
+        ("ivo", "Ivo Jansen", "marketing", "agent", ["nl", "en"], 12),
+        ("jale", "Jale Demir", "digital", "agent", ["tr", "en"], 12),
+    ]
+    for staff_id, name, team, role, languages, capacity in members:
+        await add_staff(
+            settings,
+            staff_id=staff_id,
+            name=name,
+            team=team,
+            role=role,
+            languages=languages,
+            capacity=capacity,
+        )
+    return len(members)
+
+
+ROUTE_FIELDS = ("category", "channel", "language", "severity", "tier")
+
+
+async def list_routes(settings: Settings) -> list[dict[str, Any]]:
+    async with _transaction(settings) as conn:
+        rules = await repository.routing_rules(conn)
+    ordered = sorted(rules, key=lambda r: (r.priority, -r.specificity, r.rule_id))
+    return [
+        {
+            "rule_id": r.rule_id,
+            "priority": r.priority,
+            "team": r.team,
+            **{f: getattr(r, f) for f in ROUTE_FIELDS},
+        }
+        for r in ordered
+    ]
+
+
+async def add_route(settings: Settings, *, team: str, priority: int, **match: str | None) -> int:
+    """Add a routing rule; fields left out match anything."""
+    from shared.events import Category, Channel, Severity
+
+    allowed = {"category": Category, "channel": Channel, "severity": Severity}
+    for name, enum in allowed.items():
+        value = match.get(name)
+        if value is not None and value not in {m.value for m in enum}:
+            raise AdminError(f"{name} must be one of {', '.join(m.value for m in enum)}")
+    fields = {k: v for k, v in match.items() if k in ROUTE_FIELDS and v is not None}
+    async with _transaction(settings) as conn:
+        return await repository.add_routing_rule(conn, team=team, priority=priority, **fields)
+
+
+async def remove_route(settings: Settings, rule_id: int) -> bool:
+    async with _transaction(settings) as conn:
+        return await repository.remove_routing_rule(conn, rule_id)
