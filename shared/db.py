@@ -72,7 +72,8 @@ def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.C
     return TracedConnection
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Codecs every connection of ours uses: json and jsonb as Python values."""
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -96,7 +97,7 @@ async def create_pool(
         dsn,
         min_size=1,
         max_size=max_size,
-        init=_init_connection,
+        init=prepare_connection,
         server_settings={"search_path": f"{schema},public", "application_name": application},
         **kwargs,
     )

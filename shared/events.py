@@ -49,6 +49,8 @@ class EventType(StrEnum):
     NOTIFICATION_SENT = "notification.sent"
     NOTIFICATION_FAILED = "notification.failed"
     DEADLETTERED = "record.deadlettered"
+    CHANNEL_KEY_CREATED = "channel_key.created"
+    CHANNEL_KEY_REVOKED = "channel_key.revoked"
 
 
 class Channel(StrEnum):
@@ -241,6 +243,15 @@ class ReassignedData(BaseModel):
     from_assignee: str | None = None
     to_assignee: str | None = None
     reason: str
+
+
+class ChannelKeyData(BaseModel):
+    """A channel key's lifecycle (internal): its hash, never the key itself."""
+
+    key_id: str
+    channel: Channel
+    key_hash: str
+    at: datetime
 
 
 class NotificationData(BaseModel):

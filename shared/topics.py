@@ -4,7 +4,10 @@ SUBMITTED = "complaints.submitted.v1"
 EVENTS = "complaints.events.v1"
 DEADLETTER = "complaints.deadletter.v1"
 
-ALL = (SUBMITTED, EVENTS, DEADLETTER)
+# Internal: channel key lifecycle, published by intake for the services that check keys.
+CHANNEL_KEYS = "complaints.internal.channel-keys.v1"
+
+ALL = (SUBMITTED, EVENTS, DEADLETTER, CHANNEL_KEYS)
 
 
 def submission_key(channel: str, external_id: str) -> str:

@@ -13,8 +13,9 @@ from typing import Any
 import asyncpg
 
 from services.intake import handlers, repository
-from shared import auth
-from shared.events import utcnow
+from shared import auth, outbox, topics
+from shared.db import Conn, prepare_connection
+from shared.events import Channel, ChannelKeyData, EventType, new_event, utcnow
 from shared.settings import Settings
 
 ROLES = ("agent", "senior_agent", "supervisor", "manager", "director")
@@ -29,6 +30,7 @@ async def _transaction(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(
         settings.require_database_url(), server_settings={"search_path": "intake"}
     )
+    await prepare_connection(conn)
     try:
         async with conn.transaction():
             yield conn
@@ -42,6 +44,7 @@ async def create_key(settings: Settings, channel: str) -> str:
     digest = auth.hash_key(key)
     async with _transaction(settings) as conn:
         await repository.add_channel_key(conn, key_id=digest[:12], channel=channel, key_hash=digest)
+        await _key_event(conn, EventType.CHANNEL_KEY_CREATED, digest[:12], channel, digest)
     return key
 
 
@@ -57,7 +60,18 @@ async def list_keys(settings: Settings) -> list[dict[str, Any]]:
 
 async def revoke_key(settings: Settings, key_id: str) -> bool:
     async with _transaction(settings) as conn:
-        return await repository.revoke_channel_key(conn, key_id)
+        revoked = await repository.revoke_channel_key(conn, key_id)
+        if revoked is None:
+            return False
+        await _key_event(conn, EventType.CHANNEL_KEY_REVOKED, key_id, *revoked)
+        return True
+
+
+async def _key_event(conn: Conn, type_: EventType, key_id: str, channel: str, digest: str) -> None:
+    """Tell the other services about a key (its hash only), through intake's outbox."""
+    data = ChannelKeyData(key_id=key_id, channel=Channel(channel), key_hash=digest, at=utcnow())
+    event = new_event(type=type_, source=handlers.SOURCE, subject=key_id, data=data)
+    await outbox.enqueue(conn, [outbox.Message(topics.CHANNEL_KEYS, key_id, event)])
 
 
 def _check_member(role: str | None, languages: list[str] | None, capacity: int | None) -> None:

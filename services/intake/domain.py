@@ -243,10 +243,10 @@ def score_severity(
         points += channel
         reasons.append(f"+{channel} channel {data.channel.value}")
     severity = next(level for threshold, level in SEVERITY_FROM_SCORE if points >= threshold)
+    reasons.append(f"score {points} → {severity.value}")
     if data.staff_involved and severity in (Severity.LOW, Severity.MEDIUM):
         severity = Severity.HIGH
         reasons.append("raised to high: names staff, both sides must be heard")
-    reasons.append(f"score {points} → {severity.value}")
     return Scored(severity, points, reasons)
 
 

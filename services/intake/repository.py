@@ -269,10 +269,11 @@ async def list_channel_keys(conn: Conn) -> list[asyncpg.Record]:
     )
 
 
-async def revoke_channel_key(conn: Conn, key_id: str) -> bool:
-    """Revoke a key by id; False when no live key has that id."""
-    result = await conn.execute(
-        "UPDATE channel_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+async def revoke_channel_key(conn: Conn, key_id: str) -> tuple[str, str] | None:
+    """Revoke a live key by id; its (channel, hash), or None when no live key has that id."""
+    row = await conn.fetchrow(
+        "UPDATE channel_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL "
+        "RETURNING channel, key_hash",
         key_id,
     )
-    return result.endswith(" 1")
+    return None if row is None else (row["channel"], row["key_hash"])

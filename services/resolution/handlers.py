@@ -10,7 +10,14 @@ from pydantic import ValidationError
 from services.resolution import domain, repository
 from shared import inbox
 from shared.db import Conn
-from shared.events import CloudEvent, EventType, ReassignedData, ReceivedData, RoutedData
+from shared.events import (
+    ChannelKeyData,
+    CloudEvent,
+    EventType,
+    ReassignedData,
+    ReceivedData,
+    RoutedData,
+)
 from shared.kafka import Record, Rejected, parse_event
 from shared.web import field_errors
 
@@ -36,6 +43,7 @@ async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
         elif event.type == EventType.ROUTED:
             routed = RoutedData.model_validate(event.data)
             await repository.open_case(conn, routed, domain.open_case(routed))
+            await repository.record_routing_detail(conn, routed)
         elif event.type == EventType.REASSIGNED:
             moved = ReassignedData.model_validate(event.data)
             await repository.set_assignee(conn, moved.complaint_id, moved.to_assignee)
@@ -45,3 +53,15 @@ async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
     await repository.append_timeline(
         conn, complaint_id, event.id, domain.timeline_entry(event, received=now)
     )
+
+
+async def on_key_record(conn: Conn, record: Record, *, now: datetime) -> None:
+    """Learn a channel key's creation or revocation (hashes only)."""
+    event = parse_event(record)
+    if event.type not in (EventType.CHANNEL_KEY_CREATED, EventType.CHANNEL_KEY_REVOKED):
+        raise Rejected("unknown_type", f"type {event.type!r} does not belong on this topic")
+    try:
+        key = ChannelKeyData.model_validate(event.data)
+    except ValidationError:
+        raise Rejected("schema_violation", f"{event.type} data does not match its schema") from None
+    await repository.learn_key(conn, key, revoked=event.type == EventType.CHANNEL_KEY_REVOKED)

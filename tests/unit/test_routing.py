@@ -75,9 +75,9 @@ def test_the_channels_category_wins():
     assert (result.category, result.reason) == (Category.STOCK, "given by the channel")
 
 
-def _score(text="x", *, category=Category.STOCK, history=History(), **change):
+def _score(text="x", *, category=Category.STOCK, history=None, **change):
     data = _data(text, **change)
-    return score_severity(category, data, history, signals(data, default_rules()))
+    return score_severity(category, data, history or History(), signals(data, default_rules()))
 
 
 @pytest.mark.parametrize(
@@ -85,16 +85,52 @@ def _score(text="x", *, category=Category.STOCK, history=History(), **change):
     [
         ({}, History(), Category.STOCK, Severity.LOW, 0),
         ({}, History(), Category.PRODUCT, Severity.MEDIUM, 2),
-        ({"amount_at_stake": {"amount": "250", "currency": "EUR"}}, History(), Category.PRODUCT, Severity.MEDIUM, 3),
-        ({"amount_at_stake": {"amount": "1000", "currency": "EUR"}}, History(), Category.PRODUCT, Severity.HIGH, 4),
-        ({"amount_at_stake": {"amount": "1000", "currency": "TRY"}}, History(), Category.PRODUCT, Severity.MEDIUM, 2),
-        ({"amount_at_stake": {"amount": "32000", "currency": "TRY"}}, History(), Category.PRODUCT, Severity.HIGH, 4),
+        (
+            {"amount_at_stake": {"amount": "250", "currency": "EUR"}},
+            History(),
+            Category.PRODUCT,
+            Severity.MEDIUM,
+            3,
+        ),
+        (
+            {"amount_at_stake": {"amount": "1000", "currency": "EUR"}},
+            History(),
+            Category.PRODUCT,
+            Severity.HIGH,
+            4,
+        ),
+        (
+            {"amount_at_stake": {"amount": "1000", "currency": "TRY"}},
+            History(),
+            Category.PRODUCT,
+            Severity.MEDIUM,
+            2,
+        ),
+        (
+            {"amount_at_stake": {"amount": "32000", "currency": "TRY"}},
+            History(),
+            Category.PRODUCT,
+            Severity.HIGH,
+            4,
+        ),
         ({}, History(complaints_30d=1), Category.PRODUCT, Severity.MEDIUM, 3),
         ({}, History(complaints_30d=5), Category.PRODUCT, Severity.HIGH, 4),
         ({"description": "the charger caught fire"}, History(), Category.PRODUCT, Severity.HIGH, 6),
-        ({"description": "my lawyer will take you to court"}, History(), Category.SERVICE, Severity.HIGH, 4),
+        (
+            {"description": "my lawyer will take you to court"},
+            History(),
+            Category.SERVICE,
+            Severity.HIGH,
+            4,
+        ),
         ({"description": "I use a wheelchair"}, History(), Category.FACILITIES, Severity.MEDIUM, 3),
-        ({"description": "fire, and I am disabled; my lawyer knows"}, History(), Category.PRODUCT, Severity.CRITICAL, 10),
+        (
+            {"description": "fire, and I am disabled; my lawyer knows"},
+            History(),
+            Category.PRODUCT,
+            Severity.CRITICAL,
+            10,
+        ),
         ({"channel": "phone"}, History(), Category.PRODUCT, Severity.MEDIUM, 3),
         ({"staff_involved": ["emp-1"]}, History(), Category.STOCK, Severity.HIGH, 0),
     ],
@@ -103,11 +139,19 @@ def test_severity_points(change, history, category, expected, score):
     text = change.pop("description", "x")
     result = _score(text, category=category, history=history, **change)
     assert (result.severity, result.score) == (expected, score)
-    assert result.reasons[-1] == f"score {score} → {expected.value}"
+    if change.get("staff_involved"):
+        assert result.reasons[-2:] == [
+            f"score {score} → low",
+            "raised to high: names staff, both sides must be heard",
+        ]
+    else:
+        assert result.reasons[-1] == f"score {score} → {expected.value}"
 
 
 def test_unknown_currency_is_said_not_guessed():
-    result = _score(category=Category.PRODUCT, amount_at_stake={"amount": "99999", "currency": "JPY"})
+    result = _score(
+        category=Category.PRODUCT, amount_at_stake={"amount": "99999", "currency": "JPY"}
+    )
     assert any("no thresholds for that currency" in r for r in result.reasons)
     assert result.score == 2
 
@@ -131,8 +175,12 @@ def test_flags_for_a_senior_reviewer(text, locale, history, amount, codes):
 
 
 def test_a_flagged_customer_is_still_routed():
-    decision = decide(_data("you idiots broke my kettle"), history=History(complaints_30d=9),
-                      routing_rules=ROUTES, received_at=NOW)
+    decision = decide(
+        _data("you idiots broke my kettle"),
+        history=History(complaints_30d=9),
+        routing_rules=ROUTES,
+        received_at=NOW,
+    )
     assert decision.team == "product-quality"
     assert {f.code for f in decision.flags} == {"frequent_complaints", "abusive_language"}
 
@@ -202,8 +250,9 @@ def test_ties_rotate_round_robin():
 
 
 def test_decision_sets_clocks_from_severity():
-    decision = decide(_data("The kettle is broken"), history=History(), routing_rules=ROUTES,
-                      received_at=NOW)
+    decision = decide(
+        _data("The kettle is broken"), history=History(), routing_rules=ROUTES, received_at=NOW
+    )
     assert decision.severity == Severity.MEDIUM
     assert decision.deadlines == sla.deadlines(Severity.MEDIUM, NOW)
     assert decision.language == "en"

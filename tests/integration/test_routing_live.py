@@ -1,0 +1,162 @@
+"""Routing in the running system: assignment, named staff, reassignment, the team queue,
+and a channel reading its own complaints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+
+import pytest
+
+from services.intake import admin
+from shared import auth
+from tests.conftest import Running
+from tests.support import eventually, service_process_env, submission
+
+
+@pytest.fixture
+async def team(running: Running):
+    """A team of three reached by chat complaints in Turkish (a rule only this module uses)."""
+    name = f"team-{uuid.uuid4().hex[:6]}"
+    members = [f"{name}-{n}" for n in ("a", "b", "c")]
+    for staff_id, languages in zip(members, (["en"], ["tr", "en"], ["tr"]), strict=True):
+        await admin.add_staff(
+            running.settings,
+            staff_id=staff_id,
+            name=staff_id,
+            team=name,
+            role="agent",
+            languages=languages,
+            capacity=10,
+        )
+    rule = await admin.add_route(
+        running.settings, team=name, priority=1, channel="chat", language="tr"
+    )
+    yield name, members
+    await admin.remove_route(running.settings, rule)
+
+
+async def _submit(running: Running, key: str, **change) -> str:
+    data = submission("chat", **change)
+    data["customer"]["locale"] = "tr"
+    answer = await running.http.post(
+        "/v1/complaints", json=data, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()["complaint_id"]
+
+
+async def _view(running: Running, complaint_id: str, *, token: str | None = None):
+    token = token or running.staff_token()
+    answer = await running.http.get(
+        f"/v1/complaints/{complaint_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    return answer.json() if answer.status_code == 200 else None
+
+
+async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        *args,
+        env=service_process_env(running.settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_assignment_speaks_the_language_and_skips_named_staff(running, team):
+    name, (a, b, c) = team
+    key = await running.channel_key("chat")
+    complaint_id = await _submit(running, key, category="service", staff_involved=[b])
+
+    view = await eventually(lambda: _view(running, complaint_id), what="the routed view")
+    assert view["team"] == name
+    assert view["team_reason"].startswith("routing rule")
+    assert view["assignee"] == c  # b speaks Turkish too, but is named in the complaint
+    assert "speaks tr" in view["assignment_reason"]
+    assert view["severity"] == "high"  # names staff
+    assert view["severity_reasons"][-1].startswith("raised to high")
+    assert view["category_reason"] == "given by the channel"
+    assert view["customer_history"]["complaints_total"] == 0
+
+
+async def test_unavailable_member_cases_are_reassigned_then_the_queue_takes_over(running, team):
+    name, (a, b, c) = team
+    key = await running.channel_key("chat")
+    complaint_id = await _submit(running, key, category="service")
+    first = (await eventually(lambda: _view(running, complaint_id), what="routed"))["assignee"]
+    assert first in (b, c)
+
+    code, _, err = await _cli(running, "staff", "set", first, "--available", "false")
+    assert code == 0, err
+    assert "reassigned 1 case" in err
+
+    view = await eventually(
+        lambda: _moved_view(running, complaint_id, first), what="the reassignment"
+    )
+    assert view["assignee"] in (a, b, c) and view["assignee"] != first
+    assert any(e["type"] == "complaint.reassigned" for e in view["timeline"])
+
+    for member in (a, b, c):
+        await admin.set_staff(running.settings, member, available=False)
+    queued = await _submit(running, key, category="service")
+    view = await eventually(lambda: _view(running, queued), what="routed")
+    assert view["assignee"] is None
+
+    async def alerted():
+        current = await _view(running, queued)
+        return any(e["type"] == "complaint.unassigned" for e in current["timeline"])
+
+    await eventually(alerted, what="complaint.unassigned")
+
+
+async def _moved_view(running, complaint_id, first):
+    view = await _view(running, complaint_id)
+    return view if view and view["assignee"] != first else None
+
+
+async def test_staff_list_json_shape(running, team):
+    name, members = team
+    code, out, err = await _cli(running, "staff", "list", "--json")
+    assert code == 0, err
+    rows = [r for r in json.loads(out) if r["team"] == name]
+    assert [r["id"] for r in rows] == members
+    assert set(rows[0]) == {"id", "name", "team", "role", "languages", "capacity", "available"}
+
+
+async def test_a_channel_reads_only_its_own_complaints(running, team):
+    chat_key = await running.channel_key("chat")
+    phone_key = await running.channel_key("phone")
+    complaint_id = await _submit(running, chat_key, category="service")
+    await eventually(lambda: _view(running, complaint_id), what="routed")
+
+    view = await eventually(
+        lambda: _view(running, complaint_id, token=chat_key), what="the channel's view"
+    )
+    assert view["complaint_id"] == complaint_id
+    assert "assignee" not in view and "severity_reasons" not in view and "flags" not in view
+    assert {e["type"] for e in view["timeline"]} >= {"complaint.received", "complaint.routed"}
+
+    async def phone_answer():
+        answer = await running.http.get(
+            f"/v1/complaints/{complaint_id}", headers={"Authorization": f"Bearer {phone_key}"}
+        )
+        return answer.status_code if answer.status_code != 401 else None
+
+    assert await eventually(phone_answer, what="the phone key to be known") == 404
+
+    assert await admin.revoke_key(running.settings, auth.hash_key(chat_key)[:12])
+
+    async def refused():
+        answer = await running.http.get(
+            f"/v1/complaints/{complaint_id}", headers={"Authorization": f"Bearer {chat_key}"}
+        )
+        return answer.status_code == 401
+
+    await eventually(refused, what="the revoked key to be refused")
