@@ -71,7 +71,7 @@ async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
 
 
 async def test_assignment_speaks_the_language_and_skips_named_staff(running, team):
-    name, (a, b, c) = team
+    name, (_a, b, c) = team
     key = await running.channel_key("chat")
     complaint_id = await _submit(running, key, category="service", staff_involved=[b])
 
@@ -87,7 +87,7 @@ async def test_assignment_speaks_the_language_and_skips_named_staff(running, tea
 
 
 async def test_unavailable_member_cases_are_reassigned_then_the_queue_takes_over(running, team):
-    name, (a, b, c) = team
+    _name, (a, b, c) = team
     key = await running.channel_key("chat")
     complaint_id = await _submit(running, key, category="service")
     first = (await eventually(lambda: _view(running, complaint_id), what="routed"))["assignee"]
