@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -65,8 +67,7 @@ def install(service: Service, router: APIRouter) -> None:
                 "Forbidden",
                 f"this key belongs to channel {channel!r}, not {data.channel.value!r}",
             )
-        async with service.pool.acquire() as conn, conn.transaction():
-            complaint_id, created = await handlers.accept(conn, data, source=source, now=utcnow())
+        complaint_id, created = await _accept_with_retry(service, data, source)
         if created:
             service.relay.wake()
         status_url = f"{service.settings.base_url()}/v1/complaints/{complaint_id}"
@@ -76,6 +77,25 @@ def install(service: Service, router: APIRouter) -> None:
             status_code=202,
             headers={"Location": f"/v1/complaints/{complaint_id}"},
         )
+
+
+RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+async def _accept_with_retry(
+    service: Service, data: SubmittedData, source: str
+) -> tuple[str, bool]:
+    """Accept in one transaction, retried when PostgreSQL broke a lock cycle (e.g. with a
+    consumer batch assigning in the same team)."""
+    for attempt in range(4):
+        try:
+            async with service.pool.acquire() as conn, conn.transaction():
+                return await handlers.accept(conn, data, source=source, now=utcnow())
+        except RETRYABLE:
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.01 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 async def _channel_of(service: Service, request: Request) -> str:
