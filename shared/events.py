@@ -92,10 +92,19 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text; refuse it here, with the field named.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
-Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
-Text500 = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+Text128 = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True), NoNul
+]
+Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000), NoNul]
 
 
 class Money(BaseModel):
@@ -127,13 +136,14 @@ class Customer(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: Text128
-    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    name: Annotated[str, StringConstraints(max_length=200), NoNul] | None = None
     email: (
         Annotated[
             str,
             StringConstraints(
                 max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", strip_whitespace=True
             ),
+            NoNul,
         ]
         | None
     ) = None
@@ -166,7 +176,7 @@ class SubmittedData(BaseModel):
     external_id: Text128
     channel: Channel
     customer: Customer
-    description: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DESCRIPTION)]
+    description: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DESCRIPTION), NoNul]
     category: Category | None = None
     order_id: Text128 | None = None
     amount_at_stake: Money | None = None
@@ -273,10 +283,10 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     specversion: Literal["1.0"] = "1.0"
-    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    source: Annotated[str, StringConstraints(min_length=1, max_length=500)]
-    type: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    subject: str | None = None
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=500), NoNul]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
+    subject: Annotated[str, NoNul] | None = None
     time: datetime | None = None
     datacontenttype: str | None = "application/json"
     data: Any = None

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from complaints import system
+from services.intake import admin
 from shared import auth, devinfra, kafka
 from shared.service import Service
 from shared.settings import Settings
@@ -87,13 +88,12 @@ class Running:
     providers: dict[str, TracerProvider]
     http: httpx.AsyncClient
     secret: bytes
+    web_key: str
 
     def staff_token(self, staff_id: str = "manager-1") -> str:
         return auth.issue_token(self.secret, kind=auth.STAFF, subject=staff_id, ttl_s=3600)
 
     async def channel_key(self, channel: str) -> str:
-        from services.intake import admin
-
         return await admin.create_key(self.settings, channel)
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -131,6 +131,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             providers=providers,
             http=http,
             secret=SECRET,
+            web_key=await admin.create_key(settings, "web"),
         )
     stop.set()
     await task

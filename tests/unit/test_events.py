@@ -88,3 +88,25 @@ def test_a_valid_submission_keeps_money_as_a_decimal_string():
     assert data.amount_at_stake == Money(amount="89.00", currency="EUR")
     assert str(data.amount_at_stake.decimal()) == "89.00"
     assert data.customer.language() == "nl"
+
+
+@pytest.mark.parametrize("field", ["external_id", "description", "desired_outcome", "order_id"])
+def test_nul_characters_are_refused_with_the_field_named(field):
+    with pytest.raises(ValidationError) as info:
+        SubmittedData.model_validate(submission("web", **{field: "a\x00b"}))
+    assert [e["field"] for e in field_errors(info.value.errors())] == [field]
+
+
+def test_nul_in_the_customer_name_or_envelope_is_refused():
+    with pytest.raises(ValidationError):
+        SubmittedData.model_validate(
+            submission("web", customer={"id": "c", "email": "a@b.co", "name": "x\x00"})
+        )
+    with pytest.raises(ValidationError):
+        CloudEvent.model_validate({"specversion": "1.0", "id": "1", "source": "s\x00", "type": "t"})
+
+
+def test_nul_in_the_email_is_refused():
+    with pytest.raises(ValidationError) as info:
+        SubmittedData.model_validate(submission("web", customer={"id": "c", "email": "a\x00@b.co"}))
+    assert [e["field"] for e in field_errors(info.value.errors())] == ["customer.email"]

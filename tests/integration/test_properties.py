@@ -1,0 +1,166 @@
+"""Any input is accepted or refused with a reason: never a 5xx, never a stuck consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import uuid
+
+from aiokafka import AIOKafkaProducer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared import topics
+from shared.events import EventType, new_event
+from tests.conftest import Running
+from tests.support import eventually, read_topic, submission
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mutated_submission() -> st.SearchStrategy[dict]:
+    """Valid submissions with one field replaced by arbitrary JSON (or removed)."""
+    fields = [
+        "external_id",
+        "channel",
+        "customer",
+        "description",
+        "category",
+        "order_id",
+        "amount_at_stake",
+        "staff_involved",
+        "desired_outcome",
+        "occurred_at",
+    ]
+    return st.builds(
+        lambda field, value, drop: _mutate(field, value, drop),
+        st.sampled_from(fields),
+        JSON,
+        st.booleans(),
+    )
+
+
+def _mutate(field: str, value: object, drop: bool) -> dict:
+    data = submission("web")
+    if drop:
+        data.pop(field, None)
+    else:
+        data[field] = value
+    return data
+
+
+BODIES = st.one_of(JSON, _mutated_submission())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=BODIES)
+async def test_http_any_body_is_accepted_or_refused_with_reasons(running: Running, body):
+    key = running.web_key
+    answer = await running.http.post(
+        "/v1/complaints",
+        content=json.dumps(body),
+        headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    assert answer.status_code in (202, 403, 413, 422), answer.text
+    if answer.status_code == 202:
+        assert answer.json()["complaint_id"]
+    else:
+        problem = answer.json()
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert problem["status"] == answer.status_code and problem["detail"]
+        if answer.status_code == 422:
+            assert all(e["field"] and e["message"] for e in problem["errors"])
+
+
+RECORDS = st.lists(
+    st.one_of(
+        st.binary(max_size=200),
+        JSON.map(lambda v: json.dumps(v).encode()),
+        _mutated_submission().map(
+            lambda d: new_event(type=EventType.SUBMITTED, source="fuzz", data=d).to_bytes()
+        ),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=RECORDS)
+async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, values):
+    run = uuid.uuid4().hex[:8]
+    key = f"fuzz:{run}".encode()
+    sentinel = submission("phone", external_id=f"sentinel-{run}")
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topics.SUBMITTED, value, key=key)
+        await producer.send_and_wait(
+            topics.SUBMITTED,
+            new_event(type=EventType.SUBMITTED, source="fuzz", data=sentinel).to_bytes(),
+            key=key,
+        )
+    finally:
+        await producer.stop()
+
+    async def sentinel_accepted():
+        rows = await running.sql(
+            "SELECT 1 FROM intake.complaints WHERE external_id = $1", sentinel["external_id"]
+        )
+        return bool(rows)
+
+    await eventually(sentinel_accepted, what="the record behind the fuzz to be processed")
+    letters = [
+        json.loads(r.value)["data"]
+        for r in await read_topic(running.settings.kafka_bootstrap, topics.DEADLETTER)
+        if r.key == key
+    ]
+    dead = [base64.b64decode(letter["value_base64"]) for letter in letters]
+    assert all(letter["reason"] and letter["reason_code"] for letter in letters)
+    for value in values:
+        if value in dead:
+            continue
+        # not dead-lettered: then it was a valid submission, now a complaint
+        external_id = json.loads(value)["data"]["external_id"].strip()
+        rows = await running.sql(
+            "SELECT 1 FROM intake.complaints WHERE external_id = $1", external_id
+        )
+        assert rows, f"record neither accepted nor dead-lettered: {value[:80]!r}"
+
+
+async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(running: Running):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{running.settings.base_url()}/openapi.json",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance",
+        "-H",
+        f"Authorization: Bearer {running.web_key}",
+        "--max-examples",
+        "40",
+        "--seed",
+        "7",
+        "--request-timeout",
+        "10",
+        "--exclude-path",
+        "/v1/stream",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    text = out.decode()
+    assert proc.returncode == 0, text[-6000:]
+    assert "Tested: 4" in text, text[-3000:]  # every operation but the endless stream was hit
