@@ -30,16 +30,18 @@ class Bench:
 
 
 @asynccontextmanager
-async def running_system(tmp: Path) -> AsyncIterator[Bench]:
-    """A broker (configured or embedded), a fresh database, and `complaints up` in a subprocess."""
+async def running_system(tmp: Path, *command: str) -> AsyncIterator[Bench]:
+    """A broker (configured or embedded), a fresh database, and `complaints <command>` (default
+    `up`) in a subprocess, ready to take traffic."""
+    command = command or ("up",)
     broker = None
     bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
     if not bootstrap:
         broker = devinfra.EmbeddedBroker().start()
         bootstrap = broker.bootstrap
-    admin, _server = await devinfra.admin_dsn()
+    admin_url, _server = await devinfra.admin_dsn()
     name = f"complaints_bench_{uuid.uuid4().hex[:8]}"
-    url = await devinfra.ensure_database(admin, name)
+    url = await devinfra.ensure_database(admin_url, name)
     port = devinfra.free_port()
     settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
     await system.migrate_all(settings)
@@ -58,7 +60,7 @@ async def running_system(tmp: Path) -> AsyncIterator[Bench]:
         sys.executable,
         "-m",
         "complaints",
-        "up",
+        *command,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -69,8 +71,9 @@ async def running_system(tmp: Path) -> AsyncIterator[Bench]:
             line = await asyncio.wait_for(proc.stdout.readline(), 120)
             if not line:
                 raise RuntimeError("complaints up ended before it was ready")
-            if b"complaints is up" in line:
+            if b"complaints is up" in line or b"serving on" in line:
                 break
+        await _wait_consuming(settings)
         drain = asyncio.create_task(_drain(proc.stdout))
         yield Bench(settings=settings, base_url=f"http://127.0.0.1:{port}", key=key)
         drain.cancel()
@@ -81,9 +84,28 @@ async def running_system(tmp: Path) -> AsyncIterator[Bench]:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
                 proc.kill()
-        await devinfra.drop_database(admin, name)
+        await devinfra.drop_database(admin_url, name)
         if broker is not None:
             broker.stop()
+
+
+async def _wait_consuming(settings: Settings, timeout_s: float = 60) -> None:
+    """Wait until intake consumes: one probe submission over Kafka, routed."""
+    from shared.events import EventType, new_event
+    from tests.support import submission
+
+    watcher = Watcher(settings.kafka_bootstrap or "", "complaint.routed", by="external_id")
+    await watcher.start()
+    probe = submission("phone", external_id=f"probe-{uuid.uuid4().hex[:8]}")
+    producer = kafka.build_producer(settings, client_id="bench-probe")
+    await producer.start()
+    try:
+        event = new_event(type=EventType.SUBMITTED, source="bench/probe", data=probe)
+        await producer.send_and_wait(topics.SUBMITTED, event.to_bytes(), key=b"probe")
+        await watcher.wait_for({probe["external_id"]}, timeout_s)
+    finally:
+        await producer.stop()
+        await watcher.stop()
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -97,6 +119,7 @@ class Watcher:
 
     bootstrap: str
     type_: str
+    by: str = "subject"  # or a field of the event's data, e.g. "external_id"
     seen: dict[str, float] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
@@ -125,7 +148,9 @@ class Watcher:
                     for record in records:
                         event: dict[str, Any] = json.loads(record.value)
                         if event["type"] == self.type_:
-                            self.seen.setdefault(event["subject"], now)
+                            data = event["data"]
+                            ident = event["subject"] if self.by == "subject" else data[self.by]
+                            self.seen.setdefault(ident, now)
         finally:
             await consumer.stop()
 

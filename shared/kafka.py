@@ -7,8 +7,8 @@ import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -21,9 +21,10 @@ from shared import outbox, topics
 from shared.db import Conn
 from shared.events import EventType, new_event, utcnow
 from shared.settings import Settings
-from shared.telemetry import extract_context
+from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -> None:
@@ -213,6 +214,115 @@ async def process_batch(
                             )
                         ],
                     )
+
+
+def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.Span:
+    return tracer.start_span(
+        f"{record.topic} process",
+        context=extract_context(record.headers),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.destination.partition": record.partition,
+            "messaging.kafka.message.offset": record.offset,
+            "messaging.consumer.group.name": consumer,
+        },
+    )
+
+
+async def process_batch_together(
+    *,
+    pool: asyncpg.Pool,
+    tracer: trace.Tracer,
+    consumer: str,
+    records: Sequence[Record],
+    parse: Callable[[Record], T],
+    apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
+) -> None:
+    """Parse each record, then apply all good ones at once, in one transaction.
+
+    Each record gets its own span, whose context `apply` receives to continue the record's
+    trace. Records `parse` rejects are dead-lettered. If applying the batch fails for a reason
+    that is not transient, the good records are applied one by one (each in a savepoint) and
+    only the one that fails is dead-lettered, so a poison record costs its batch speed, never
+    the records behind it.
+    """
+    spans: list[trace.Span] = []
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            good: list[tuple[Record, T, dict[str, str]]] = []
+            letters: list[outbox.Message] = []
+            for record in records:
+                span = _process_span(tracer, record, consumer)
+                spans.append(span)
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        good.append((record, parse(record), inject_headers()))
+                    except Rejected as exc:
+                        span.set_attribute("complaints.deadletter.reason", exc.code)
+                        letters.append(
+                            _with_trace(
+                                deadletter_message(
+                                    record, code=exc.code, reason=exc.reason, consumer=consumer
+                                )
+                            )
+                        )
+            try:
+                async with conn.transaction():
+                    await apply(conn, [(value, headers) for _, value, headers in good])
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                log.error(
+                    "%s: batch of %d failed (%s); applying one by one",
+                    consumer,
+                    len(good),
+                    type(exc).__name__,
+                )
+                log.debug("batch failure detail", exc_info=True)
+                letters += await _one_by_one(conn, good, apply, consumer)
+            await outbox.enqueue(conn, letters)
+    finally:
+        for span in spans:
+            span.end()
+
+
+async def _one_by_one(
+    conn: Conn,
+    good: list[tuple[Record, T, dict[str, str]]],
+    apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
+    consumer: str,
+) -> list[outbox.Message]:
+    letters = []
+    for record, value, headers in good:
+        try:
+            async with conn.transaction():
+                await apply(conn, [(value, headers)])
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            log.error(
+                "%s failed on %s[%d]@%d (%s); dead-lettered",
+                consumer,
+                record.topic,
+                record.partition,
+                record.offset,
+                type(exc).__name__,
+            )
+            letter = deadletter_message(
+                record,
+                code="processing_error",
+                reason=f"the consumer failed on this record ({type(exc).__name__})",
+                consumer=consumer,
+            )
+            letters.append(replace(letter, trace=headers))
+    return letters
+
+
+def _with_trace(message: outbox.Message) -> outbox.Message:
+    return replace(message, trace=inject_headers())
 
 
 async def retry_pause(attempt: int) -> None:

@@ -31,14 +31,15 @@ class Message:
     topic: str
     key: str | None
     event: CloudEvent
+    # W3C headers of the trace this event continues; None: the current context's
+    trace: dict[str, str] | None = None
 
 
 async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
-    """Record `messages` in the caller's transaction, with the current trace context."""
+    """Record `messages` in the caller's transaction, each with its trace context."""
     if not messages:
         return
-    headers = inject_headers()
-    headers["content-type"] = CONTENT_TYPE
+    current = inject_headers()
     await conn.executemany(
         "INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)",
         [
@@ -47,7 +48,7 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
                 m.topic,
                 m.key.encode() if m.key is not None else None,
                 m.event.to_bytes(),
-                headers,
+                {**(current if m.trace is None else m.trace), "content-type": CONTENT_TYPE},
             )
             for m in messages
         ],

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
@@ -26,6 +26,7 @@ from shared.telemetry import build_tracer_provider, service_name, tracer
 from shared.web import traced_route_class
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RecordHandler(Protocol):
@@ -82,14 +83,54 @@ class Service:
         after: Callable[[], None] | None = None,
         group: str | None = None,
     ) -> None:
-        """Consume `topic` in ordered, at-least-once batches, one transaction each.
-
-        Each record goes to `handle(conn, record, now=...)`; bad records are dead-lettered by
-        `kafka.process_batch`. A transient failure backs off and rewinds the batch. After a
-        batch commits the relay is woken, and then `after`.
+        """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
+        goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
         """
-        failures = 0
         group_id = group or self.group_id
+
+        async def process(records: list[kafka.Record], now: datetime) -> None:
+            async def one(conn: Conn, record: kafka.Record) -> None:
+                await handle(conn, record, now=now)
+
+            await kafka.process_batch(
+                pool=self.pool, tracer=self.tracer, consumer=group_id, records=records, handle=one
+            )
+
+        self._subscribe(topic, group_id, process, after)
+
+    def consume_together(
+        self,
+        topic: str,
+        parse: Callable[[kafka.Record], T],
+        apply: Callable[[Conn, list[tuple[T, dict[str, str]]], datetime], Awaitable[object]],
+        *,
+        group: str | None = None,
+    ) -> None:
+        """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`)."""
+        group_id = group or self.group_id
+
+        async def process(records: list[kafka.Record], now: datetime) -> None:
+            await kafka.process_batch_together(
+                pool=self.pool,
+                tracer=self.tracer,
+                consumer=group_id,
+                records=records,
+                parse=parse,
+                apply=lambda conn, items: apply(conn, items, now),
+            )
+
+        self._subscribe(topic, group_id, process, None)
+
+    def _subscribe(
+        self,
+        topic: str,
+        group_id: str,
+        process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
+        after: Callable[[], None] | None,
+    ) -> None:
+        """One at-least-once batch subscriber: a transient failure backs off and rewinds the
+        batch; after a batch commits the relay is woken, and then `after`."""
+        failures = 0
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
@@ -100,19 +141,8 @@ class Service:
         async def on_batch(message: KafkaMessage) -> None:
             nonlocal failures
             records = [kafka.Record.of(raw) for raw in message.raw_message]
-            now = utcnow()
-
-            async def one(conn: Conn, record: kafka.Record) -> None:
-                await handle(conn, record, now=now)
-
             try:
-                await kafka.process_batch(
-                    pool=self.pool,
-                    tracer=self.tracer,
-                    consumer=group_id,
-                    records=records,
-                    handle=one,
-                )
+                await process(records, utcnow())
             except kafka.TRANSIENT as exc:
                 failures += 1
                 log.warning("%s: batch failed (%s); retrying", self.name, type(exc).__name__)

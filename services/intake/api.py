@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from services.intake import handlers, repository
 from shared import auth
+from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
+from shared.telemetry import inject_headers
 from shared.web import Problem, bearer, validation_problem
 
 MAX_BODY_BYTES = 256 * 1024
@@ -46,8 +51,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def install(service: Service, router: APIRouter) -> None:
-    """Add intake's routes to `router`."""
+def install(service: Service, router: APIRouter) -> Submissions:
+    """Add intake's routes to `router`; the returned submissions must be closed on stop."""
+    submissions = Submissions(service)
 
     @router.post(
         "/v1/complaints",
@@ -58,7 +64,9 @@ def install(service: Service, router: APIRouter) -> None:
         summary="Submit a complaint (its data, or a whole complaint.submitted CloudEvent)",
     )
     async def submit(request: Request) -> JSONResponse:
-        channel = await _channel_of(service, request)
+        channel = await submissions.channel_of(bearer(request))
+        if channel is None:
+            raise Problem(401, "Unauthorized", "unknown or revoked channel key")
         body = await _read_body(request)
         data, source = _parse(body, channel)
         if data.channel.value != channel:
@@ -67,9 +75,9 @@ def install(service: Service, router: APIRouter) -> None:
                 "Forbidden",
                 f"this key belongs to channel {channel!r}, not {data.channel.value!r}",
             )
-        complaint_id, created = await _accept_with_retry(service, data, source)
-        if created:
-            service.relay.wake()
+        item = handlers.Submission(data, source, inject_headers())
+        complaint_id, created = await submissions.batcher.submit(item)
+        trace.get_current_span().set_attribute("complaint.id", complaint_id)
         status_url = f"{service.settings.base_url()}/v1/complaints/{complaint_id}"
         answer = Accepted(complaint_id=complaint_id, status_url=status_url, duplicate=not created)
         return JSONResponse(
@@ -78,33 +86,48 @@ def install(service: Service, router: APIRouter) -> None:
             headers={"Location": f"/v1/complaints/{complaint_id}"},
         )
 
+    return submissions
+
 
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+KEY_CACHE_S = 5.0  # a revoked key stops working within this long
 
 
-async def _accept_with_retry(
-    service: Service, data: SubmittedData, source: str
-) -> tuple[str, bool]:
-    """Accept in one transaction, retried when PostgreSQL broke a lock cycle (e.g. with a
-    consumer batch assigning in the same team)."""
-    for attempt in range(4):
-        try:
-            async with service.pool.acquire() as conn, conn.transaction():
-                return await handlers.accept(conn, data, source=source, now=utcnow())
-        except RETRYABLE:
-            if attempt == 3:
-                raise
-            await asyncio.sleep(0.01 * 2**attempt)
-    raise AssertionError("unreachable")
+class Submissions:
+    """HTTP submissions written together (group commit) and channel keys remembered briefly."""
 
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.batcher: Batcher[handlers.Submission, tuple[str, bool]] = Batcher(self._write)
+        self._keys: dict[str, tuple[str | None, float]] = {}
 
-async def _channel_of(service: Service, request: Request) -> str:
-    key = bearer(request)
-    async with service.pool.acquire() as conn:
-        channel = await repository.channel_for_key(conn, auth.hash_key(key))
-    if channel is None:
-        raise Problem(401, "Unauthorized", "unknown or revoked channel key")
-    return channel
+    async def _write(self, items: Sequence[handlers.Submission]) -> list[tuple[str, bool]]:
+        """One transaction for the batch, retried when PostgreSQL broke a lock cycle (e.g. with
+        a consumer batch assigning in the same team)."""
+        for attempt in range(4):
+            try:
+                async with self._service.pool.acquire() as conn, conn.transaction():
+                    results = await handlers.accept_many(conn, items, now=utcnow())
+                self._service.relay.wake()
+                return results
+            except RETRYABLE:
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def channel_of(self, key: str) -> str | None:
+        digest = auth.hash_key(key)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self._service.pool.acquire() as conn:
+            channel = await repository.channel_for_key(conn, digest)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (channel, now + KEY_CACHE_S)
+        return channel
 
 
 async def _read_body(request: Request) -> bytes:

@@ -15,9 +15,13 @@ class Intake(Service):
     migrations_package = "services.intake.migrations"
 
     def register(self) -> None:
-        api.install(self, self.router)
-        self.consume(topics.SUBMITTED, handlers.on_submitted_record)
+        self.submissions = api.install(self, self.router)
+        self.consume_together(topics.SUBMITTED, handlers.parse_record, handlers.apply_submissions)
         self.consume(topics.EVENTS, handlers.on_event_record, group=f"{self.group_id}-cases")
+
+    async def stop(self) -> None:
+        await self.submissions.batcher.close()
+        await super().stop()
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Intake:

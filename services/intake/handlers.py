@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from shared.events import (
     new_event,
 )
 from shared.kafka import Record, Rejected, parse_event
+from shared.telemetry import inject_headers
 from shared.web import field_errors
 
 SOURCE = "complaints/intake"
@@ -38,77 +40,137 @@ def new_complaint_id() -> str:
     return str(uuid.uuid4())
 
 
-def _message(type_: EventType, complaint_id: str, data: Any, at: datetime) -> outbox.Message:
+def _message(
+    type_: EventType,
+    complaint_id: str,
+    data: Any,
+    at: datetime,
+    trace: dict[str, str] | None = None,
+) -> outbox.Message:
     return outbox.Message(
         topics.EVENTS,
         topics.complaint_key(complaint_id),
         new_event(type=type_, source=SOURCE, subject=complaint_id, data=data, time=at),
+        trace,
     )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated submission and where it came from (its source, its trace)."""
+
+    data: SubmittedData
+    source: str
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 async def accept(
     conn: Conn, data: SubmittedData, *, source: str, now: datetime
 ) -> tuple[str, bool]:
-    """Store, route and assign a submission; return its complaint id and whether it is new."""
-    history = await repository.history(conn, data.customer.id, now)
-    decision = domain.decide(
-        data, history=history, routing_rules=await repository.routing_rules(conn), received_at=now
-    )
-    complaint_id = new_complaint_id()
-    created = await repository.insert_complaint(
-        conn,
-        complaint_id=complaint_id,
-        data=data,
-        decision=decision,
-        source=source,
-        received_at=now,
-    )
-    if not created:
-        complaint_id = await repository.find_complaint_id(
-            conn, data.channel.value, data.external_id
+    """Store, route and assign one submission; return its complaint id and whether it is new."""
+    [result] = await accept_many(conn, [Submission(data, source, inject_headers())], now=now)
+    trace.get_current_span().set_attribute("complaint.id", result[0])
+    return result
+
+
+async def accept_many(
+    conn: Conn, items: Sequence[Submission], *, now: datetime
+) -> list[tuple[str, bool]]:
+    """Store, route and assign submissions in a few set-based statements; return each one's
+    complaint id and whether it is new. A (channel, external_id) seen before, or earlier in
+    `items`, gets the first one's id and changes nothing."""
+    first: dict[tuple[str, str], int] = {}
+    for n, item in enumerate(items):
+        first.setdefault((item.data.channel.value, item.data.external_id), n)
+    fresh = sorted(first.values())
+    customers = [items[n].data.customer.id for n in fresh]
+    history = await repository.histories(conn, customers, now)
+    rules = await repository.routing_rules(conn)
+    seen_in_batch: dict[str, int] = {}
+    rows: list[repository.NewComplaint] = []
+    histories: list[domain.History] = []
+    for n in fresh:
+        data = items[n].data
+        # a customer's earlier submissions in this same batch count as history too
+        earlier = seen_in_batch.get(data.customer.id, 0)
+        seen_in_batch[data.customer.id] = earlier + 1
+        known = history[data.customer.id]
+        own = replace(
+            known,
+            complaints_30d=known.complaints_30d + earlier,
+            complaints_total=known.complaints_total + earlier,
         )
-        trace.get_current_span().set_attribute("complaint.id", complaint_id)
-        return complaint_id, False
-    trace.get_current_span().set_attribute("complaint.id", complaint_id)
-    staff = await repository.lock_team(conn, decision.team)
-    assignment = domain.choose_assignee(
-        staff, language=decision.language, weight=decision.weight, excluded=data.staff_involved
-    )
-    await repository.assign(
+        decision = domain.decide(data, history=own, routing_rules=rules, received_at=now)
+        rows.append(repository.NewComplaint(new_complaint_id(), data, decision, items[n].source))
+        histories.append(own)
+    created = await repository.insert_complaints(conn, rows, received_at=now)
+    existing = await repository.find_complaint_ids(
         conn,
-        complaint_id=complaint_id,
-        team=decision.team,
-        staff_id=assignment.staff_id,
-        weight=decision.weight,
-        now=now,
+        [(r.data.channel.value, r.data.external_id) for r in rows if r.complaint_id not in created],
     )
-    messages = [
-        _message(
-            EventType.RECEIVED,
-            complaint_id,
-            ReceivedData(complaint_id=complaint_id, received_at=now, **data.model_dump()),
-            now,
-        ),
-        _message(
-            EventType.ROUTED,
-            complaint_id,
-            routed_data(complaint_id, data, decision, assignment, history, now),
-            now,
-        ),
-    ]
-    if assignment.staff_id is None:
-        messages.append(
-            _message(
-                EventType.UNASSIGNED,
-                complaint_id,
-                ReassignedData(
-                    complaint_id=complaint_id, at=now, team=decision.team, reason=assignment.reason
-                ),
-                now,
-            )
+    teams = await repository.lock_teams(
+        conn, [r.decision.team for r in rows if r.complaint_id in created]
+    )
+    holders: list[repository.Holder] = []
+    messages: list[outbox.Message] = []
+    ids: dict[tuple[str, str], tuple[str, bool]] = {}
+    for n, row, own in zip(fresh, rows, histories, strict=True):
+        pair = (row.data.channel.value, row.data.external_id)
+        if row.complaint_id not in created:
+            ids[pair] = (existing[pair], False)
+            continue
+        ids[pair] = (row.complaint_id, True)
+        decision, data, team = row.decision, row.data, teams[row.decision.team]
+        choice = domain.choose_assignee(
+            team, language=decision.language, weight=decision.weight, excluded=data.staff_involved
         )
+        if choice.staff_id is not None:  # later complaints in the batch see this one's load
+            teams[decision.team] = [
+                replace(s, load=s.load + decision.weight, last_assigned_at=now)
+                if s.staff_id == choice.staff_id
+                else s
+                for s in team
+            ]
+        holders.append(
+            repository.Holder(row.complaint_id, decision.team, choice.staff_id, decision.weight)
+        )
+        messages += accepted_events(
+            row.complaint_id, data, decision, choice, own, now, items[n].trace
+        )
+    await repository.assign(conn, holders, now=now)
     await outbox.enqueue(conn, messages)
-    return complaint_id, True
+    results = []
+    for n, item in enumerate(items):
+        complaint_id, is_new = ids[(item.data.channel.value, item.data.external_id)]
+        results.append(
+            (complaint_id, is_new and first[(item.data.channel.value, item.data.external_id)] == n)
+        )
+    return results
+
+
+def accepted_events(
+    complaint_id: str,
+    data: SubmittedData,
+    decision: domain.Decision,
+    choice: domain.Assignment,
+    history: domain.History,
+    now: datetime,
+    trace_headers: dict[str, str],
+) -> list[outbox.Message]:
+    """`complaint.received`, `complaint.routed`, and `complaint.unassigned` when nobody could
+    take it, all continuing the submission's trace."""
+    received = ReceivedData(complaint_id=complaint_id, received_at=now, **data.model_dump())
+    routed = routed_data(complaint_id, data, decision, choice, history, now)
+    messages = [
+        _message(EventType.RECEIVED, complaint_id, received, now, trace_headers),
+        _message(EventType.ROUTED, complaint_id, routed, now, trace_headers),
+    ]
+    if choice.staff_id is None:
+        alert = ReassignedData(
+            complaint_id=complaint_id, at=now, team=decision.team, reason=choice.reason
+        )
+        messages.append(_message(EventType.UNASSIGNED, complaint_id, alert, now, trace_headers))
+    return messages
 
 
 def routed_data(
@@ -150,21 +212,17 @@ async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime
     messages = []
     for case in await repository.open_unacknowledged(conn, staff_id):
         submission = SubmittedData.model_validate(case["submission"])
-        staff = await repository.lock_team(conn, case["team"])
+        staff = (await repository.lock_teams(conn, [case["team"]]))[case["team"]]
         choice = domain.choose_assignee(
             staff,
             language=case["language"],
             weight=case["weight"],
             excluded=[*submission.staff_involved, staff_id],
         )
-        await repository.assign(
-            conn,
-            complaint_id=case["complaint_id"],
-            team=case["team"],
-            staff_id=choice.staff_id,
-            weight=case["weight"],
-            now=now,
+        holder = repository.Holder(
+            case["complaint_id"], case["team"], choice.staff_id, case["weight"]
         )
+        await repository.assign(conn, [holder], now=now)
         messages.append(
             _message(
                 EventType.REASSIGNED,
@@ -234,10 +292,18 @@ def validate_data(data: Any, *, prefix: tuple[str, ...] = ()) -> SubmittedData:
         ) from None
 
 
-async def on_submitted_record(conn: Conn, record: Record, *, now: datetime) -> None:
-    """Accept one record from `complaints.submitted.v1` (duplicates change nothing)."""
-    data, source = parse_submitted(record.value)
-    await accept(conn, data, source=source, now=now)
+def parse_record(record: Record) -> tuple[SubmittedData, str]:
+    """The submission in a record of `complaints.submitted.v1`, or `Rejected`."""
+    return parse_submitted(record.value)
+
+
+async def apply_submissions(
+    conn: Conn, items: list[tuple[tuple[SubmittedData, str], dict[str, str]]], now: datetime
+) -> None:
+    """Accept a batch of parsed records, each continuing its own trace."""
+    await accept_many(
+        conn, [Submission(data, source, headers) for (data, source), headers in items], now=now
+    )
 
 
 CONSUMER = "intake"

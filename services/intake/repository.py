@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,55 +15,85 @@ from shared.db import Conn
 from shared.events import SubmittedData
 
 
-async def insert_complaint(
-    conn: Conn,
-    *,
-    complaint_id: str,
-    data: SubmittedData,
-    decision: Decision,
-    source: str,
-    received_at: datetime,
-) -> bool:
-    """Store a new complaint; False when (channel, external_id) is already known."""
-    money = data.amount_at_stake
-    inserted = await conn.fetchval(
+@dataclass(frozen=True)
+class NewComplaint:
+    complaint_id: str
+    data: SubmittedData
+    decision: Decision
+    source: str
+
+
+async def insert_complaints(
+    conn: Conn, rows: Sequence[NewComplaint], *, received_at: datetime
+) -> set[str]:
+    """Store new complaints in one statement; return the ids actually inserted (the others'
+    (channel, external_id) was already known)."""
+    if not rows:
+        return set()
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for row in rows:
+        data, decision, money = row.data, row.decision, row.data.amount_at_stake
+        values = (
+            row.complaint_id,
+            data.channel.value,
+            data.external_id,
+            data.customer.id,
+            decision.category.value,
+            decision.category_reason,
+            decision.severity.value,
+            json.dumps(decision.severity_reasons),
+            decision.severity_score,
+            json.dumps([{"code": f.code, "reason": f.reason} for f in decision.flags]),
+            decision.team,
+            decision.language,
+            row.source,
+            json.dumps(data.model_dump(mode="json", exclude_none=True)),
+            money.decimal() if money else None,
+            money.currency if money else None,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    inserted = await conn.fetch(
         """INSERT INTO complaints (complaint_id, channel, external_id, customer_id, category,
-               category_reason, severity, severity_reasons, severity_score, flags, team, assignee,
-               language, received_at, source, submission, amount_at_stake, currency)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14, $15, $16, $17)
+               category_reason, severity, severity_reasons, severity_score, flags, team,
+               language, source, submission, amount_at_stake, currency, received_at)
+           SELECT id, ch, ext, cust, cat, cat_r, sev, sev_r::jsonb, score, flags::jsonb, team,
+                  lang, src, sub::jsonb, amount, currency, $17
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
+                       $13::text[], $14::text[], $15::numeric[], $16::text[])
+                AS t(id, ch, ext, cust, cat, cat_r, sev, sev_r, score, flags, team, lang, src,
+                     sub, amount, currency)
            ON CONFLICT (channel, external_id) DO NOTHING
-           RETURNING true""",
-        complaint_id,
-        data.channel.value,
-        data.external_id,
-        data.customer.id,
-        decision.category.value,
-        decision.category_reason,
-        decision.severity.value,
-        decision.severity_reasons,
-        decision.severity_score,
-        [{"code": f.code, "reason": f.reason} for f in decision.flags],
-        decision.team,
-        decision.language,
+           RETURNING complaint_id""",
+        *columns,
         received_at,
-        source,
-        data.model_dump(mode="json", exclude_none=True),
-        money.decimal() if money else None,
-        money.currency if money else None,
     )
-    return inserted is not None
+    return {r["complaint_id"] for r in inserted}
+
+
+async def find_complaint_ids(
+    conn: Conn, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The ids of complaints known by (channel, external_id)."""
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        """SELECT c.channel, c.external_id, c.complaint_id FROM complaints c
+           JOIN unnest($1::text[], $2::text[]) AS p(ch, ext)
+             ON c.channel = p.ch AND c.external_id = p.ext""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return {(r["channel"], r["external_id"]): r["complaint_id"] for r in rows}
 
 
 async def find_complaint_id(conn: Conn, channel: str, external_id: str) -> str:
     """The id of the complaint a channel submitted under `external_id`."""
-    found = await conn.fetchval(
-        "SELECT complaint_id FROM complaints WHERE channel = $1 AND external_id = $2",
-        channel,
-        external_id,
-    )
-    if found is None:
+    found = await find_complaint_ids(conn, [(channel, external_id)])
+    if not found:
         raise LookupError(f"no complaint {channel}:{external_id}")
-    return str(found)
+    return found[(channel, external_id)]
 
 
 _HIGH_CLAIM_SQL = " OR ".join(
@@ -69,30 +102,35 @@ _HIGH_CLAIM_SQL = " OR ".join(
 )
 
 
-async def history(conn: Conn, customer_id: str, now: datetime) -> History:
-    """The customer's earlier complaints, as routing and flags need them."""
-    row = await conn.fetchrow(
-        f"""SELECT count(*) FILTER (WHERE received_at >= $2)            AS recent,
+async def histories(conn: Conn, customer_ids: Sequence[str], now: datetime) -> dict[str, History]:
+    """Each customer's earlier complaints, as routing and flags need them (one query)."""
+    rows = await conn.fetch(
+        f"""SELECT customer_id,
+                   count(*) FILTER (WHERE received_at >= $2)            AS recent,
                    count(*)                                             AS total,
                    count(*) FILTER (WHERE received_at >= $3 AND ({_HIGH_CLAIM_SQL})) AS high_claims,
                    count(*) FILTER (WHERE outcome IN ('upheld', 'partially_upheld')) AS upheld,
                    count(*) FILTER (WHERE outcome = 'not_upheld')       AS not_upheld,
                    avg(satisfaction)::float                             AS satisfaction
-            FROM complaints WHERE customer_id = $1 AND received_at < $4""",
-        customer_id,
+            FROM complaints WHERE customer_id = ANY($1::text[]) AND received_at < $4
+            GROUP BY customer_id""",
+        list(set(customer_ids)),
         now - timedelta(days=30),
         now - timedelta(days=90),
         now,
     )
-    assert row is not None
-    return History(
-        complaints_30d=row["recent"],
-        complaints_total=row["total"],
-        high_claims_90d=row["high_claims"],
-        upheld=row["upheld"],
-        not_upheld=row["not_upheld"],
-        mean_satisfaction=row["satisfaction"],
-    )
+    found = {
+        r["customer_id"]: History(
+            complaints_30d=r["recent"],
+            complaints_total=r["total"],
+            high_claims_90d=r["high_claims"],
+            upheld=r["upheld"],
+            not_upheld=r["not_upheld"],
+            mean_satisfaction=r["satisfaction"],
+        )
+        for r in rows
+    }
+    return {c: found.get(c, History()) for c in customer_ids}
 
 
 async def routing_rules(conn: Conn) -> list[RoutingRule]:
@@ -118,57 +156,65 @@ async def remove_routing_rule(conn: Conn, rule_id: int) -> bool:
     return result.endswith(" 1")
 
 
-async def lock_team(conn: Conn, team: str) -> list[StaffLoad]:
-    """The team's members with their open load, locked until the transaction ends.
+async def lock_teams(conn: Conn, teams: Sequence[str]) -> dict[str, list[StaffLoad]]:
+    """The teams' members with their open load, locked until the transaction ends.
 
-    Locking the members (in id order) serialises assignment within a team, so two
+    Locking the members (in a fixed order) serialises assignment within a team, so two
     complaints arriving together cannot both take the last unit of someone's capacity.
     """
     rows = await conn.fetch(
-        """SELECT s.staff_id, s.languages, s.capacity, s.available, s.last_assigned_at,
+        """SELECT s.staff_id, s.team, s.languages, s.capacity, s.available, s.last_assigned_at,
                   coalesce((SELECT sum(a.weight) FROM assignments a
                             WHERE a.staff_id = s.staff_id AND a.open), 0) AS load
-           FROM staff s WHERE s.team = $1 ORDER BY s.staff_id FOR UPDATE OF s""",
-        team,
+           FROM staff s WHERE s.team = ANY($1::text[])
+           ORDER BY s.team, s.staff_id FOR UPDATE OF s""",
+        sorted(set(teams)),
     )
-    return [
-        StaffLoad(
-            staff_id=r["staff_id"],
-            languages=tuple(r["languages"]),
-            capacity=r["capacity"],
-            load=int(r["load"]),
-            available=r["available"],
-            last_assigned_at=r["last_assigned_at"],
+    found: dict[str, list[StaffLoad]] = {team: [] for team in teams}
+    for r in rows:
+        found[r["team"]].append(
+            StaffLoad(
+                staff_id=r["staff_id"],
+                languages=tuple(r["languages"]),
+                capacity=r["capacity"],
+                load=int(r["load"]),
+                available=r["available"],
+                last_assigned_at=r["last_assigned_at"],
+            )
         )
-        for r in rows
-    ]
+    return found
 
 
-async def assign(
-    conn: Conn, *, complaint_id: str, team: str, staff_id: str | None, weight: int, now: datetime
-) -> None:
-    """Record who holds a complaint (None: the team queue)."""
-    await conn.execute(
+@dataclass(frozen=True)
+class Holder:
+    complaint_id: str
+    team: str
+    staff_id: str | None
+    weight: int
+
+
+async def assign(conn: Conn, holders: Sequence[Holder], *, now: datetime) -> None:
+    """Record who holds each complaint (None: the team queue), pipelined."""
+    if not holders:
+        return
+    await conn.executemany(
         """INSERT INTO assignments (complaint_id, team, staff_id, weight, assigned_at)
            VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (complaint_id) DO UPDATE
                SET staff_id = EXCLUDED.staff_id, team = EXCLUDED.team,
                    assigned_at = EXCLUDED.assigned_at""",
-        complaint_id,
-        team,
-        staff_id,
-        weight,
-        now,
+        [(h.complaint_id, h.team, h.staff_id, h.weight, now) for h in holders],
     )
-    await conn.execute(
+    await conn.executemany(
         "UPDATE complaints SET assignee = $2, team = $3 WHERE complaint_id = $1",
-        complaint_id,
-        staff_id,
-        team,
+        [(h.complaint_id, h.staff_id, h.team) for h in holders],
     )
-    if staff_id is not None:
+    assigned = sorted({h.staff_id for h in holders if h.staff_id is not None})
+    if assigned:
         await conn.execute(
-            "UPDATE staff SET last_assigned_at = $2 WHERE staff_id = $1", staff_id, now
+            "UPDATE staff SET last_assigned_at = $2 WHERE staff_id = ANY($1::text[])",
+            assigned,
+            now,
         )
 
 
