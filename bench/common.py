@@ -25,14 +25,18 @@ from shared.settings import Settings
 @dataclass
 class Bench:
     settings: Settings
-    base_url: str
+    base_urls: list[str]
     key: str
+
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[0]
 
 
 @asynccontextmanager
-async def running_system(tmp: Path, *command: str) -> AsyncIterator[Bench]:
-    """A broker (configured or embedded), a fresh database, and `complaints <command>` (default
-    `up`) in a subprocess, ready to take traffic."""
+async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIterator[Bench]:
+    """A broker (configured or embedded), a fresh database with the demo staff, and `replicas`
+    copies of `complaints <command>` (default `up`) in subprocesses, ready to take traffic."""
     command = command or ("up",)
     broker = None
     bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
@@ -49,37 +53,58 @@ async def running_system(tmp: Path, *command: str) -> AsyncIterator[Bench]:
     from services.intake import admin
 
     key = await admin.create_key(settings, "web")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
-    env.update(
-        COMPLAINTS_KAFKA_BOOTSTRAP=bootstrap,
-        COMPLAINTS_DATABASE_URL=url,
-        COMPLAINTS_HTTP_PORT=str(port),
-        COMPLAINTS_STATE_DIR=str(tmp),
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        *command,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    # a team big enough that every complaint is assigned (the queue path emits one event more)
+    for n in range(5):
+        await admin.add_staff(
+            settings,
+            staff_id=f"bench-{n}",
+            name=f"Bench {n}",
+            team="customer-care",
+            role="agent",
+            languages=["en", "nl", "tr"],
+            capacity=10**9,
+        )
+    procs: list[asyncio.subprocess.Process] = []
+    urls: list[str] = []
+    drains: list[asyncio.Task[None]] = []
     try:
-        assert proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), 120)
-            if not line:
-                raise RuntimeError("complaints up ended before it was ready")
-            if b"complaints is up" in line or b"serving on" in line:
-                break
+        for n in range(replicas):
+            port = settings.http_port if n == 0 else devinfra.free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
+            env.update(
+                COMPLAINTS_KAFKA_BOOTSTRAP=bootstrap,
+                COMPLAINTS_DATABASE_URL=url,
+                COMPLAINTS_HTTP_PORT=str(port),
+                COMPLAINTS_STATE_DIR=str(tmp),
+            )
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "complaints",
+                *command,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), 120)
+                if not line:
+                    raise RuntimeError(f"complaints {' '.join(command)} ended before it was ready")
+                if b"complaints is up" in line or b"serving on" in line:
+                    break
+            drains.append(asyncio.create_task(_drain(proc.stdout)))
+            urls.append(f"http://127.0.0.1:{port}")
         await _wait_consuming(settings)
-        drain = asyncio.create_task(_drain(proc.stdout))
-        yield Bench(settings=settings, base_url=f"http://127.0.0.1:{port}", key=key)
-        drain.cancel()
+        yield Bench(settings=settings, base_urls=urls, key=key)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(2)
+        for task in drains:
+            task.cancel()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(2)
+        for proc in procs:
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:

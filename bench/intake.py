@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.common import Bench, Watcher, percentile, running_system
+from bench.httpclient import Connection
 from shared import kafka, topics
 from shared.events import EventType, new_event
 from tests.support import submission
@@ -74,19 +73,20 @@ async def kafka_phase(bench: Bench, count: int, rate: float | None) -> tuple[flo
 async def http_phase(
     bench: Bench, count: int, concurrency: int, rate: float | None
 ) -> tuple[float, float, list[float]]:
-    """POST `count` submissions; return (202/s, routed/s, latencies submit → routed)."""
+    """POST `count` submissions (spread over the replicas); return (202/s, routed/s, latencies
+    submit → routed)."""
     watcher = Watcher(bench.settings.kafka_bootstrap or "", "complaint.routed")
     await watcher.start()
     docs = [submission("web") for _ in range(count)]
     started: dict[str, float] = {}
     headers = {"Authorization": f"Bearer {bench.key}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     t0 = time.perf_counter()
     next_index = 0
-    async with httpx.AsyncClient(base_url=bench.base_url, limits=limits, timeout=60) as http:
 
-        async def client() -> None:
-            nonlocal next_index
+    async def client(n_client: int) -> None:
+        nonlocal next_index
+        conn = Connection(bench.base_urls[n_client % len(bench.base_urls)])
+        try:
             while next_index < count:
                 n = next_index
                 next_index += 1
@@ -95,11 +95,14 @@ async def http_phase(
                     if delay > 0:
                         await asyncio.sleep(delay)
                 began = time.perf_counter()
-                answer = await http.post("/v1/complaints", json=docs[n], headers=headers)
-                answer.raise_for_status()
-                started[answer.json()["complaint_id"]] = began
+                status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
+                if status != 202:
+                    raise RuntimeError(f"POST answered {status}: {answer}")
+                started[answer["complaint_id"]] = began
+        finally:
+            await conn.close()
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
     accepted_at = time.perf_counter()
     try:
         await watcher.wait_for(set(started), timeout_s=600)
@@ -112,9 +115,10 @@ async def http_phase(
 
 async def main(args: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_system(Path(tmp), "serve", "intake") as bench:
+        async with running_system(Path(tmp), "serve", "intake", replicas=args.replicas) as bench:
             print(
-                f"intake alone (`complaints serve intake`), {args.complaints} complaints per phase"
+                f"`complaints serve intake` × {args.replicas}, {args.complaints} complaints per "
+                "burst; broker and PostgreSQL on this machine"
             )
             k_rate, _ = await kafka_phase(bench, args.complaints, None)
             print(f"{'Kafka burst: accepted per second':<34} {k_rate:8.1f}   (target ≥ 1500)")
@@ -138,4 +142,10 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--kafka-rate", type=float, default=750.0, help="half the Kafka target")
     parser.add_argument("--http-rate", type=float, default=400.0, help="half the HTTP target")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--replicas", type=int, default=1, help="intake processes")
+    try:
+        import uvloop
+
+        uvloop.run(main(parser.parse_args()))
+    except ImportError:
+        asyncio.run(main(parser.parse_args()))

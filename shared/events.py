@@ -304,11 +304,16 @@ def new_event(
     subject: str | None = None,
     time: datetime | None = None,
 ) -> CloudEvent:
-    """A new CloudEvent with a fresh id; `data` is dumped as JSON-ready values."""
+    """A new CloudEvent with a fresh id; `data` is dumped as JSON-ready values.
+
+    Built without re-validation: every field is set here from typed values.
+    """
     payload = (
         data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
     )
-    return CloudEvent(
+    return CloudEvent.model_construct(
+        specversion="1.0",
+        datacontenttype="application/json",
         id=str(uuid.uuid4()),
         source=source,
         type=str(type),

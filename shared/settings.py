@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=8, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     # Latency of a consumer follows this on brokers whose fetch is not woken by new data.
-    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=1)
     kafka_max_batch: int = Field(default=200, ge=1)
 
     # Signs staff and customer tokens; `complaints up` keeps a generated one in the state dir.

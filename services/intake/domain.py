@@ -68,19 +68,24 @@ HIGH_CLAIMS = 3  # prior claims at or above the first amount step in 90 days
 
 @dataclass(frozen=True)
 class TermList:
-    """Terms of one list in one language, compiled for word-prefix matching."""
+    """Terms of one list in one language, compiled into one word-prefix pattern."""
 
     terms: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
+    pattern: re.Pattern[str]
 
     @classmethod
     def of(cls, terms: Iterable[str], language: str) -> TermList:
-        folded = tuple(normalise(t, language) for t in terms)
-        return cls(folded, tuple(re.compile(r"(?<!\w)" + re.escape(t)) for t in folded))
+        folded = tuple(dict.fromkeys(normalise(t, language) for t in terms))
+        alternatives = "|".join(re.escape(t) for t in folded)
+        # zero-width: every position where some term starts, overlapping ones included
+        return cls(folded, re.compile(rf"(?<!\w)(?=(?:{alternatives}))"))
 
     def found(self, text: str) -> list[str]:
-        """The terms that occur in the (normalised) text."""
-        return [t for t, p in zip(self.terms, self.patterns, strict=True) if p.search(text)]
+        """The terms that occur in the (normalised) text, each once, in the list's order."""
+        hits: set[str] = set()
+        for start in (m.start() for m in self.pattern.finditer(text)):
+            hits.update(t for t in self.terms if text.startswith(t, start))
+        return [t for t in self.terms if t in hits]
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,13 @@ def accepted_events(
 ) -> list[outbox.Message]:
     """`complaint.received`, `complaint.routed`, and `complaint.unassigned` when nobody could
     take it, all continuing the submission's trace."""
-    received = ReceivedData(complaint_id=complaint_id, received_at=now, **data.model_dump())
+    # built from already-validated values: no second validation pass
+    received = ReceivedData.model_construct(
+        complaint_id=complaint_id,
+        actor="system",
+        received_at=now,
+        **{name: getattr(data, name) for name in SubmittedData.model_fields},
+    )
     routed = routed_data(complaint_id, data, decision, choice, history, now)
     messages = [
         _message(EventType.RECEIVED, complaint_id, received, now, trace_headers),
@@ -182,7 +188,8 @@ def routed_data(
     now: datetime,
 ) -> RoutedData:
     """`complaint.routed`: team, assignee, severity with reasons, flags and the history."""
-    return RoutedData(
+    return RoutedData.model_construct(
+        actor="system",
         complaint_id=complaint_id,
         routed_at=now,
         received_at=now,

@@ -257,3 +257,17 @@ def test_decision_sets_clocks_from_severity():
     assert decision.deadlines == sla.deadlines(Severity.MEDIUM, NOW)
     assert decision.language == "en"
     assert decision.weight == 2
+
+
+def test_terms_inside_longer_matches_still_count():
+    from services.intake.domain import TermList
+
+    terms = TermList.of(["does not work", "not work", "work", "broke", "broken"], "en")
+    assert terms.found("it does not work, broken") == [
+        "does not work",
+        "not work",
+        "work",
+        "broke",
+        "broken",
+    ]
+    assert terms.found("homework") == []  # a term must start a word
