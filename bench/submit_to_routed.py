@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from bench.common import Watcher, percentile, running_system
+from bench.httpclient import Connection
 from tests.support import submission
 
 
@@ -28,31 +27,36 @@ async def main(count: int, concurrency: int) -> None:
             watcher = Watcher(bench.settings.kafka_bootstrap or "", "complaint.routed")
             await watcher.start()
             started: dict[str, float] = {}
-            queue: asyncio.Queue[dict] = asyncio.Queue()
-            for _ in range(count):
-                queue.put_nowait(submission("web"))
-            limits = httpx.Limits(max_connections=concurrency)
+            docs = [submission("web") for _ in range(count)]
             headers = {"Authorization": f"Bearer {bench.key}"}
-            async with httpx.AsyncClient(
-                base_url=bench.base_url, limits=limits, timeout=60
-            ) as http:
+            next_index = 0
 
-                async def client() -> None:
-                    while not queue.empty():
-                        data = queue.get_nowait()
+            async def client() -> None:
+                nonlocal next_index
+                conn = Connection(bench.base_url)
+                try:
+                    while next_index < count:
+                        n = next_index
+                        next_index += 1
                         t0 = time.perf_counter()
-                        answer = await http.post("/v1/complaints", json=data, headers=headers)
-                        answer.raise_for_status()
-                        started[answer.json()["complaint_id"]] = t0
+                        status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
+                        if status != 202:
+                            raise RuntimeError(f"POST answered {status}: {answer}")
+                        started[answer["complaint_id"]] = t0
+                finally:
+                    await conn.close()
 
-                t_start = time.perf_counter()
-                await asyncio.gather(*(client() for _ in range(concurrency)))
-                t_accepted = time.perf_counter()
+            t_start = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            t_accepted = time.perf_counter()
             await watcher.wait_for(set(started), timeout_s=300)
             t_routed = max(watcher.seen[c] for c in started)
             await watcher.stop()
     latencies = [(watcher.seen[c] - started[c]) * 1000 for c in started]
-    print(f"complaints                 {count} over HTTP, {concurrency} concurrent clients")
+    print(
+        f"`complaints up` (all three services in one process), {count} complaints over HTTP, "
+        f"{concurrency} concurrent clients"
+    )
     print(f"accepted (202) per second  {count / (t_accepted - t_start):8.1f}")
     print(f"submit → routed per second {count / (t_routed - t_start):8.1f}")
     print(
