@@ -162,58 +162,44 @@ async def process_batch(
     """
     async with pool.acquire() as conn, conn.transaction():
         for record in records:
-            with tracer.start_as_current_span(
-                f"{record.topic} process",
-                context=extract_context(record.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation": "process",
-                    "messaging.destination.name": record.topic,
-                    "messaging.kafka.destination.partition": record.partition,
-                    "messaging.kafka.message.offset": record.offset,
-                    "messaging.consumer.group.name": consumer,
-                },
-            ) as span:
+            span = _process_span(tracer, record, consumer)
+            with trace.use_span(span, end_on_exit=True):
                 try:
                     async with conn.transaction():
                         await handle(conn, record)
                 except Rejected as exc:
                     span.set_attribute("complaints.deadletter.reason", exc.code)
-                    await outbox.enqueue(
-                        conn,
-                        [
-                            deadletter_message(
-                                record, code=exc.code, reason=exc.reason, consumer=consumer
-                            )
-                        ],
+                    letter = deadletter_message(
+                        record, code=exc.code, reason=exc.reason, consumer=consumer
                     )
+                    await outbox.enqueue(conn, [letter])
                 except TRANSIENT:
                     raise
                 except Exception as exc:
-                    # A bug must not block the partition: keep the record, with the error's type.
-                    # Exception text may quote personal data: the type above debug, the rest below.
-                    log.error(
-                        "%s failed on %s[%d]@%d (%s); dead-lettered",
-                        consumer,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        type(exc).__name__,
-                    )
-                    log.debug("consumer failure detail", exc_info=True)
                     span.record_exception(exc)
-                    await outbox.enqueue(
-                        conn,
-                        [
-                            deadletter_message(
-                                record,
-                                code="processing_error",
-                                reason=f"the consumer failed on this record ({type(exc).__name__})",
-                                consumer=consumer,
-                            )
-                        ],
-                    )
+                    await outbox.enqueue(conn, [_failure_letter(record, exc, consumer)])
+
+
+def _failure_letter(record: Record, exc: Exception, consumer: str) -> outbox.Message:
+    """A bug must not block the partition: keep the record, dead-lettered with the error's type.
+
+    Exception text may quote personal data: the type is logged as an error, the rest at debug.
+    """
+    log.error(
+        "%s failed on %s[%d]@%d (%s); dead-lettered",
+        consumer,
+        record.topic,
+        record.partition,
+        record.offset,
+        type(exc).__name__,
+    )
+    log.debug("consumer failure detail", exc_info=exc)
+    return deadletter_message(
+        record,
+        code="processing_error",
+        reason=f"the consumer failed on this record ({type(exc).__name__})",
+        consumer=consumer,
+    )
 
 
 def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.Span:
@@ -303,21 +289,7 @@ async def _one_by_one(
         except TRANSIENT:
             raise
         except Exception as exc:
-            log.error(
-                "%s failed on %s[%d]@%d (%s); dead-lettered",
-                consumer,
-                record.topic,
-                record.partition,
-                record.offset,
-                type(exc).__name__,
-            )
-            letter = deadletter_message(
-                record,
-                code="processing_error",
-                reason=f"the consumer failed on this record ({type(exc).__name__})",
-                consumer=consumer,
-            )
-            letters.append(replace(letter, trace=headers))
+            letters.append(replace(_failure_letter(record, exc, consumer), trace=headers))
     return letters
 
 

@@ -164,8 +164,7 @@ async def lock_teams(conn: Conn, teams: Sequence[str]) -> dict[str, list[StaffLo
     """
     rows = await conn.fetch(
         """SELECT s.staff_id, s.team, s.languages, s.capacity, s.available, s.last_assigned_at,
-                  coalesce((SELECT sum(a.weight) FROM assignments a
-                            WHERE a.staff_id = s.staff_id AND a.open), 0) AS load
+                  s.open_load AS load
            FROM staff s WHERE s.team = ANY($1::text[])
            ORDER BY s.team, s.staff_id FOR UPDATE OF s""",
         sorted(set(teams)),

@@ -33,13 +33,10 @@ def _deadlines(case: dict[str, Any]) -> dict[str, str] | None:
     }
 
 
-def _timeline(
-    entries: list[dict[str, Any]], *, only: set[str] | None = None
-) -> list[dict[str, Any]]:
+def _timeline(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"type": e["type"], "at": e["at"].isoformat(), "actor": e["actor"], "detail": e["detail"]}
         for e in entries
-        if only is None or e["type"] in only
     ]
 
 
@@ -71,22 +68,27 @@ def staff_view(found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+CHANNEL_FIELDS = (
+    "complaint_id",
+    "status",
+    "channel",
+    "external_id",
+    "category",
+    "deadlines",
+    "remedy",
+)
+
+
 def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     """What the submitting channel sees: state and clocks, no staff-only detail."""
-    case = found["case"]
-    return {
-        "complaint_id": case["complaint_id"],
-        "status": case["status"],
-        "channel": case["channel"],
-        "external_id": case["external_id"],
-        "category": case["category"],
-        "deadlines": _deadlines(case),
-        "remedy": case["remedy"],
-        "timeline": [
-            {k: v for k, v in e.items() if k != "detail"}
-            for e in _timeline(found["timeline"], only=CHANNEL_TIMELINE)
-        ],
-    }
+    full = staff_view(found)
+    view = {name: full[name] for name in CHANNEL_FIELDS}
+    view["timeline"] = [
+        {k: v for k, v in entry.items() if k != "detail"}
+        for entry in full["timeline"]
+        if entry["type"] in CHANNEL_TIMELINE
+    ]
+    return view
 
 
 def install(service: Service, router: APIRouter) -> None:

@@ -160,3 +160,50 @@ async def test_a_channel_reads_only_its_own_complaints(running, team):
         return answer.status_code == 401
 
     await eventually(refused, what="the revoked key to be refused")
+
+
+async def test_a_resolved_case_frees_its_holders_capacity(running, team):
+    from aiokafka import AIOKafkaProducer
+
+    from shared import topics
+    from shared.events import EventType, new_event
+
+    key = await running.channel_key("chat")
+    complaint_id = await _submit(running, key, category="service")
+    holder = (await eventually(lambda: _view(running, complaint_id), what="routed"))["assignee"]
+
+    async def load_of(staff_id):
+        rows = await running.sql("SELECT open_load FROM intake.staff WHERE staff_id = $1", staff_id)
+        return rows[0]["open_load"]
+
+    before = await load_of(holder)
+    assert before >= 2  # service over chat scores medium: weight 2
+    resolved = new_event(
+        type=EventType.RESOLVED,
+        source="complaints/resolution",
+        subject=complaint_id,
+        data={"complaint_id": complaint_id, "actor": holder, "outcome": "upheld"},
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.EVENTS, resolved.to_bytes(), key=complaint_id.encode())
+    finally:
+        await producer.stop()
+
+    async def freed():
+        return await load_of(holder) == before - 2
+
+    await eventually(freed, what="the holder's load to drop")
+    rows = await running.sql(
+        "SELECT open, (SELECT outcome FROM intake.complaints WHERE complaint_id = $1) AS outcome "
+        "FROM intake.assignments WHERE complaint_id = $1",
+        complaint_id,
+    )
+    assert (rows[0]["open"], rows[0]["outcome"]) == (False, "upheld")
+    drift = await running.sql(
+        """SELECT staff_id FROM intake.staff s WHERE open_load <> coalesce(
+               (SELECT sum(weight) FROM intake.assignments a
+                WHERE a.staff_id = s.staff_id AND a.open), 0)"""
+    )
+    assert drift == []
