@@ -87,6 +87,8 @@ class OutboxRelay:
         """Relay until stopped; a failure is logged and retried with back-off, never fatal."""
         backoff = self._poll
         while not self._stopping:
+            # cleared before looking, so a wake-up that arrives while draining is kept
+            self._wake.clear()
             try:
                 published = await self.drain_once()
                 backoff = self._poll
@@ -101,7 +103,6 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
             if published >= self._batch:
                 continue
-            self._wake.clear()
             if not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll)

@@ -126,6 +126,7 @@ class Mailer:
 
     async def run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before looking, so a wake-up during delivery is kept
             try:
                 delivered = await self.deliver_due()
             except Exception as exc:
@@ -134,7 +135,6 @@ class Mailer:
                 await asyncio.sleep(self._poll)
             if delivered:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
 
