@@ -154,6 +154,6 @@ async def follow(settings: Settings, *, token: str, say: Callable[[str], None] =
                 event = json.loads(line.split(":", 1)[1])
                 data = event.get("data", {})
                 extra = " ".join(
-                    f"{k}={data[k]}" for k in ("team", "severity", "kind") if k in data
+                    f"{k}={data[k]}" for k in ("team", "assignee", "severity", "kind") if k in data
                 )
                 say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")
