@@ -243,6 +243,19 @@ class RoutedData(BaseModel):
     customer_history: dict[str, Any] | None = None
 
 
+class RejectedData(BaseModel):
+    """`complaint.rejected`: a submission that could not be accepted, and why (field names and
+    rules only, never the values sent)."""
+
+    channel: str
+    external_id: str
+    actor: str = "system"
+    source: str
+    reason_code: str
+    reasons: list[dict[str, str]]
+    at: datetime
+
+
 class ReassignedData(BaseModel):
     """`complaint.reassigned` (another holder) and `complaint.unassigned` (left in the queue)."""
 

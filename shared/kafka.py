@@ -99,12 +99,14 @@ class Record:
 
 
 class Rejected(Exception):
-    """Input a consumer cannot accept: it goes to the dead-letter topic with this reason."""
+    """Input a consumer cannot accept: it goes to the dead-letter topic with this reason, and
+    `also` (events that tell the sender, say) goes out with it."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, also: Sequence[outbox.Message] = ()) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.also = list(also)
 
 
 # Errors that say the database or network is unwell, not that the record is bad: retry the batch.
@@ -172,7 +174,7 @@ async def process_batch(
                     letter = deadletter_message(
                         record, code=exc.code, reason=exc.reason, consumer=consumer
                     )
-                    await outbox.enqueue(conn, [letter])
+                    await outbox.enqueue(conn, [letter, *exc.also])
                 except TRANSIENT:
                     raise
                 except Exception as exc:
@@ -248,13 +250,10 @@ async def process_batch_together(
                         good.append((record, parse(record), inject_headers()))
                     except Rejected as exc:
                         span.set_attribute("complaints.deadletter.reason", exc.code)
-                        letters.append(
-                            _with_trace(
-                                deadletter_message(
-                                    record, code=exc.code, reason=exc.reason, consumer=consumer
-                                )
-                            )
+                        letter = deadletter_message(
+                            record, code=exc.code, reason=exc.reason, consumer=consumer
                         )
+                        letters += [_with_trace(m) for m in (letter, *exc.also)]
             try:
                 async with conn.transaction():
                     await apply(conn, [(value, headers) for _, value, headers in good])

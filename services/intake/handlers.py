@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -19,10 +19,12 @@ from services.intake import domain, repository
 from shared import inbox, outbox, topics
 from shared.db import Conn
 from shared.events import (
+    Channel,
     CloudEvent,
     EventType,
     ReassignedData,
     ReceivedData,
+    RejectedData,
     RoutedData,
     SubmittedData,
     new_event,
@@ -283,20 +285,45 @@ def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
             "unknown_type",
             f"type {event.type!r} is not accepted here; expected complaint.submitted",
         )
-    return validate_data(event.data, prefix=("data",)), event.source
+    return validate_data(event.data, prefix=("data",), source=event.source), event.source
 
 
-def validate_data(data: Any, *, prefix: tuple[str, ...] = ()) -> SubmittedData:
-    """`complaint.submitted` data, or `Rejected` naming every bad field."""
+def validate_data(data: Any, *, prefix: tuple[str, ...] = (), source: str = "") -> SubmittedData:
+    """`complaint.submitted` data, or `Rejected` naming every bad field; when the channel and
+    external id can be read, the rejection also tells the channel (`complaint.rejected`)."""
     try:
         return SubmittedData.model_validate(data)
     except ValidationError as exc:
         errors = field_errors(exc.errors(), prefix=prefix)
         channel_field = ".".join((*prefix, "channel"))
         unknown = any(e["field"] == channel_field for e in errors)
-        raise Rejected(
-            "unknown_channel" if unknown else "schema_violation", _summary(errors)
-        ) from None
+        code = "unknown_channel" if unknown else "schema_violation"
+        raise Rejected(code, _summary(errors), rejection(data, code, errors, source)) from None
+
+
+def rejection(
+    data: Any, code: str, errors: list[dict[str, Any]], source: str
+) -> list[outbox.Message]:
+    """`complaint.rejected` for the sender, keyed like its submission; none when the sender
+    cannot be told apart (no readable channel or external id)."""
+    if not isinstance(data, dict):
+        return []
+    channel, external_id = data.get("channel"), data.get("external_id")
+    if channel not in {c.value for c in Channel} or not isinstance(external_id, str):
+        return []
+    if not 0 < len(external_id) <= 128 or "\x00" in external_id:
+        return []
+    now = datetime.now(UTC)
+    body = RejectedData(
+        channel=channel,
+        external_id=external_id,
+        source=source or "unknown",
+        reason_code=code,
+        reasons=errors,
+        at=now,
+    )
+    event = new_event(type=EventType.REJECTED, source=SOURCE, data=body, time=now)
+    return [outbox.Message(topics.EVENTS, topics.submission_key(channel, external_id), event)]
 
 
 def parse_record(record: Record) -> tuple[SubmittedData, str]:

@@ -110,3 +110,37 @@ async def test_malformed_records_are_dead_lettered_and_the_next_one_is_processed
     assert second["reason_code"] == "schema_violation"
     assert "data.description" in second["reason"]
     assert second["offset"] == first["offset"] + 1
+
+
+async def test_an_invalid_phone_submission_is_answered_with_complaint_rejected(running: Running):
+    data = submission("phone")
+    data["customer"]["name"] = "Private Person"
+    data["amount_at_stake"] = {"amount": 12.5, "currency": "EUR"}
+    del data["description"]
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.SUBMITTED,
+            new_event(type=EventType.SUBMITTED, source="phone/ivr-eu-1", data=data).to_bytes(),
+            key=topics.submission_key("phone", data["external_id"]).encode(),
+        )
+    finally:
+        await producer.stop()
+    key = topics.submission_key("phone", data["external_id"]).encode()
+
+    async def rejected():
+        for record in await read_topic(running.settings.kafka_bootstrap, topics.EVENTS):
+            if record.key == key:
+                return json.loads(record.value)
+        return None
+
+    event = await eventually(rejected, what="complaint.rejected")
+    assert event["type"] == "complaint.rejected"
+    assert event["data"]["external_id"] == data["external_id"]
+    assert event["data"]["reason_code"] == "schema_violation"
+    assert {r["field"] for r in event["data"]["reasons"]} == {
+        "data.description",
+        "data.amount_at_stake.amount",
+    }
+    assert "Private Person" not in json.dumps(event) and "12.5" not in json.dumps(event)
