@@ -231,6 +231,7 @@ async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime
         holder = repository.Holder(
             case["complaint_id"], case["team"], choice.staff_id, case["weight"]
         )
+        await repository.release_load(conn, staff_id, case["weight"])
         await repository.assign(conn, [holder], now=now)
         messages.append(
             _message(

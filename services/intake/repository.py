@@ -208,13 +208,26 @@ async def assign(conn: Conn, holders: Sequence[Holder], *, now: datetime) -> Non
         "UPDATE complaints SET assignee = $2, team = $3 WHERE complaint_id = $1",
         [(h.complaint_id, h.staff_id, h.team) for h in holders],
     )
-    assigned = sorted({h.staff_id for h in holders if h.staff_id is not None})
-    if assigned:
+    gained: dict[str, int] = {}
+    for h in holders:
+        if h.staff_id is not None:
+            gained[h.staff_id] = gained.get(h.staff_id, 0) + h.weight
+    if gained:
+        # one row version per member per batch (not one per case)
         await conn.execute(
-            "UPDATE staff SET last_assigned_at = $2 WHERE staff_id = ANY($1::text[])",
-            assigned,
+            """UPDATE staff SET open_load = open_load + d.delta, last_assigned_at = $3
+               FROM unnest($1::text[], $2::int[]) AS d(id, delta) WHERE staff_id = d.id""",
+            list(gained),
+            list(gained.values()),
             now,
         )
+
+
+async def release_load(conn: Conn, staff_id: str, weight: int) -> None:
+    """Take `weight` off a member's open load (a case moved away from them)."""
+    await conn.execute(
+        "UPDATE staff SET open_load = open_load - $2 WHERE staff_id = $1", staff_id, weight
+    )
 
 
 async def open_unacknowledged(conn: Conn, staff_id: str) -> list[asyncpg.Record]:
@@ -230,14 +243,24 @@ async def open_unacknowledged(conn: Conn, staff_id: str) -> list[asyncpg.Record]
 
 async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
     """Apply what a later event says about a case (open, acknowledged, outcome, satisfaction)."""
-    assignment = {k: v for k, v in changes.items() if k in ("open", "acknowledged")}
     record = {k: v for k, v in changes.items() if k in ("outcome", "satisfaction")}
-    if assignment:
-        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(assignment, start=2))
+    if "acknowledged" in changes:
         await conn.execute(
-            f"UPDATE assignments SET {sets} WHERE complaint_id = $1",
+            "UPDATE assignments SET acknowledged = $2 WHERE complaint_id = $1",
             complaint_id,
-            *assignment.values(),
+            changes["acknowledged"],
+        )
+    if "open" in changes:
+        # a case that closes frees its holder's capacity; one that reopens takes it again
+        await conn.execute(
+            """WITH changed AS (
+                   UPDATE assignments SET open = $2 WHERE complaint_id = $1 AND open <> $2
+                   RETURNING staff_id, weight)
+               UPDATE staff s
+               SET open_load = s.open_load + CASE WHEN $2 THEN c.weight ELSE -c.weight END
+               FROM changed c WHERE s.staff_id = c.staff_id""",
+            complaint_id,
+            changes["open"],
         )
     if record:
         sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(record, start=2))
