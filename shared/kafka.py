@@ -254,6 +254,10 @@ async def process_batch_together(
                             record, code=exc.code, reason=exc.reason, consumer=consumer
                         )
                         letters += [_with_trace(m) for m in (letter, *exc.also)]
+                    except Exception as exc:
+                        # a parser bug must cost this record only, never block the partition
+                        span.record_exception(exc)
+                        letters.append(_with_trace(_failure_letter(record, exc, consumer)))
             try:
                 async with conn.transaction():
                     await apply(conn, [(value, headers) for _, value, headers in good])

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,6 +23,11 @@ from shared import auth, devinfra, kafka
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider
+
+# CI runs the same examples every time (a landing must not hang on chance); local runs explore.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 ADMIN_DSN = os.environ.get("COMPLAINTS_TEST_ADMIN_DSN") or asyncio.run(devinfra.admin_dsn())[0]
 SECRET = b"test-secret-not-for-production"

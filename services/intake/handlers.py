@@ -310,7 +310,9 @@ def rejection(
     if not isinstance(data, dict):
         return []
     channel, external_id = data.get("channel"), data.get("external_id")
-    if channel not in {c.value for c in Channel} or not isinstance(external_id, str):
+    if not isinstance(channel, str) or not isinstance(external_id, str):
+        return []
+    if channel not in {c.value for c in Channel}:
         return []
     if not 0 < len(external_id) <= 128 or "\x00" in external_id:
         return []

@@ -48,3 +48,25 @@ def test_a_good_record_parses_with_its_source():
     data, source = parse_submitted(_event())
     assert data.channel.value == "phone"
     assert source == "phone/ivr"
+
+
+@pytest.mark.parametrize("channel", [["web"], {"a": 1}, 7, None, True])
+def test_odd_channel_values_are_rejected_not_crashed(channel):
+    data = submission("phone")
+    data["channel"] = channel
+    value = new_event(type=EventType.SUBMITTED, source="fuzz", data=data).to_bytes()
+    with pytest.raises(Rejected) as info:
+        parse_submitted(value)
+    assert info.value.code == "unknown_channel"
+    assert info.value.also == []  # no readable channel: nobody to send complaint.rejected to
+
+
+def test_a_readable_sender_gets_complaint_rejected():
+    data = submission("phone")
+    del data["description"]
+    value = new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data).to_bytes()
+    with pytest.raises(Rejected) as info:
+        parse_submitted(value)
+    [message] = info.value.also
+    assert message.key == f"phone:{data['external_id']}"
+    assert message.event.type == "complaint.rejected"
