@@ -171,8 +171,7 @@ def migrate(verbose: Verbose = False) -> None:
     _logging(verbose)
 
     async def main() -> None:
-        db = await devinfra.resolve_database(Settings().database_url)
-        applied = await system.migrate_all(Settings(database_url=db.url))
+        applied = await system.migrate_all(await _settings_with_database())
         for name, versions in applied.items():
             err.print(f"{name}: {', '.join(versions) if versions else 'up to date'}")
 
@@ -180,18 +179,19 @@ def migrate(verbose: Verbose = False) -> None:
 
 
 async def _settings_with_database() -> Settings:
+    """The settings, with the configured database or else the local or embedded one."""
     settings = Settings()
     db = await devinfra.resolve_database(settings.database_url)
-    settings = settings.model_copy(update={"database_url": db.url})
-    await system.migrate_all(settings, ["intake"])
-    return settings
+    return settings.model_copy(update={"database_url": db.url})
 
 
 def _admin(call: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     """Run an intake administration use case against the configured (or local) database."""
 
     async def main() -> T:
-        return await call(await _settings_with_database())
+        settings = await _settings_with_database()
+        await system.migrate_all(settings, ["intake"])  # a fresh database works at once
+        return await call(settings)
 
     try:
         return _run(main())

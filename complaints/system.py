@@ -14,21 +14,17 @@ import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
 from complaints.api import build_http_app
-from services.intake.app import build_app as build_intake
-from services.notify.app import build_app as build_notify
-from services.resolution.app import build_app as build_resolution
+from services.intake.app import Intake
+from services.notify.app import Notify
+from services.resolution.app import Resolution
 from shared import devinfra, kafka
 from shared.service import Service
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FACTORIES: dict[str, Callable[..., Service]] = {
-    "intake": build_intake,
-    "resolution": build_resolution,
-    "notify": build_notify,
-}
-NAMES = tuple(FACTORIES)
+SERVICES: dict[str, type[Service]] = {cls.name: cls for cls in (Intake, Resolution, Notify)}
+NAMES = tuple(SERVICES)
 
 
 @dataclass
@@ -81,16 +77,8 @@ async def resolve(settings: Settings, *, smtp_sink: bool) -> Infrastructure:
 
 async def migrate_all(settings: Settings, names: Sequence[str] = NAMES) -> dict[str, list[str]]:
     """Apply every service's migrations; return what was applied per service."""
-    from shared import migrate
-
-    applied = {}
-    for name in names:
-        applied[name] = await migrate.apply(
-            settings.require_database_url(),
-            name,
-            migrate.for_service(f"services.{name}.migrations"),
-        )
-    return applied
+    url = settings.require_database_url()
+    return {name: await SERVICES[name].migrate(url) for name in names}
 
 
 def build_services(
@@ -102,7 +90,7 @@ def build_services(
 ) -> list[Service]:
     alone = len(names) == 1
     return [
-        FACTORIES[name](
+        SERVICES[name](
             settings,
             secret=secret,
             alone=alone,

@@ -304,6 +304,13 @@ class CloudEvent(BaseModel):
     datacontenttype: str | None = "application/json"
     data: Any = None
 
+    def complaint_id(self) -> str | None:
+        """The complaint this event is about: its subject, else `data.complaint_id`."""
+        if self.subject:
+            return self.subject
+        found = self.data.get("complaint_id") if isinstance(self.data, dict) else None
+        return found if isinstance(found, str) and found else None
+
     def to_bytes(self) -> bytes:
         """Serialized as the structured-mode JSON the contract promises."""
         return self.model_dump_json(exclude_none=True).encode()

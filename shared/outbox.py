@@ -7,14 +7,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from shared import topics
 from shared.db import Conn
-from shared.events import CONTENT_TYPE, CloudEvent
+from shared.events import CONTENT_TYPE, CloudEvent, new_event
 from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,20 @@ class Message:
     event: CloudEvent
     # W3C headers of the trace this event continues; None: the current context's
     trace: dict[str, str] | None = None
+
+
+def complaint_event(
+    type_: str,
+    *,
+    source: str,
+    complaint_id: str,
+    data: Any,
+    at: datetime,
+    trace: dict[str, str] | None = None,
+) -> Message:
+    """A domain event about one complaint, on `complaints.events.v1` keyed by it."""
+    event = new_event(type=type_, source=source, subject=complaint_id, data=data, time=at)
+    return Message(topics.EVENTS, topics.complaint_key(complaint_id), event, trace)
 
 
 async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
@@ -164,11 +180,3 @@ class OutboxRelay:
         finally:
             for span in spans:
                 span.end()
-
-
-async def purge_sent(conn: Conn, older_than_s: float) -> int:
-    """Delete rows published more than `older_than_s` ago; return how many."""
-    result = await conn.execute(
-        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s
-    )
-    return int(result.split()[-1])

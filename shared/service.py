@@ -168,12 +168,11 @@ class Service:
             raise RuntimeError(f"{self.name} is not started")
         return self._relay
 
-    async def migrate(self) -> list[str]:
-        """Apply this service's migrations to its schema."""
+    @classmethod
+    async def migrate(cls, database_url: str) -> list[str]:
+        """Apply this service's migrations to its schema; return the versions applied."""
         return await migrate.apply(
-            self.settings.require_database_url(),
-            self.name,
-            migrate.for_service(self.migrations_package),
+            database_url, cls.name, migrate.for_service(cls.migrations_package)
         )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -54,15 +54,17 @@ def field_errors(errors: list[Any], *, prefix: tuple[str | int, ...] = ()) -> li
     return out
 
 
-def validation_problem(exc: ValidationError | RequestValidationError, **extra: Any) -> Problem:
-    errors = field_errors(list(exc.errors()))
-    return Problem(
-        422,
-        "Invalid request",
-        "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-        errors=errors,
-        **extra,
-    )
+def summarise(errors: list[dict[str, Any]]) -> str:
+    """Field errors in one line: `field: message; field: message`."""
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
+def validation_problem(
+    exc: ValidationError | RequestValidationError, *, prefix: tuple[str, ...] = ()
+) -> Problem:
+    """A 422 naming every bad field (under `prefix`, e.g. `data` inside a CloudEvent)."""
+    errors = field_errors(list(exc.errors()), prefix=prefix)
+    return Problem(422, "Invalid request", summarise(errors), errors=errors)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

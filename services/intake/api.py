@@ -183,7 +183,4 @@ def _parse(body: bytes, channel: str) -> tuple[SubmittedData, str]:
     try:
         return SubmittedData.model_validate(doc), source
     except ValidationError as exc:
-        problem = validation_problem(exc)
-        for error in problem.extra["errors"]:
-            error["field"] = ".".join((*prefix, error["field"]))
-        raise problem from None
+        raise validation_problem(exc, prefix=prefix) from None

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.intake import domain, repository
@@ -30,8 +29,7 @@ from shared.events import (
     new_event,
 )
 from shared.kafka import Record, Rejected, parse_event
-from shared.telemetry import inject_headers
-from shared.web import field_errors
+from shared.web import field_errors, summarise
 
 SOURCE = "complaints/intake"
 MAX_RECORD_BYTES = 256 * 1024
@@ -49,11 +47,8 @@ def _message(
     at: datetime,
     trace: dict[str, str] | None = None,
 ) -> outbox.Message:
-    return outbox.Message(
-        topics.EVENTS,
-        topics.complaint_key(complaint_id),
-        new_event(type=type_, source=SOURCE, subject=complaint_id, data=data, time=at),
-        trace,
+    return outbox.complaint_event(
+        type_, source=SOURCE, complaint_id=complaint_id, data=data, at=at, trace=trace
     )
 
 
@@ -64,15 +59,6 @@ class Submission:
     data: SubmittedData
     source: str
     trace: dict[str, str] = field(default_factory=dict)
-
-
-async def accept(
-    conn: Conn, data: SubmittedData, *, source: str, now: datetime
-) -> tuple[str, bool]:
-    """Store, route and assign one submission; return its complaint id and whether it is new."""
-    [result] = await accept_many(conn, [Submission(data, source, inject_headers())], now=now)
-    trace.get_current_span().set_attribute("complaint.id", result[0])
-    return result
 
 
 async def accept_many(
@@ -256,10 +242,6 @@ async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime
 # ---------------------------------------------------------------------- Kafka records
 
 
-def _summary(errors: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-
-
 def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     """The submission in a `complaints.submitted.v1` record and its source, or `Rejected`."""
     if value is None or not value.strip():
@@ -279,7 +261,7 @@ def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     except ValidationError as exc:
         raise Rejected(
             "not_cloudevent",
-            "not a CloudEvents 1.0 envelope: " + _summary(field_errors(exc.errors())),
+            "not a CloudEvents 1.0 envelope: " + summarise(field_errors(exc.errors())),
         ) from None
     if event.type != EventType.SUBMITTED:
         raise Rejected(
@@ -299,7 +281,7 @@ def validate_data(data: Any, *, prefix: tuple[str, ...] = (), source: str = "") 
         channel_field = ".".join((*prefix, "channel"))
         unknown = any(e["field"] == channel_field for e in errors)
         code = "unknown_channel" if unknown else "schema_violation"
-        raise Rejected(code, _summary(errors), rejection(data, code, errors, source)) from None
+        raise Rejected(code, summarise(errors), rejection(data, code, errors, source)) from None
 
 
 def rejection(
@@ -362,7 +344,7 @@ async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     if not await inbox.first_time(conn, CONSUMER, event.id):
         return
     data = event.data if isinstance(event.data, dict) else {}
-    complaint_id = event.subject or data.get("complaint_id")
+    complaint_id = event.complaint_id()
     if not complaint_id:
         raise Rejected("schema_violation", f"{event.type} names no complaint")
     changes = dict(_CASE_CHANGES.get(event.type, {}))

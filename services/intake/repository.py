@@ -88,14 +88,6 @@ async def find_complaint_ids(
     return {(r["channel"], r["external_id"]): r["complaint_id"] for r in rows}
 
 
-async def find_complaint_id(conn: Conn, channel: str, external_id: str) -> str:
-    """The id of the complaint a channel submitted under `external_id`."""
-    found = await find_complaint_ids(conn, [(channel, external_id)])
-    if not found:
-        raise LookupError(f"no complaint {channel}:{external_id}")
-    return found[(channel, external_id)]
-
-
 _HIGH_CLAIM_SQL = " OR ".join(
     f"(currency = '{currency}' AND amount_at_stake >= {steps[0]})"
     for currency, steps in AMOUNT_STEPS.items()

@@ -18,9 +18,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.notify import domain, repository
-from shared import inbox, outbox, topics
+from shared import inbox, outbox
 from shared.db import Conn
-from shared.events import EventType, NotificationData, ReceivedData, RoutedData, new_event
+from shared.events import EventType, NotificationData, ReceivedData, RoutedData, utcnow
 from shared.kafka import Record, Rejected, parse_event
 from shared.settings import Settings
 from shared.telemetry import extract_context, inject_headers
@@ -35,7 +35,7 @@ async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     event = parse_event(record)
     if not await inbox.first_time(conn, CONSUMER, event.id):
         return
-    complaint_id = event.subject or (event.data or {}).get("complaint_id")
+    complaint_id = event.complaint_id()
     try:
         if event.type == EventType.ROUTED:
             routed = RoutedData.model_validate(event.data)
@@ -73,11 +73,9 @@ async def plan_receipt(conn: Conn, data: ReceivedData, *, now: datetime) -> None
     )
 
 
-def _event(type: EventType, data: NotificationData) -> outbox.Message:
-    return outbox.Message(
-        topics.EVENTS,
-        topics.complaint_key(data.complaint_id),
-        new_event(type=type, source=SOURCE, subject=data.complaint_id, data=data, time=data.at),
+def _event(type_: EventType, data: NotificationData) -> outbox.Message:
+    return outbox.complaint_event(
+        type_, source=SOURCE, complaint_id=data.complaint_id, data=data, at=data.at
     )
 
 
@@ -183,7 +181,7 @@ class Mailer:
             kind=row["kind"],
             medium=row["medium"],
             language=row["language"],
-            at=datetime.now().astimezone(),
+            at=utcnow(),
             reason=error,
         )
         async with self._pool.acquire() as conn, conn.transaction():

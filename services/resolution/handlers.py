@@ -19,7 +19,7 @@ from shared.events import (
     RoutedData,
 )
 from shared.kafka import Record, Rejected, parse_event
-from shared.web import field_errors
+from shared.web import field_errors, summarise
 
 CONSUMER = "resolution"
 
@@ -33,7 +33,7 @@ async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
 
 
 async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
-    complaint_id = event.subject or (event.data or {}).get("complaint_id")
+    complaint_id = event.complaint_id()
     if not complaint_id:
         return  # not about one complaint (a dead-letter notice, say): nothing to record
     trace.get_current_span().set_attribute("complaint.id", complaint_id)
@@ -43,12 +43,11 @@ async def apply_event(conn: Conn, event: CloudEvent, *, now: datetime) -> None:
         elif event.type == EventType.ROUTED:
             routed = RoutedData.model_validate(event.data)
             await repository.open_case(conn, routed, domain.open_case(routed))
-            await repository.record_routing_detail(conn, routed)
         elif event.type == EventType.REASSIGNED:
             moved = ReassignedData.model_validate(event.data)
             await repository.set_assignee(conn, moved.complaint_id, moved.to_assignee)
     except ValidationError as exc:
-        reason = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors()))
+        reason = summarise(field_errors(exc.errors()))
         raise Rejected("schema_violation", f"{event.type}: {reason}") from None
     await repository.append_timeline(
         conn, complaint_id, event.id, domain.timeline_entry(event, received=now)

@@ -27,18 +27,24 @@ async def add_received(conn: Conn, data: ReceivedData) -> None:
 
 
 async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
-    """Record where the complaint was routed and start its clocks."""
+    """Record where the complaint was routed and why, and start its clocks."""
     await conn.execute(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category, severity,
                severity_reasons, team, assignee, language, staff_involved, received_at,
-               routed_at, acknowledge_by, resolve_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+               routed_at, acknowledge_by, resolve_by, category_reason, severity_score,
+               team_reason, assignment_reason, flags, review_by, customer_history)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                   $18, $19, $20, $21, $22)
            ON CONFLICT (complaint_id) DO UPDATE SET
                status = EXCLUDED.status, category = EXCLUDED.category,
                severity = EXCLUDED.severity, severity_reasons = EXCLUDED.severity_reasons,
                team = EXCLUDED.team, assignee = EXCLUDED.assignee, language = EXCLUDED.language,
                routed_at = EXCLUDED.routed_at, acknowledge_by = EXCLUDED.acknowledge_by,
-               resolve_by = EXCLUDED.resolve_by, updated_at = now()""",
+               resolve_by = EXCLUDED.resolve_by, category_reason = EXCLUDED.category_reason,
+               severity_score = EXCLUDED.severity_score, team_reason = EXCLUDED.team_reason,
+               assignment_reason = EXCLUDED.assignment_reason, flags = EXCLUDED.flags,
+               review_by = EXCLUDED.review_by, customer_history = EXCLUDED.customer_history,
+               updated_at = now()""",
         routed.complaint_id,
         case.status.value,
         routed.channel.value,
@@ -54,16 +60,6 @@ async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
         routed.routed_at,
         case.deadlines.acknowledge_by,
         case.deadlines.resolve_by,
-    )
-
-
-async def record_routing_detail(conn: Conn, routed: RoutedData) -> None:
-    """Keep why the complaint was classified, scored, routed and assigned as it was."""
-    await conn.execute(
-        """UPDATE cases SET category_reason = $2, severity_score = $3, team_reason = $4,
-               assignment_reason = $5, flags = $6, review_by = $7, customer_history = $8
-           WHERE complaint_id = $1""",
-        routed.complaint_id,
         routed.category_reason,
         routed.severity_score,
         routed.team_reason,

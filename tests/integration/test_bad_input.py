@@ -44,6 +44,7 @@ async def test_not_json_and_cloudevent_forms(running: Running):
     answer = await running.http.post("/v1/complaints", json=doc, headers=headers)
     assert answer.status_code == 422
     assert [e["field"] for e in answer.json()["errors"]] == ["data.channel"]
+    assert answer.json()["detail"].startswith("data.channel: ")  # detail and errors agree
 
     doc["data"]["channel"] = "web"
     answer = await running.http.post("/v1/complaints", json=doc, headers=headers)
