@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -20,20 +21,24 @@ def _operation(query: str) -> str:
     return words[0].upper() if words else "SQL"
 
 
+@functools.lru_cache(maxsize=1024)
+def _statement(query: str, dbname: str) -> tuple[str, dict[str, str]]:
+    """A statement's span name and attributes (our statements are constants: worked out once)."""
+    operation = _operation(query)
+    return f"{operation} {dbname}", {
+        "db.system": "postgresql",
+        "db.name": dbname,
+        "db.operation": operation,
+        "db.statement": query.strip()[:2000],
+    }
+
+
 def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.Connection]:
     """A connection class whose statements become client spans of `tracer` (SQL text only)."""
 
     def span(query: str) -> Any:
-        return tracer.start_as_current_span(
-            f"{_operation(query)} {dbname}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "db.system": "postgresql",
-                "db.name": dbname,
-                "db.operation": _operation(query),
-                "db.statement": query.strip()[:2000],
-            },
-        )
+        name, attributes = _statement(query, dbname)
+        return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
     class TracedConnection(asyncpg.Connection):
         async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:

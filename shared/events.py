@@ -19,6 +19,10 @@ from pydantic import (
 )
 
 CONTENT_TYPE = "application/cloudevents+json"
+# Kafka header that repeats the envelope's `type` (the CloudEvents Kafka binding's binary-mode
+# name, which structured mode may carry too), so a consumer can skip events it does not handle
+# without parsing them.
+TYPE_HEADER = "ce_type"
 MAX_DESCRIPTION = 10_000
 MAX_STAFF_INVOLVED = 20
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from shared import outbox, topics
 from shared.db import Conn
-from shared.events import EventType, new_event, utcnow
+from shared.events import TYPE_HEADER, EventType, new_event, utcnow
 from shared.settings import Settings
 from shared.telemetry import extract_context, inject_headers
 
@@ -96,6 +96,21 @@ class Record:
             value=raw.value,
             headers=tuple(raw.headers or ()),
         )
+
+    def event_type(self) -> str | None:
+        """The CloudEvents type its `ce_type` header announces; None when it has none (a
+        record from a producer that does not set it: only parsing can tell)."""
+        for name, value in self.headers:
+            if name == TYPE_HEADER and value is not None:
+                return value.decode("utf-8", "replace")
+        return None
+
+    def may_be(self, types: Collection[str] | None) -> bool:
+        """Whether this record may be one of `types` (None: any), judged by its header only."""
+        if types is None:
+            return True
+        announced = self.event_type()
+        return announced is None or announced in types
 
 
 class Rejected(Exception):

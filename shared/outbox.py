@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import topics
 from shared.db import Conn
-from shared.events import CONTENT_TYPE, CloudEvent, new_event
+from shared.events import CONTENT_TYPE, TYPE_HEADER, CloudEvent, new_event
 from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,23 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     if not messages:
         return
     current = inject_headers()
-    await conn.executemany(
-        "INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)",
+    # one statement for the lot, in the given order (ids follow it: the relay publishes by id)
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, value, headers) "
+        "SELECT e, t, k, v, h::jsonb "
+        "FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
+        "WITH ORDINALITY AS m(e, t, k, v, h, n) ORDER BY n",
+        [m.event.id for m in messages],
+        [m.topic for m in messages],
+        [m.key.encode() if m.key is not None else None for m in messages],
+        [m.event.to_bytes() for m in messages],
         [
-            (
-                m.event.id,
-                m.topic,
-                m.key.encode() if m.key is not None else None,
-                m.event.to_bytes(),
-                {**(current if m.trace is None else m.trace), "content-type": CONTENT_TYPE},
+            json.dumps(
+                {
+                    **(current if m.trace is None else m.trace),
+                    "content-type": CONTENT_TYPE,
+                    TYPE_HEADER: m.event.type,
+                }
             )
             for m in messages
         ],

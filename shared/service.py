@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -82,13 +82,21 @@ class Service:
         *,
         after: Callable[[], None] | None = None,
         group: str | None = None,
+        types: Collection[str] | None = None,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
+
+        With `types`, records whose `ce_type` header names another type are skipped unread (no
+        transaction, no span); records without the header still reach `handle`.
         """
         group_id = group or self.group_id
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
+            records = [r for r in records if r.may_be(types)]
+            if not records:
+                return
+
             async def one(conn: Conn, record: kafka.Record) -> None:
                 await handle(conn, record, now=now)
 

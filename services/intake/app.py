@@ -17,7 +17,12 @@ class Intake(Service):
     def register(self) -> None:
         self.submissions = api.install(self, self.router)
         self.consume_together(topics.SUBMITTED, handlers.parse_record, handlers.apply_submissions)
-        self.consume(topics.EVENTS, handlers.on_event_record, group=f"{self.group_id}-cases")
+        self.consume(
+            topics.EVENTS,
+            handlers.on_event_record,
+            group=f"{self.group_id}-cases",
+            types=handlers.CASE_EVENT_TYPES,
+        )
 
     async def stop(self) -> None:
         await self.submissions.batcher.close()

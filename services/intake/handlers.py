@@ -336,10 +336,14 @@ _CASE_CHANGES: dict[str, dict[str, Any]] = {
 }
 
 
+# The only events intake follows; the others on the topic are skipped unread.
+CASE_EVENT_TYPES = frozenset({*_CASE_CHANGES, EventType.FEEDBACK_RECEIVED})
+
+
 async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     """Follow cases on `complaints.events.v1`: open or not, acknowledged, outcome, satisfaction."""
     event = parse_event(record)
-    if event.type not in _CASE_CHANGES and event.type != EventType.FEEDBACK_RECEIVED:
+    if event.type not in CASE_EVENT_TYPES:
         return
     if not await inbox.first_time(conn, CONSUMER, event.id):
         return

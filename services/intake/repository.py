@@ -188,17 +188,18 @@ async def assign(conn: Conn, holders: Sequence[Holder], *, now: datetime) -> Non
     """Record who holds each complaint (None: the team queue), pipelined."""
     if not holders:
         return
-    await conn.executemany(
+    await conn.execute(
         """INSERT INTO assignments (complaint_id, team, staff_id, weight, assigned_at)
-           VALUES ($1, $2, $3, $4, $5)
+           SELECT id, team, staff, weight, $5
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS h(id, team, staff, weight)
            ON CONFLICT (complaint_id) DO UPDATE
                SET staff_id = EXCLUDED.staff_id, team = EXCLUDED.team,
                    assigned_at = EXCLUDED.assigned_at""",
-        [(h.complaint_id, h.team, h.staff_id, h.weight, now) for h in holders],
-    )
-    await conn.executemany(
-        "UPDATE complaints SET assignee = $2, team = $3 WHERE complaint_id = $1",
-        [(h.complaint_id, h.staff_id, h.team) for h in holders],
+        [h.complaint_id for h in holders],
+        [h.team for h in holders],
+        [h.staff_id for h in holders],
+        [h.weight for h in holders],
+        now,
     )
     gained: dict[str, int] = {}
     for h in holders:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
@@ -9,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from shared import topics
 from shared.events import CONTENT_TYPE, EventType, new_event
 from tests.conftest import Running
-from tests.support import eventually, submission
+from tests.support import eventually, read_topic, submission
 
 
 async def _view(running: Running, complaint_id: str) -> dict | None:
@@ -64,6 +65,16 @@ async def test_web_complaint_reaches_mailbox_and_is_routed_with_deadlines(runnin
     assert resolve_by - acknowledge_by == timedelta(days=3) - timedelta(hours=4)
     kinds = [entry["type"] for entry in view["timeline"]]
     assert kinds[:2] == ["complaint.received", "complaint.routed"]
+
+    # every published event announces its type in a `ce_type` header, matching the envelope
+    ours = [
+        r
+        for r in await read_topic(running.settings.kafka_bootstrap, topics.EVENTS)
+        if r.key == complaint_id.encode()
+    ]
+    assert {json.loads(r.value)["type"] for r in ours} >= {"complaint.received", "complaint.routed"}
+    for record in ours:
+        assert dict(record.headers)["ce_type"].decode() == json.loads(record.value)["type"]
 
 
 async def test_phone_complaint_produced_to_kafka_gets_the_same_treatment(running, smtp):

@@ -13,7 +13,7 @@ import pytest
 from services.intake import admin
 from shared import auth
 from tests.conftest import Running
-from tests.support import eventually, service_process_env, submission
+from tests.support import eventually, read_topic, service_process_env, submission
 
 
 @pytest.fixture
@@ -162,7 +162,11 @@ async def test_a_channel_reads_only_its_own_complaints(running, team):
     await eventually(refused, what="the revoked key to be refused")
 
 
-async def test_a_resolved_case_frees_its_holders_capacity(running, team):
+@pytest.mark.parametrize("announced", [True, False], ids=["ce_type header", "no header"])
+async def test_a_resolved_case_frees_its_holders_capacity(running, team, announced):
+    """Intake skips events it does not follow by their `ce_type` header, unread: a garbage
+    value announced as `complaint.routed` is passed over, not dead-lettered by intake. Events
+    from a producer that sets no header are parsed to find out."""
     from aiokafka import AIOKafkaProducer
 
     from shared import topics
@@ -187,7 +191,19 @@ async def test_a_resolved_case_frees_its_holders_capacity(running, team):
     producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topics.EVENTS, resolved.to_bytes(), key=complaint_id.encode())
+        if announced:
+            skipped = await producer.send_and_wait(
+                topics.EVENTS,
+                b"not json at all",
+                key=complaint_id.encode(),
+                headers=[("ce_type", b"complaint.routed")],
+            )
+        await producer.send_and_wait(
+            topics.EVENTS,
+            resolved.to_bytes(),
+            key=complaint_id.encode(),
+            headers=[("ce_type", b"complaint.resolved")] if announced else None,
+        )
     finally:
         await producer.stop()
 
@@ -207,3 +223,20 @@ async def test_a_resolved_case_frees_its_holders_capacity(running, team):
                 WHERE a.staff_id = s.staff_id AND a.open), 0)"""
     )
     assert drift == []
+    if announced:  # the garbage came before the resolution on the same partition: passed over
+
+        async def letters_about_garbage():
+            letters = [
+                json.loads(r.value)["data"]
+                for r in await read_topic(running.settings.kafka_bootstrap, topics.DEADLETTER)
+            ]
+            return [
+                d["consumer"]
+                for d in letters
+                if (d["topic"], d["partition"], d["offset"])
+                == (topics.EVENTS, skipped.partition, skipped.offset)
+            ]
+
+        # resolution reads every event, so it dead-letters the garbage; intake never saw it
+        consumers = await eventually(letters_about_garbage, what="resolution's dead letter")
+        assert not any("intake" in c for c in consumers), consumers

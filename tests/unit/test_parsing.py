@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from services.intake.handlers import MAX_RECORD_BYTES, parse_submitted
+from services.intake.handlers import CASE_EVENT_TYPES, MAX_RECORD_BYTES, parse_submitted
 from shared.events import EventType, new_event
-from shared.kafka import Rejected
+from shared.kafka import Record, Rejected
 from tests.support import submission
 
 
@@ -70,3 +70,22 @@ def test_a_readable_sender_gets_complaint_rejected():
     [message] = info.value.also
     assert message.key == f"phone:{data['external_id']}"
     assert message.event.type == "complaint.rejected"
+
+
+def _record(headers: tuple[tuple[str, bytes], ...]) -> Record:
+    return Record(topic="t", partition=0, offset=0, key=None, value=b"{}", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("headers", "wanted"),
+    [
+        ((("ce_type", b"complaint.resolved"),), True),
+        ((("ce_type", b"complaint.routed"),), False),
+        ((("content-type", b"application/cloudevents+json"),), True),  # unannounced: parse it
+        ((), True),
+    ],
+)
+def test_a_consumer_skips_only_records_announced_as_other_types(headers, wanted):
+    record = _record(headers)
+    assert record.may_be(CASE_EVENT_TYPES) is wanted
+    assert record.may_be(None) is True
