@@ -85,6 +85,13 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a pooled connection as it is. asyncpg always rolls back an open transaction
+    first; its default reset then also sends `RESET ALL; UNLISTEN *; ...`, a round trip per
+    release, to undo session state that our code never creates (no LISTEN, no session
+    settings or advisory locks: those are transaction-scoped here)."""
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -103,6 +110,7 @@ async def create_pool(
         min_size=1,
         max_size=max_size,
         init=prepare_connection,
+        reset=_keep_session,
         server_settings={"search_path": f"{schema},public", "application_name": application},
         **kwargs,
     )

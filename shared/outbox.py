@@ -23,8 +23,15 @@ from shared.telemetry import extract_context, inject_headers
 log = logging.getLogger(__name__)
 
 # Only one relay per schema publishes at a time, so one complaint's events keep their order;
-# others stand by (SKIP LOCKED keeps them from waiting on rows already being published).
-_RELAY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))"
+# others stand by (SKIP LOCKED keeps them from waiting on rows already being published). The
+# lock is tried once, in the same round trip as the claim: a relay that does not get it claims
+# nothing.
+_CLAIM_SQL = """
+    WITH relay AS MATERIALIZED (
+        SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox')) AS held)
+    SELECT id, topic, key, value, headers FROM outbox, relay
+    WHERE relay.held AND sent_at IS NULL
+    ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED"""
 
 
 @dataclass(frozen=True)
@@ -135,13 +142,7 @@ class OutboxRelay:
     async def drain_once(self) -> int:
         """Publish one batch of unsent rows; return how many were published."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(_RELAY_LOCK_SQL):
-                return 0
-            rows = await conn.fetch(
-                "SELECT id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self._batch,
-            )
+            rows = await conn.fetch(_CLAIM_SQL, self._batch)
             if not rows:
                 return 0
             await self._publish(rows)

@@ -83,12 +83,14 @@ class Service:
         after: Callable[[], None] | None = None,
         group: str | None = None,
         types: Collection[str] | None = None,
+        follower: bool = False,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
 
         With `types`, records whose `ce_type` header names another type are skipped unread (no
-        transaction, no span); records without the header still reach `handle`.
+        transaction, no span); records without the header still reach `handle`. A `follower`
+        is off every latency path and fetches less often (see `kafka.consumer_options`).
         """
         group_id = group or self.group_id
 
@@ -104,7 +106,7 @@ class Service:
                 pool=self.pool, tracer=self.tracer, consumer=group_id, records=records, handle=one
             )
 
-        self._subscribe(topic, group_id, process, after)
+        self._subscribe(topic, group_id, process, after, follower=follower)
 
     def consume_together(
         self,
@@ -135,6 +137,8 @@ class Service:
         group_id: str,
         process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
         after: Callable[[], None] | None,
+        *,
+        follower: bool = False,
     ) -> None:
         """One at-least-once batch subscriber: a transient failure backs off and rewinds the
         batch; after a batch commits the relay is woken, and then `after`."""
@@ -144,7 +148,7 @@ class Service:
             topic,
             group_id=group_id,
             ack_policy=AckPolicy.NACK_ON_ERROR,
-            **kafka.consumer_options(self.settings),
+            **kafka.consumer_options(self.settings, follower=follower),
         )
         async def on_batch(message: KafkaMessage) -> None:
             nonlocal failures

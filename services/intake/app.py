@@ -22,6 +22,7 @@ class Intake(Service):
             handlers.on_event_record,
             group=f"{self.group_id}-cases",
             types=handlers.CASE_EVENT_TYPES,
+            follower=True,  # staff load may lag a case's resolution by a fraction of a second
         )
 
     async def stop(self) -> None:
