@@ -97,6 +97,9 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
             drains.append(asyncio.create_task(_drain(proc.stdout)))
             urls.append(f"http://127.0.0.1:{port}")
         await _wait_consuming(settings)
+        # the measuring process must not pause either: its full GC passes (about 30 ms each,
+        # measured) would be counted as the system's latency
+        system.settle_heap()
         yield Bench(settings=settings, base_urls=urls, key=key)
     finally:
         for task in drains:

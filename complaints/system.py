@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -108,6 +109,15 @@ class _Server(uvicorn.Server):
         yield
 
 
+def settle_heap() -> None:
+    """Keep what start-up built (modules, models, pools: alive until exit) out of the cyclic
+    garbage collector's full passes. Each full pass otherwise scans all of it: about 35 ms
+    with the event loop stopped, measured in `complaints serve intake` under load, which is
+    a whole latency budget."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     settings: Settings,
     services: Sequence[Service],
@@ -146,6 +156,7 @@ async def serve(
                 await server_task
                 raise RuntimeError(f"the HTTP server did not start on port {settings.http_port}")
             await asyncio.sleep(0.05)
+        settle_heap()
         if on_ready is not None:
             result = on_ready()
             if asyncio.iscoroutine(result):
