@@ -61,6 +61,12 @@ SEVERITY_FROM_SCORE: tuple[tuple[int, Severity], ...] = (
 REPEAT_WINDOW_DAYS = 30
 FREQUENT_COMPLAINTS = 3  # prior complaints in the window that flag a pattern
 HIGH_CLAIMS = 3  # prior claims at or above the first amount step in 90 days
+# Remedies far above spend: earlier complaints, within a year, resolved with a remedy worth
+# more than REMEDY_OVER_SPEND times what the customer said was at stake (nothing at stake:
+# any remedy counts). Two or more make a pattern; one generous gesture does not.
+REMEDY_OVER_SPEND = 2
+REMEDIES_ABOVE_SPEND = 2
+REMEDY_WINDOW_DAYS = 365
 
 
 # ---------------------------------------------------------------------- rules from data files
@@ -151,6 +157,7 @@ class History:
     upheld: int = 0
     not_upheld: int = 0
     mean_satisfaction: float | None = None
+    remedies_above_spend_365d: int = 0
 
 
 @dataclass(frozen=True)
@@ -269,6 +276,14 @@ def flags(data: SubmittedData, history: History, found: dict[str, list[str]]) ->
         raised.append(
             Flag(
                 "repeated_high_claims", f"{history.high_claims_90d} earlier high claims in 90 days"
+            )
+        )
+    if history.remedies_above_spend_365d >= REMEDIES_ABOVE_SPEND:
+        raised.append(
+            Flag(
+                "remedies_above_spend",
+                f"{history.remedies_above_spend_365d} earlier remedies in {REMEDY_WINDOW_DAYS} "
+                f"days worth more than {REMEDY_OVER_SPEND}× what was at stake",
             )
         )
     if "abusive" in found:

@@ -21,6 +21,7 @@ from shared.events import (
     Channel,
     CloudEvent,
     EventType,
+    Money,
     ReassignedData,
     ReceivedData,
     RejectedData,
@@ -340,6 +341,18 @@ _CASE_CHANGES: dict[str, dict[str, Any]] = {
 CASE_EVENT_TYPES = frozenset({*_CASE_CHANGES, EventType.FEEDBACK_RECEIVED})
 
 
+def remedy_value(remedy: Any) -> dict[str, Any]:
+    """The money value of the remedy a case was resolved with, for customer history: nothing
+    when there was none, it has no amount (an apology, a percentage) or it cannot be read."""
+    if not isinstance(remedy, dict) or not isinstance(remedy.get("amount"), dict):
+        return {}
+    try:
+        money = Money.model_validate(remedy["amount"])
+    except ValidationError:
+        return {}
+    return {"remedy_amount": money.decimal(), "remedy_currency": money.currency}
+
+
 async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     """Follow cases on `complaints.events.v1`: open or not, acknowledged, outcome, satisfaction."""
     event = parse_event(record)
@@ -354,6 +367,8 @@ async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     changes = dict(_CASE_CHANGES.get(event.type, {}))
     if event.type == EventType.RESOLVED and isinstance(data.get("outcome"), str):
         changes["outcome"] = data["outcome"]
+    if event.type == EventType.RESOLVED:
+        changes.update(remedy_value(data.get("remedy")))
     if event.type == EventType.FEEDBACK_RECEIVED and isinstance(data.get("score"), int):
         changes["satisfaction"] = data["score"]
     await repository.case_update(conn, complaint_id, **changes)

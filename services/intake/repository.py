@@ -10,7 +10,16 @@ from typing import Any
 
 import asyncpg
 
-from services.intake.domain import AMOUNT_STEPS, Decision, History, RoutingRule, StaffLoad
+from services.intake.domain import (
+    AMOUNT_STEPS,
+    REMEDY_OVER_SPEND,
+    REMEDY_WINDOW_DAYS,
+    REPEAT_WINDOW_DAYS,
+    Decision,
+    History,
+    RoutingRule,
+    StaffLoad,
+)
 from shared.db import Conn
 from shared.events import SubmittedData
 
@@ -103,13 +112,19 @@ async def histories(conn: Conn, customer_ids: Sequence[str], now: datetime) -> d
                    count(*) FILTER (WHERE received_at >= $3 AND ({_HIGH_CLAIM_SQL})) AS high_claims,
                    count(*) FILTER (WHERE outcome IN ('upheld', 'partially_upheld')) AS upheld,
                    count(*) FILTER (WHERE outcome = 'not_upheld')       AS not_upheld,
-                   avg(satisfaction)::float                             AS satisfaction
+                   avg(satisfaction)::float                             AS satisfaction,
+                   count(*) FILTER (WHERE received_at >= $5 AND remedy_amount > 0 AND (
+                       amount_at_stake IS NULL
+                       OR (remedy_currency = currency AND remedy_amount > $6 * amount_at_stake)
+                   ))                                                   AS remedies_above_spend
             FROM complaints WHERE customer_id = ANY($1::text[]) AND received_at < $4
             GROUP BY customer_id""",
         list(set(customer_ids)),
-        now - timedelta(days=30),
+        now - timedelta(days=REPEAT_WINDOW_DAYS),
         now - timedelta(days=90),
         now,
+        now - timedelta(days=REMEDY_WINDOW_DAYS),
+        REMEDY_OVER_SPEND,
     )
     found = {
         r["customer_id"]: History(
@@ -119,6 +134,7 @@ async def histories(conn: Conn, customer_ids: Sequence[str], now: datetime) -> d
             upheld=r["upheld"],
             not_upheld=r["not_upheld"],
             mean_satisfaction=r["satisfaction"],
+            remedies_above_spend_365d=r["remedies_above_spend"],
         )
         for r in rows
     }
@@ -235,8 +251,13 @@ async def open_unacknowledged(conn: Conn, staff_id: str) -> list[asyncpg.Record]
 
 
 async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
-    """Apply what a later event says about a case (open, acknowledged, outcome, satisfaction)."""
-    record = {k: v for k, v in changes.items() if k in ("outcome", "satisfaction")}
+    """Apply what a later event says about a case (open, acknowledged, outcome, remedy,
+    satisfaction)."""
+    record = {
+        k: v
+        for k, v in changes.items()
+        if k in ("outcome", "satisfaction", "remedy_amount", "remedy_currency")
+    }
     if "acknowledged" in changes:
         await conn.execute(
             "UPDATE assignments SET acknowledged = $2 WHERE complaint_id = $1",

@@ -240,3 +240,66 @@ async def test_a_resolved_case_frees_its_holders_capacity(running, team, announc
         # resolution reads every event, so it dead-letters the garbage; intake never saw it
         consumers = await eventually(letters_about_garbage, what="resolution's dead letter")
         assert not any("intake" in c for c in consumers), consumers
+
+
+async def test_remedies_far_above_what_was_at_stake_flag_the_next_complaint(running, team):
+    """Two earlier cases resolved with refunds worth over twice what was at stake: the
+    customer's next complaint is flagged for a senior reviewer, and still routed."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared import topics
+    from shared.events import EventType, new_event
+
+    key = await running.channel_key("chat")
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+
+    async def submit(**change):
+        data = submission("chat", category="service", **change)
+        data["customer"] = {**data["customer"], "id": customer, "locale": "tr"}
+        answer = await running.http.post(
+            "/v1/complaints", json=data, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert answer.status_code == 202, answer.text
+        complaint_id = answer.json()["complaint_id"]
+        return await eventually(lambda: _view(running, complaint_id), what="routed")
+
+    earlier = [
+        await submit(amount_at_stake={"amount": "20.00", "currency": "EUR"}) for _ in range(2)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for view in earlier:
+            resolved = new_event(
+                type=EventType.RESOLVED,
+                source="complaints/resolution",
+                subject=view["complaint_id"],
+                data={
+                    "complaint_id": view["complaint_id"],
+                    "actor": view["assignee"],
+                    "outcome": "upheld",
+                    "remedy": {"type": "refund", "amount": {"amount": "90.00", "currency": "EUR"}},
+                },
+            )
+            await producer.send_and_wait(
+                topics.EVENTS, resolved.to_bytes(), key=view["complaint_id"].encode()
+            )
+    finally:
+        await producer.stop()
+
+    async def remedies_recorded():
+        rows = await running.sql(
+            "SELECT count(*) AS n FROM intake.complaints "
+            "WHERE customer_id = $1 AND remedy_amount = 90 AND remedy_currency = 'EUR'",
+            customer,
+        )
+        return rows[0]["n"] == 2
+
+    await eventually(remedies_recorded, what="intake to record both remedies")
+    assert not any(f["code"] == "remedies_above_spend" for f in earlier[1]["flags"])
+
+    latest = await submit()
+    codes = [f["code"] for f in latest["flags"]]
+    assert "remedies_above_spend" in codes, latest["flags"]
+    assert latest["customer_history"]["remedies_above_spend_365d"] == 2
+    assert latest["assignee"] is not None  # flagged, never refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -21,6 +22,7 @@ from services.intake.domain import (
     score_severity,
     signals,
 )
+from services.intake.handlers import remedy_value
 from shared import sla
 from shared.events import Category, Severity, SubmittedData
 from tests.support import submission
@@ -163,6 +165,8 @@ def test_unknown_currency_is_said_not_guessed():
         ("x", "en", History(complaints_30d=2), None, []),
         ("x", "en", History(high_claims_90d=3), "500", ["repeated_high_claims"]),
         ("x", "en", History(high_claims_90d=3), "20", []),
+        ("x", "en", History(remedies_above_spend_365d=2), None, ["remedies_above_spend"]),
+        ("x", "en", History(remedies_above_spend_365d=1), None, []),
         ("you useless idiot", "en", History(), None, ["abusive_language"]),
         ("aptal mısınız", "tr", History(), None, ["abusive_language"]),
         ("stelletje idioten", "nl", History(), None, ["abusive_language"]),
@@ -271,3 +275,22 @@ def test_terms_inside_longer_matches_still_count():
         "broken",
     ]
     assert terms.found("homework") == []  # a term must start a word
+
+
+@pytest.mark.parametrize(
+    ("remedy", "value"),
+    [
+        (
+            {"type": "refund", "amount": {"amount": "80.00", "currency": "EUR"}},
+            {"remedy_amount": Decimal("80.00"), "remedy_currency": "EUR"},
+        ),
+        ({"type": "discount_next_purchase", "percent": 10}, {}),
+        ({"type": "apology_only"}, {}),
+        ({"type": "refund", "amount": {"amount": 80, "currency": "EUR"}}, {}),  # a float/int
+        ({"type": "refund", "amount": "80 EUR"}, {}),
+        (None, {}),
+        ("refund", {}),
+    ],
+)
+def test_the_value_of_a_resolved_cases_remedy(remedy, value):
+    assert remedy_value(remedy) == value
