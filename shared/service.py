@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -17,7 +17,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import db, kafka, migrate
+from shared import db, kafka, migrate, retention
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
@@ -70,6 +70,7 @@ class Service:
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._cancel_on_stop: list[asyncio.Task[Any]] = []
         self.register()
 
     def register(self) -> None:
@@ -165,6 +166,18 @@ class Service:
             if after is not None:
                 after()
 
+    def retention_rules(self) -> list[retention.Rule]:
+        """What this service deletes once old: published outbox rows and inbox rows; a
+        service adds its own."""
+        return [
+            retention.Rule(
+                "outbox", "sent_at", timedelta(hours=self.settings.outbox_retention_hours)
+            ),
+            retention.Rule(
+                "inbox", "handled_at", timedelta(hours=self.settings.inbox_retention_hours)
+            ),
+        ]
+
     async def on_open(self) -> None:
         """Start the service's own background work (called once the pool and relay are up)."""
 
@@ -187,11 +200,13 @@ class Service:
             database_url, cls.name, migrate.for_service(cls.migrations_package)
         )
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` until the service stops; a crash is logged, not silent."""
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, drain: bool = True) -> None:
+        """Run `coro` until the service stops; a crash is logged, not silent. On stop, a
+        `drain` task (told to stop by its owner) gets a moment to finish its work; the others
+        are cancelled at once."""
         task = asyncio.create_task(coro)
         task.add_done_callback(_report_crash)
-        self._tasks.append(task)
+        (self._tasks if drain else self._cancel_on_stop).append(task)
 
     async def open(self) -> None:
         """Pool, producer and relay: everything but consumption."""
@@ -213,6 +228,15 @@ class Service:
             poll_interval_s=self.settings.outbox_poll_interval_s,
         )
         self.spawn(self._relay.run())
+        self.spawn(
+            retention.run(
+                self._pool,
+                self.retention_rules(),
+                every_s=self.settings.retention_interval_s,
+                service=self.name,
+            ),
+            drain=False,
+        )
         await self.on_open()
 
     async def _send(
@@ -232,6 +256,10 @@ class Service:
             await self.broker.stop()
         if self._relay is not None:
             self._relay.stop()
+        for task in self._cancel_on_stop:
+            task.cancel()
+        await asyncio.gather(*self._cancel_on_stop, return_exceptions=True)
+        self._cancel_on_stop.clear()
         for task in self._tasks:
             if task is not None and not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     auth_secret: SecretStr | None = None
     database_pool_size: int = Field(default=8, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    # Retention (see shared/retention.py). Published outbox rows: as long as the broker keeps
+    # its topics, to refill a broker that lost data. Inbox rows: longer than that, or a record
+    # the broker can still redeliver could be handled twice. The live stream's replay buffer
+    # holds personal data: a week.
+    outbox_retention_hours: float = Field(default=14 * 24, gt=0)
+    inbox_retention_hours: float = Field(default=30 * 24, gt=0)
+    stream_retention_hours: float = Field(default=7 * 24, gt=0)
+    retention_interval_s: float = Field(default=600, gt=0)
     public_base_url: str | None = None
 
     def kafka_client_options(self) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from services.notify import api, handlers
-from shared import topics
+from shared import retention, topics
 from shared.service import Service
 from shared.settings import Settings
 
@@ -24,6 +25,10 @@ class Notify(Service):
         if self._mailer is not None:
             self._mailer.wake()
         self.signal.notify()
+
+    def retention_rules(self) -> list[retention.Rule]:
+        keep = timedelta(hours=self.settings.stream_retention_hours)
+        return [*super().retention_rules(), retention.Rule("stream_events", "at", keep)]
 
     async def on_open(self) -> None:
         self._mailer = handlers.Mailer(

@@ -1,0 +1,124 @@
+"""Retention deletes only what is old enough and no longer needed: published outbox rows past
+the broker's retention, old inbox rows, notify's old stream buffer; never an unsent event."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from complaints import system
+from shared import db, devinfra, retention
+from shared.events import utcnow
+from tests.conftest import ADMIN_DSN
+from tests.support import eventually
+
+DAY = timedelta(days=1)
+
+
+async def test_each_service_deletes_its_old_bookkeeping_and_nothing_else(settings):
+    name = f"complaints_ret_{uuid.uuid4().hex[:8]}"
+    url = await devinfra.ensure_database(ADMIN_DSN, name)
+    now = utcnow()
+    try:
+        fresh = settings.model_copy(update={"database_url": url})
+        await system.migrate_all(fresh)
+        for service in system.build_services(fresh, system.NAMES, secret=b"retention-test"):
+            pool = await db.create_pool(url, schema=service.name, application="retention-test")
+            try:
+                async with pool.acquire() as conn:
+                    for label, created, sent in [
+                        ("old-sent", now - 20 * DAY, now - 20 * DAY),
+                        ("old-sent-2", now - 15 * DAY, now - 15 * DAY),
+                        ("old-sent-3", now - 15 * DAY, now - 15 * DAY),
+                        ("old-unsent", now - 40 * DAY, None),
+                        ("recent-sent", now - DAY, now - DAY),
+                    ]:
+                        await conn.execute(
+                            "INSERT INTO outbox (event_id, topic, value, created_at, sent_at) "
+                            "VALUES ($1, 't', 'v', $2, $3)",
+                            label,
+                            created,
+                            sent,
+                        )
+                    for label, at in [("old", now - 31 * DAY), ("recent", now - 29 * DAY)]:
+                        await conn.execute(
+                            "INSERT INTO inbox (consumer, event_id, handled_at) "
+                            "VALUES ('c', $1, $2)",
+                            label,
+                            at,
+                        )
+                    if service.name == "notify":
+                        for label, at in [("old", now - 8 * DAY), ("recent", now - 6 * DAY)]:
+                            await conn.execute(
+                                "INSERT INTO stream_events (event_id, type, at, event) "
+                                "VALUES ($1, 'complaint.received', $2, '{}'::jsonb)",
+                                label,
+                                at,
+                            )
+
+                # a batch of 2 makes it loop: three old published rows need two rounds
+                deleted = await retention.prune(pool, service.retention_rules(), now=now, batch=2)
+
+                async with pool.acquire() as conn:
+                    outbox = {
+                        r["event_id"] for r in await conn.fetch("SELECT event_id FROM outbox")
+                    }
+                    inbox = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM inbox")}
+                    stream = (
+                        {
+                            r["event_id"]
+                            for r in await conn.fetch("SELECT event_id FROM stream_events")
+                        }
+                        if service.name == "notify"
+                        else set()
+                    )
+            finally:
+                await pool.close()
+            assert outbox == {"old-unsent", "recent-sent"}, service.name
+            assert inbox == {"recent"}, service.name
+            assert deleted["outbox"] == 3 and deleted["inbox"] == 1, (service.name, deleted)
+            if service.name == "notify":
+                assert stream == {"recent"}
+                assert deleted["stream_events"] == 1
+            else:
+                assert "stream_events" not in deleted
+    finally:
+        await devinfra.drop_database(ADMIN_DSN, name)
+
+
+def test_a_rule_names_only_plain_identifiers():
+    with pytest.raises(ValueError, match="plain identifier"):
+        retention.Rule("outbox; DROP TABLE x", "sent_at", DAY)
+
+
+async def test_a_running_service_prunes_on_its_own(settings):
+    """The wiring: an opened service runs retention every `retention_interval_s`."""
+    name = f"complaints_ret_{uuid.uuid4().hex[:8]}"
+    url = await devinfra.ensure_database(ADMIN_DSN, name)
+    try:
+        fresh = settings.model_copy(
+            update={"database_url": url, "outbox_retention_hours": 1.0, "retention_interval_s": 0.1}
+        )
+        await system.migrate_all(fresh)
+        (intake,) = system.build_services(fresh, ["intake"], secret=b"retention-test")
+        await intake.open()
+        try:
+            async with intake.pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO outbox (event_id, topic, value, sent_at) "
+                    "VALUES ('old', 't', 'v', now() - interval '2 hours'), "
+                    "('recent', 't', 'v', now() - interval '30 minutes')"
+                )
+
+            async def only_recent_left():
+                async with intake.pool.acquire() as conn:
+                    rows = await conn.fetch("SELECT event_id FROM outbox")
+                return [r["event_id"] for r in rows] == ["recent"]
+
+            await eventually(only_recent_left, timeout_s=10, what="the old row to be deleted")
+        finally:
+            await intake.stop()
+    finally:
+        await devinfra.drop_database(ADMIN_DSN, name)
