@@ -67,25 +67,22 @@ def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str,
     """Subscriber options for at-least-once, ordered batch consumption. A `follower` is off
     every latency path: it waits for more data per fetch (up to the follower wait), so it asks
     the broker less often and commits offsets less often."""
-    if follower:
-        wait_ms = settings.kafka_follower_fetch_wait_ms
-        return {
-            "batch": True,
-            "max_records": max(settings.kafka_max_batch, 1000),
-            "batch_timeout_ms": wait_ms,
-            "fetch_max_wait_ms": wait_ms,
-            "fetch_min_bytes": 1024 * 1024,
-            "auto_offset_reset": "earliest",
-            "max_poll_interval_ms": 300_000,
-        }
-    return {
+    wait_ms = (
+        settings.kafka_follower_fetch_wait_ms if follower else settings.kafka_fetch_max_wait_ms
+    )
+    options: dict[str, Any] = {
         "batch": True,
-        "max_records": settings.kafka_max_batch,
-        "batch_timeout_ms": settings.kafka_fetch_max_wait_ms,
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "max_records": max(settings.kafka_max_batch, 1000)
+        if follower
+        else settings.kafka_max_batch,
+        "batch_timeout_ms": wait_ms,
+        "fetch_max_wait_ms": wait_ms,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": 300_000,
     }
+    if follower:
+        options["fetch_min_bytes"] = 1024 * 1024
+    return options
 
 
 @dataclass(frozen=True)
