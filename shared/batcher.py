@@ -60,9 +60,9 @@ class Batcher(Generic[In, Out]):
             return
         try:
             results = await self._write([item for item, _ in live])
-        except Exception:
+        except Exception as exc:
             if len(live) == 1:
-                live[0][1].set_exception(_current_exception())
+                live[0][1].set_exception(exc)
                 return
             for single in live:  # find the bad one; the others still succeed
                 await self._flush([single])
@@ -70,11 +70,3 @@ class Batcher(Generic[In, Out]):
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)
-
-
-def _current_exception() -> BaseException:
-    import sys
-
-    exc = sys.exc_info()[1]
-    assert exc is not None
-    return exc

@@ -354,7 +354,8 @@ def remedy_value(remedy: Any) -> dict[str, Any]:
 
 
 async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
-    """Follow cases on `complaints.events.v1`: open or not, acknowledged, outcome, satisfaction."""
+    """Follow cases on `complaints.events.v1`: open or not, acknowledged, outcome and remedy,
+    satisfaction."""
     event = parse_event(record)
     if event.type not in CASE_EVENT_TYPES:
         return
@@ -365,9 +366,9 @@ async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
     if not complaint_id:
         raise Rejected("schema_violation", f"{event.type} names no complaint")
     changes = dict(_CASE_CHANGES.get(event.type, {}))
-    if event.type == EventType.RESOLVED and isinstance(data.get("outcome"), str):
-        changes["outcome"] = data["outcome"]
     if event.type == EventType.RESOLVED:
+        if isinstance(data.get("outcome"), str):
+            changes["outcome"] = data["outcome"]
         changes.update(remedy_value(data.get("remedy")))
     if event.type == EventType.FEEDBACK_RECEIVED and isinstance(data.get("score"), int):
         changes["satisfaction"] = data["score"]
