@@ -19,10 +19,13 @@ from pydantic import (
 )
 
 CONTENT_TYPE = "application/cloudevents+json"
-# Kafka header that repeats the envelope's `type` (the CloudEvents Kafka binding's binary-mode
-# name, which structured mode may carry too), so a consumer can skip events it does not handle
-# without parsing them.
-TYPE_HEADER = "ce_type"
+# Kafka header that repeats the envelope's `type`, so a consumer can skip events it does not
+# handle without parsing them. Not `ce_`-prefixed: the CloudEvents Kafka binding (and its
+# official SDKs) read any such header as binary mode, which a structured event is not.
+TYPE_HEADER = "event-type"
+# The name it had until 0.1 (deprecated): still read on consumption for one version, never
+# written; the relay renames it on outbox rows stored before the change.
+LEGACY_TYPE_HEADER = "ce_type"
 MAX_DESCRIPTION = 10_000
 MAX_STAFF_INVOLVED = 20
 

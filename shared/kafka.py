@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from shared import outbox, topics
 from shared.db import Conn
-from shared.events import TYPE_HEADER, EventType, new_event, utcnow
+from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, EventType, new_event, utcnow
 from shared.settings import Settings
 from shared.telemetry import extract_context, inject_headers
 
@@ -108,10 +108,10 @@ class Record:
         )
 
     def event_type(self) -> str | None:
-        """The CloudEvents type its `ce_type` header announces; None when it has none (a
-        record from a producer that does not set it: only parsing can tell)."""
+        """The CloudEvents type its type header announces; None when it has none (a record
+        from a producer that does not set it: only parsing can tell)."""
         for name, value in self.headers:
-            if name == TYPE_HEADER and value is not None:
+            if name in (TYPE_HEADER, LEGACY_TYPE_HEADER) and value is not None:
                 return value.decode("utf-8", "replace")
         return None
 

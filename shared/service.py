@@ -89,7 +89,7 @@ class Service:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
 
-        With `types`, records whose `ce_type` header names another type are skipped unread (no
+        With `types`, records whose type header (`event-type`) names another type are skipped unread (no
         transaction, no span); records without the header still reach `handle`. A `follower`
         is off every latency path and fetches less often (see `kafka.consumer_options`).
         """

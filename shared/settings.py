@@ -55,6 +55,35 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(default=600, gt=0)
     public_base_url: str | None = None
 
+    # Consumers (see shared/kafka.py). A record that fails for a reason that is not the
+    # database or broker being away is tried this many times, then dead-lettered.
+    consumer_max_tries: int = Field(default=3, ge=1)
+    # A dead member leaves its group after the session timeout: a restarted replica waits
+    # about that long for its partitions.
+    kafka_session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    # A dead letter on the topic carries at most this much of the original (the full original
+    # stays in the refusing service's `deadletters` table); kept that many hours.
+    deadletter_preview_bytes: int = Field(default=64 * 1024, ge=0, le=512 * 1024)
+    deadletter_retention_hours: float = Field(default=30 * 24, gt=0)
+    # Outbox rows pending longer than this make the relay report itself lagging.
+    outbox_lag_alarm_s: float = Field(default=30.0, gt=0)
+
+    # Quotas. Each channel key may submit `key_rate_per_s` requests a second with bursts of
+    # `key_burst` (a key created with its own rate keeps it), across every intake replica.
+    key_rate_per_s: float = Field(default=50.0, gt=0)
+    key_burst: int = Field(default=200, ge=1)
+    # At most this many receipts per customer address (case-insensitive) per digest interval;
+    # past it the address gets one digest per interval instead.
+    receipt_limit_per_address: int = Field(default=5, ge=1)
+    receipt_digest_interval_s: float = Field(default=3600.0, gt=0)
+
+    # The mailer: kept-alive SMTP connections, messages in flight, and how long a claimed
+    # message stays leased (renewed while it is being sent; a dead mailer's lease runs out).
+    smtp_connections: int = Field(default=4, ge=1)
+    smtp_max_in_flight: int = Field(default=32, ge=1)
+    mailer_lease_s: float = Field(default=10.0, gt=0)
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options for any aiokafka client, security included."""
         if not self.kafka_bootstrap:

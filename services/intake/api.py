@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +14,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from services.intake import handlers, repository
-from shared import auth
+from shared import auth, jsonsafe
 from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
@@ -144,13 +143,14 @@ async def _read_body(request: Request) -> bytes:
 
 def _parse(body: bytes, channel: str) -> tuple[SubmittedData, str]:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = jsonsafe.loads(body)
+    except jsonsafe.JsonRejected as exc:
+        rule = "json_too_deep" if exc.code == "too_deep" else "json_invalid"
         raise Problem(
             422,
             "Invalid request",
-            "the body is not JSON",
-            errors=[{"field": "(body)", "rule": "json_invalid", "message": "not JSON"}],
+            f"the body is {exc.message}" if exc.code == "too_deep" else "the body is not JSON",
+            errors=[{"field": "(body)", "rule": rule, "message": exc.message}],
         ) from None
     if not isinstance(doc, dict):
         raise Problem(

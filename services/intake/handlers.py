@@ -5,7 +5,6 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -15,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.intake import domain, repository
-from shared import inbox, outbox, topics
+from shared import inbox, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
     Channel,
@@ -247,14 +246,10 @@ def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     """The submission in a `complaints.submitted.v1` record and its source, or `Rejected`."""
     if value is None or not value.strip():
         raise Rejected("empty", "the record has no value")
-    if len(value) > MAX_RECORD_BYTES:
-        raise Rejected(
-            "oversized", f"the record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
-        )
     try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        raise Rejected("not_json", "the value is not JSON") from None
+        doc = jsonsafe.loads(value, max_bytes=MAX_RECORD_BYTES)
+    except jsonsafe.JsonRejected as exc:
+        raise Rejected(exc.code, f"the value is {exc.message}") from None
     if not isinstance(doc, dict):
         raise Rejected("not_cloudevent", "the value is JSON but not an object")
     try:

@@ -162,9 +162,9 @@ async def test_a_channel_reads_only_its_own_complaints(running, team):
     await eventually(refused, what="the revoked key to be refused")
 
 
-@pytest.mark.parametrize("announced", [True, False], ids=["ce_type header", "no header"])
+@pytest.mark.parametrize("announced", [True, False], ids=["type header", "no header"])
 async def test_a_resolved_case_frees_its_holders_capacity(running, team, announced):
-    """Intake skips events it does not follow by their `ce_type` header, unread: a garbage
+    """Intake skips events it does not follow by their `event-type` header, unread: a garbage
     value announced as `complaint.routed` is passed over, not dead-lettered by intake. Events
     from a producer that sets no header are parsed to find out."""
     from aiokafka import AIOKafkaProducer
@@ -196,13 +196,13 @@ async def test_a_resolved_case_frees_its_holders_capacity(running, team, announc
                 topics.EVENTS,
                 b"not json at all",
                 key=complaint_id.encode(),
-                headers=[("ce_type", b"complaint.routed")],
+                headers=[("event-type", b"complaint.routed")],
             )
         await producer.send_and_wait(
             topics.EVENTS,
             resolved.to_bytes(),
             key=complaint_id.encode(),
-            headers=[("ce_type", b"complaint.resolved")] if announced else None,
+            headers=[("event-type", b"complaint.resolved")] if announced else None,
         )
     finally:
         await producer.stop()

@@ -79,8 +79,9 @@ def _record(headers: tuple[tuple[str, bytes], ...]) -> Record:
 @pytest.mark.parametrize(
     ("headers", "wanted"),
     [
-        ((("ce_type", b"complaint.resolved"),), True),
-        ((("ce_type", b"complaint.routed"),), False),
+        ((("event-type", b"complaint.resolved"),), True),
+        ((("event-type", b"complaint.routed"),), False),
+        ((("ce_type", b"complaint.routed"),), False),  # the deprecated name, still read
         ((("content-type", b"application/cloudevents+json"),), True),  # unannounced: parse it
         ((), True),
     ],
