@@ -147,9 +147,15 @@ async def serve(
         )
     )
     try:
-        for service in services:
-            await service.start()
-            started.append(service)
+        # together: each joins its consumer groups, which takes seconds on some brokers
+        started.extend(services)  # stopping a service that never started is harmless
+        failures = [
+            r
+            for r in await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
+            if isinstance(r, BaseException)
+        ]
+        if failures:
+            raise failures[0]
         server_task = asyncio.create_task(server.serve())
         while not server.started:
             if server_task.done():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import Any
@@ -34,9 +35,12 @@ def _statement(query: str, dbname: str) -> tuple[str, dict[str, str]]:
 
 
 def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.Connection]:
-    """A connection class whose statements become client spans of `tracer` (SQL text only)."""
+    """A connection class whose statements become client spans of `tracer` (SQL text only),
+    inside a recorded trace; a statement outside one (a poll, say) costs no span."""
 
     def span(query: str) -> Any:
+        if not trace.get_current_span().is_recording():
+            return contextlib.nullcontext()
         name, attributes = _statement(query, dbname)
         return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 

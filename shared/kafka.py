@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -16,15 +16,19 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
 
-from shared import outbox, topics
+from shared import deadletters, jsonsafe, outbox, topics
 from shared.db import Conn
-from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, EventType, new_event, utcnow
+from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.settings import Settings
 from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The most a consumer reads of an event: far above any event of the contract, below the
+# broker's default message limit.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -> None:
@@ -82,7 +86,31 @@ def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str,
     }
     if follower:
         options["fetch_min_bytes"] = 1024 * 1024
+    options["session_timeout_ms"] = settings.kafka_session_timeout_ms
+    options["heartbeat_interval_ms"] = settings.kafka_heartbeat_interval_ms
+    options["rebalance_timeout_ms"] = max(settings.kafka_session_timeout_ms, 10_000)
     return options
+
+
+async def raw_batch(records: tuple[ConsumerRecord[Any, Any], ...], original: Any) -> Any:
+    """FastStream's message for a fetched batch, without decoding anything: its own parser
+    decodes every header as UTF-8 (one bad header skipped a whole batch) and its decoder
+    parses every value as JSON (one deep document looped the consumer). The records stay as
+    bytes until `Record` and each handler read them, one at a time."""
+    parser = original.__self__  # FastStream's batch parser: its message class and consumer
+    first, last = records[0], records[-1]
+    return parser.msg_class(
+        raw_message=records,
+        body=(),
+        message_id=f"{first.offset}-{last.offset}-{first.timestamp}",
+        correlation_id=f"{first.topic}-{first.partition}-{first.offset}",
+        consumer=parser._consumer,
+    )
+
+
+async def no_body(message: Any, original: Any) -> Any:
+    """Nothing to decode: handlers read the raw records."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,40 +162,46 @@ class Rejected(Exception):
         self.also = list(also)
 
 
-# Errors that say the database or network is unwell, not that the record is bad: retry the batch.
-TRANSIENT = (
+# Errors that say the database, the broker or the network is unwell, not that a record is bad:
+# the batch is retried, without limit, and nothing is dead-lettered for them.
+TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # the connection closed under us, among others
+    asyncpg.exceptions.InternalClientError,  # "cannot switch to state …" after a cut
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.LockNotAvailableError,
     KafkaError,
 )
 
 
-def deadletter_message(record: Record, *, code: str, reason: str, consumer: str) -> outbox.Message:
-    """The dead-letter CloudEvent for `record`: original bytes, coordinates, reason and time."""
-    event = new_event(
-        type=EventType.DEADLETTERED,
-        source=f"complaints/{consumer}",
-        data={
-            "reason_code": code,
-            "reason": reason,
-            "consumer": consumer,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key_base64": base64.b64encode(record.key).decode() if record.key else None,
-            "value_base64": base64.b64encode(record.value or b"").decode(),
-            "headers": {k: base64.b64encode(v or b"").decode() for k, v in record.headers},
-            "at": utcnow().isoformat(),
-        },
-    )
-    key = record.key.decode("utf-8", "replace") if record.key is not None else None
-    return outbox.Message(topics.DEADLETTER, key, event)
+def is_transient(exc: BaseException, conn: Conn | None = None) -> bool:
+    """Whether `exc` says the database or broker is away (retry) rather than that the work
+    itself is bad; a connection that closed while failing counts as away."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return conn is not None and conn.is_closed()
+
+
+class Transient(Exception):
+    """The database or broker failed under a batch: roll it back and try it again later."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Who consumes (its group), and how it treats records that fail."""
+
+    name: str
+    max_tries: int = 3
+    preview_bytes: int = deadletters.DEFAULT_PREVIEW
 
 
 Handler = Callable[[Conn, Record], Awaitable[None]]
@@ -177,40 +211,74 @@ async def process_batch(
     *,
     pool: asyncpg.Pool,
     tracer: trace.Tracer,
-    consumer: str,
+    consumer: Consumer,
     records: Sequence[Record],
     handle: Handler,
 ) -> None:
     """Handle `records` in one transaction, each in a savepoint and its own trace span.
 
-    A record the handler rejects, or that fails in a way that is not transient, is dead-lettered
-    (through the outbox, in the same transaction) and the batch moves on. A transient failure
-    rolls back the whole batch and is raised, so the broker redelivers it.
+    A record the handler rejects is dead-lettered (through the outbox, in the same transaction)
+    and the batch moves on. A record that fails in a way nobody foresaw is tried again, up to
+    `max_tries` times in all, then dead-lettered with the error's type: nothing loops forever.
+    A transient failure (the database or broker away) raises `Transient`: the caller rolls the
+    whole batch back and tries it again later, and no record is blamed for it.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        for record in records:
-            span = _process_span(tracer, record, consumer)
-            with trace.use_span(span, end_on_exit=True):
-                try:
-                    async with conn.transaction():
-                        await handle(conn, record)
-                except Rejected as exc:
-                    span.set_attribute("complaints.deadletter.reason", exc.code)
-                    letter = deadletter_message(
-                        record, code=exc.code, reason=exc.reason, consumer=consumer
-                    )
-                    await outbox.enqueue(conn, [letter, *exc.also])
-                except TRANSIENT:
-                    raise
-                except Exception as exc:
-                    span.record_exception(exc)
-                    await outbox.enqueue(conn, [_failure_letter(record, exc, consumer)])
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for record in records:
+                span = _process_span(tracer, record, consumer.name)
+                with trace.use_span(span, end_on_exit=True):
+                    letter = await _handle_one(conn, record, handle, consumer, span)
+                    if letter is not None:
+                        await deadletters.store(
+                            conn, [letter], preview_bytes=consumer.preview_bytes
+                        )
+    except Transient:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, Exception) and is_transient(exc):
+            raise Transient(exc) from exc
+        raise
 
 
-def _failure_letter(record: Record, exc: Exception, consumer: str) -> outbox.Message:
+async def _handle_one(
+    conn: Conn, record: Record, handle: Handler, consumer: Consumer, span: trace.Span
+) -> deadletters.Letter | None:
+    """Run `handle` on one record in a savepoint; the letter to write if it is refused."""
+    for attempt in range(1, consumer.max_tries + 1):
+        try:
+            async with conn.transaction():
+                await handle(conn, record)
+            return None
+        except Rejected as exc:
+            span.set_attribute("complaints.deadletter.reason", exc.code)
+            return deadletters.Letter(record, exc.code, exc.reason, consumer.name, tuple(exc.also))
+        except Exception as exc:
+            if is_transient(exc, conn):
+                raise Transient(exc) from exc
+            if attempt < consumer.max_tries:
+                log.warning(
+                    "%s: %s on %s[%d]@%d, try %d of %d",
+                    consumer.name,
+                    type(exc).__name__,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    consumer.max_tries,
+                )
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            span.record_exception(exc)
+            return failure_letter(record, exc, consumer.name)
+    raise AssertionError("unreachable")
+
+
+def failure_letter(record: Record, exc: Exception, consumer: str) -> deadletters.Letter:
     """A bug must not block the partition: keep the record, dead-lettered with the error's type.
 
-    Exception text may quote personal data: the type is logged as an error, the rest at debug.
+    Exception text may quote personal data: the type and a traceback without values are logged
+    as an error, the text at debug.
     """
     log.error(
         "%s failed on %s[%d]@%d (%s); dead-lettered",
@@ -221,11 +289,11 @@ def _failure_letter(record: Record, exc: Exception, consumer: str) -> outbox.Mes
         type(exc).__name__,
     )
     log.debug("consumer failure detail", exc_info=exc)
-    return deadletter_message(
+    return deadletters.Letter(
         record,
-        code="processing_error",
-        reason=f"the consumer failed on this record ({type(exc).__name__})",
-        consumer=consumer,
+        "processing_error",
+        f"the consumer failed on this record ({type(exc).__name__})",
+        consumer,
     )
 
 
@@ -249,7 +317,7 @@ async def process_batch_together(
     *,
     pool: asyncpg.Pool,
     tracer: trace.Tracer,
-    consumer: str,
+    consumer: Consumer,
     records: Sequence[Record],
     parse: Callable[[Record], T],
     apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
@@ -257,55 +325,67 @@ async def process_batch_together(
     """Parse each record, then apply all good ones at once, in one transaction.
 
     Each record gets its own span, whose context `apply` receives to continue the record's
-    trace. Records `parse` rejects are dead-lettered. If applying the batch fails for a reason
-    that is not transient, its transaction rolls back and a second one applies the good records
-    one by one (each in a savepoint), dead-lettering only the one that fails: a poison record
-    costs its batch speed, never the records behind it. (No savepoint in the common case: it
-    would cost two round trips per batch.)
+    trace. Records `parse` rejects, or fails on, are dead-lettered. If applying the batch fails
+    for a reason that is not transient, its transaction rolls back and a second one applies the
+    good records one by one (each in a savepoint), dead-lettering only the one that fails: a
+    poison record costs its batch speed, never the records behind it. (No savepoint in the
+    common case: it would cost two round trips per batch.)
     """
     spans: list[trace.Span] = []
     try:
         good: list[tuple[Record, T, dict[str, str]]] = []
-        letters: list[outbox.Message] = []
+        letters: list[tuple[deadletters.Letter, dict[str, str]]] = []
         for record in records:
-            span = _process_span(tracer, record, consumer)
+            span = _process_span(tracer, record, consumer.name)
             spans.append(span)
             with trace.use_span(span, end_on_exit=False):
                 try:
                     good.append((record, parse(record), inject_headers()))
                 except Rejected as exc:
                     span.set_attribute("complaints.deadletter.reason", exc.code)
-                    letter = deadletter_message(
-                        record, code=exc.code, reason=exc.reason, consumer=consumer
+                    letter = deadletters.Letter(
+                        record, exc.code, exc.reason, consumer.name, tuple(exc.also)
                     )
-                    letters += [_with_trace(m) for m in (letter, *exc.also)]
+                    letters.append((letter, inject_headers()))
                 except Exception as exc:
                     # a parser bug must cost this record only, never block the partition
                     span.record_exception(exc)
-                    letters.append(_with_trace(_failure_letter(record, exc, consumer)))
+                    letters.append((failure_letter(record, exc, consumer.name), inject_headers()))
         async with pool.acquire() as conn:
             try:
                 async with conn.transaction():
                     await apply(conn, [(value, headers) for _, value, headers in good])
-                    await outbox.enqueue(conn, letters)
+                    await _store_letters(conn, letters, consumer)
                 return
-            except TRANSIENT:
-                raise
             except Exception as exc:
+                if is_transient(exc, conn):
+                    raise Transient(exc) from exc
                 log.error(
                     "%s: batch of %d failed (%s); applying one by one",
-                    consumer,
+                    consumer.name,
                     len(good),
                     type(exc).__name__,
                 )
                 log.debug("batch failure detail", exc_info=True)
             # the batch's transaction rolled back whole: redo it record by record
-            async with conn.transaction():
-                letters += await _one_by_one(conn, good, apply, consumer)
-                await outbox.enqueue(conn, letters)
+            try:
+                async with conn.transaction():
+                    letters += await _one_by_one(conn, good, apply, consumer.name)
+                    await _store_letters(conn, letters, consumer)
+            except Exception as exc:
+                if is_transient(exc, conn):
+                    raise Transient(exc) from exc
+                raise
     finally:
         for span in spans:
             span.end()
+
+
+async def _store_letters(
+    conn: Conn, letters: list[tuple[deadletters.Letter, dict[str, str]]], consumer: Consumer
+) -> None:
+    for letter, headers in letters:
+        await deadletters.store(conn, [letter], preview_bytes=consumer.preview_bytes, trace=headers)
 
 
 async def _one_by_one(
@@ -313,26 +393,24 @@ async def _one_by_one(
     good: list[tuple[Record, T, dict[str, str]]],
     apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
     consumer: str,
-) -> list[outbox.Message]:
+) -> list[tuple[deadletters.Letter, dict[str, str]]]:
     letters = []
     for record, value, headers in good:
         try:
             async with conn.transaction():
                 await apply(conn, [(value, headers)])
-        except TRANSIENT:
-            raise
         except Exception as exc:
-            letters.append(replace(_failure_letter(record, exc, consumer), trace=headers))
+            if is_transient(exc, conn):
+                raise Transient(exc) from exc
+            letters.append((failure_letter(record, exc, consumer), headers))
     return letters
 
 
-def _with_trace(message: outbox.Message) -> outbox.Message:
-    return replace(message, trace=inject_headers())
-
-
-async def retry_pause(attempt: int) -> None:
-    """Back off before a failed batch is redelivered, so an outage is not a hot loop."""
-    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before retrying a batch after its `attempt`-th transient failure:
+    doubling from 0.2 s, capped at 5 s, with jitter so replicas do not retry in step."""
+    ceiling: float = min(0.2 * 2.0 ** max(attempt - 1, 0), 5.0)
+    return ceiling / 2 + random.random() * ceiling / 2
 
 
 def faststream_security(settings: Settings) -> Any:
@@ -358,19 +436,19 @@ def faststream_security(settings: Settings) -> Any:
     )
 
 
-def parse_event(record: Record) -> Any:
-    """The CloudEvent in a record of `complaints.events.v1`, or `Rejected`."""
-    from pydantic import ValidationError
-
-    from shared.events import CloudEvent
-
+def parse_event(record: Record) -> CloudEvent:
+    """The CloudEvent in a record of `complaints.events.v1`, or `Rejected` saying why not."""
     if not record.value:
         raise Rejected("empty", "the record has no value")
     try:
-        return CloudEvent.model_validate_json(record.value)
+        doc = jsonsafe.loads(record.value, max_bytes=MAX_EVENT_BYTES)
+    except jsonsafe.JsonRejected as exc:
+        raise Rejected(exc.code, f"the value is {exc.message}") from None
+    if not isinstance(doc, dict):
+        raise Rejected("not_cloudevent", "the value is JSON but not an object")
+    try:
+        return CloudEvent.model_validate(doc)
     except ValidationError as exc:
-        kinds = {e.get("type") for e in exc.errors()}
-        code = "not_json" if kinds & {"json_invalid", "json_type"} else "not_cloudevent"
         raise Rejected(
-            code, f"not a CloudEvents 1.0 JSON event ({len(exc.errors())} errors)"
+            "not_cloudevent", f"not a CloudEvents 1.0 JSON event ({len(exc.errors())} errors)"
         ) from None

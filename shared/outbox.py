@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiokafka import errors as kafka_errors
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import topics
 from shared.db import Conn
-from shared.events import CONTENT_TYPE, TYPE_HEADER, CloudEvent, new_event
+from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent, new_event
 from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,22 @@ _CLAIM_SQL = """
     WITH relay AS MATERIALIZED (
         SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox')) AS held)
     SELECT id, topic, key, value, headers FROM outbox, relay
-    WHERE relay.held AND sent_at IS NULL
+    WHERE relay.held AND sent_at IS NULL AND parked_at IS NULL
     ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED"""
+
+# What the broker or client says of one message that will never go through, however often it
+# is sent: such a row is parked (kept, reported, skipped), so the rows behind it go out.
+PERMANENT: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidMessageError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.InvalidTimestampError,
+    TypeError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +103,24 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed row: sent, parked with a reason, or neither (try later)."""
+
+    row_id: int
+    sent: bool = False
+    park_reason: str | None = None
+
+
 class OutboxRelay:
-    """Publishes unsent outbox rows in order, with acks from all replicas, then marks them sent."""
+    """Publishes unsent outbox rows in order, with acks from all replicas, then marks them sent.
+
+    Each row's outcome is its own: a row the broker refuses for good is parked and the rows
+    behind it go out; a row that failed for a passing reason stays unsent and is tried again;
+    what was acknowledged is marked sent even when another row of the batch failed. Acks the
+    database could not record (it went away after the broker answered) are remembered and
+    recorded first on the next pass, so only what cannot be proven sent is sent again.
+    """
 
     def __init__(
         self,
@@ -98,14 +130,18 @@ class OutboxRelay:
         tracer: trace.Tracer,
         poll_interval_s: float = 0.5,
         batch_size: int = 500,
+        lag_alarm_s: float = 30.0,
     ) -> None:
         self._pool = pool
         self._send = send
         self._tracer = tracer
         self._poll = poll_interval_s
         self._batch = batch_size
+        self._lag_alarm = lag_alarm_s
         self._wake = asyncio.Event()
         self._stopping = False
+        self._acked: set[int] = set()  # acknowledged by the broker, not yet recorded
+        self._alarm_logged_at = 0.0
 
     def wake(self) -> None:
         """Ask the relay to look now (called after a transaction that wrote outbox rows commits)."""
@@ -116,7 +152,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        """Relay until stopped; a failure is logged and retried with back-off, never fatal."""
+        """Relay until stopped; a failure is logged (one line) and retried with back-off."""
         backoff = self._poll
         while not self._stopping:
             # cleared before looking, so a wake-up that arrives while draining is kept
@@ -128,33 +164,72 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning(
-                    "outbox relay failed, retrying in %.1fs: %s", backoff, type(exc).__name__
+                    "outbox relay failed (%s); retrying in %.1fs", type(exc).__name__, backoff
                 )
                 published = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            await self._alarm_if_behind()
             if published >= self._batch:
                 continue
             if not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
 
+    async def _alarm_if_behind(self) -> None:
+        """At most every `lag_alarm_s`: an error line when rows are parked or waiting too long."""
+        now = time.monotonic()
+        if now - self._alarm_logged_at < self._lag_alarm:
+            return
+        self._alarm_logged_at = now
+        with contextlib.suppress(Exception):  # the relay's own failures are reported by run()
+            async with self._pool.acquire() as conn:
+                state = await health(conn, lag_alarm_s=self._lag_alarm)
+            if state["status"] != "ok":
+                log.error(
+                    "ALARM outbox %s: %d waiting (oldest %.0fs), %d parked",
+                    state["status"],
+                    state["waiting"],
+                    state["oldest_waiting_s"],
+                    state["parked"],
+                )
+
     async def drain_once(self) -> int:
-        """Publish one batch of unsent rows; return how many were published."""
+        """Publish one batch of unsent rows; return how many were sent."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if self._acked:
+                await _mark_sent(conn, sorted(self._acked))
             rows = await conn.fetch(_CLAIM_SQL, self._batch)
             if not rows:
+                self._acked.clear()
                 return 0
-            await self._publish(rows)
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
+            outcomes = await self._publish(rows)
+            sent = [o.row_id for o in outcomes if o.sent]
+            self._acked.update(sent)
+            await _mark_sent(conn, sent)
+            parked = [o for o in outcomes if o.park_reason is not None]
+            if parked:
+                await conn.executemany(
+                    "UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE id = $1",
+                    [(o.row_id, o.park_reason) for o in parked],
+                )
+        self._acked.clear()  # committed: recorded
+        for outcome in parked:
+            log.error(
+                "outbox row %d parked (%s): it will not be sent again until an operator "
+                "replays it (complaints outbox list)",
+                outcome.row_id,
+                outcome.park_reason,
             )
-        return len(rows)
+        if len(sent) + len(parked) < len(rows):
+            raise RuntimeError(f"{len(rows) - len(sent) - len(parked)} rows not acknowledged")
+        return len(sent)
 
-    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
+        """Hand every row to the producer, then wait for each one's acknowledgement."""
         spans = []
-        futures = []
+        pending: list[tuple[int, Any]] = []
+        outcomes: dict[int, Outcome] = {}
         try:
             for row in rows:
                 stored: dict[str, str] = row["headers"]
@@ -170,19 +245,27 @@ class OutboxRelay:
                 )
                 spans.append(span)
                 with trace.use_span(span, end_on_exit=False):
-                    headers = {
-                        k: v for k, v in stored.items() if k not in ("traceparent", "tracestate")
-                    }
-                    headers.update(inject_headers())
-                futures.append(
-                    await self._send(
+                    headers = wire_headers(stored)
+                try:
+                    future = await self._send(
                         row["topic"],
                         bytes(row["value"]),
                         bytes(row["key"]) if row["key"] is not None else None,
-                        [(k, v.encode()) for k, v in headers.items()],
+                        headers,
                     )
-                )
-            await asyncio.gather(*futures)
+                except PERMANENT as exc:
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    outcomes[row["id"]] = Outcome(row["id"], park_reason=_describe(exc, row))
+                    continue
+                pending.append((row["id"], future))
+            results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+            for (row_id, _), result in zip(pending, results, strict=True):
+                if not isinstance(result, BaseException):
+                    outcomes[row_id] = Outcome(row_id, sent=True)
+                elif isinstance(result, PERMANENT):
+                    outcomes[row_id] = Outcome(row_id, park_reason=type(result).__name__)
+                else:
+                    outcomes[row_id] = Outcome(row_id)
         except BaseException as exc:
             for span in spans:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -190,3 +273,53 @@ class OutboxRelay:
         finally:
             for span in spans:
                 span.end()
+        return [outcomes.get(row["id"], Outcome(row["id"])) for row in rows]
+
+
+def wire_headers(stored: dict[str, str]) -> list[tuple[str, bytes]]:
+    """The Kafka headers for a stored row: its own, the current trace context, and the type
+    header under its current name (rows stored before the rename carry the old one)."""
+    headers = {
+        k: v
+        for k, v in stored.items()
+        if k not in ("traceparent", "tracestate", LEGACY_TYPE_HEADER)
+    }
+    if LEGACY_TYPE_HEADER in stored:
+        headers.setdefault(TYPE_HEADER, stored[LEGACY_TYPE_HEADER])
+    headers.update(inject_headers())
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+def _describe(exc: BaseException, row: asyncpg.Record) -> str:
+    return f"{type(exc).__name__}: {len(row['value'])} bytes to {row['topic']}"
+
+
+async def _mark_sent(conn: Conn, ids: Sequence[int]) -> None:
+    if ids:
+        await conn.execute(
+            "UPDATE outbox SET sent_at = coalesce(sent_at, now()) WHERE id = ANY($1::bigint[])",
+            list(ids),
+        )
+
+
+async def health(conn: Conn, *, lag_alarm_s: float) -> dict[str, Any]:
+    """How the relay keeps up: rows waiting, the oldest one's age, rows parked; `status` is
+    `ok`, `lagging` (the oldest waits longer than `lag_alarm_s`) or `parked`."""
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sent_at IS NULL
+                                      AND parked_at IS NULL LIMIT 10000) w) AS waiting,
+             (SELECT extract(epoch FROM now() - min(created_at)) FROM outbox
+                WHERE sent_at IS NULL AND parked_at IS NULL) AS oldest_s,
+             (SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL AND sent_at IS NULL)
+               AS parked"""
+    )
+    assert row is not None
+    oldest = float(row["oldest_s"] or 0.0)
+    status = "parked" if row["parked"] else "lagging" if oldest > lag_alarm_s else "ok"
+    return {
+        "status": status,
+        "waiting": row["waiting"],
+        "oldest_waiting_s": round(oldest, 1),
+        "parked": row["parked"],
+    }

@@ -14,10 +14,9 @@ from fastapi import APIRouter
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import db, kafka, migrate, retention
+from shared import db, deadletters, kafka, migrate, outbox, retention
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
@@ -60,7 +59,6 @@ class Service:
             client_id=f"complaints-{self.name}",
             request_timeout_ms=30_000,
             security=kafka.faststream_security(settings),
-            middlewares=[KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider)],
             logger=logging.getLogger(f"complaints.broker.{self.name}"),
             log_level=logging.DEBUG,
             graceful_timeout=15.0,
@@ -89,9 +87,10 @@ class Service:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
 
-        With `types`, records whose type header (`event-type`) names another type are skipped unread (no
-        transaction, no span); records without the header still reach `handle`. A `follower`
-        is off every latency path and fetches less often (see `kafka.consumer_options`).
+        With `types`, records whose type header (`event-type`) names another type are skipped
+        unread (no transaction, no span); records without the header still reach `handle`.
+        A `follower` is off every latency path and fetches less often (see
+        `kafka.consumer_options`).
         """
         group_id = group or self.group_id
 
@@ -104,7 +103,11 @@ class Service:
                 await handle(conn, record, now=now)
 
             await kafka.process_batch(
-                pool=self.pool, tracer=self.tracer, consumer=group_id, records=records, handle=one
+                pool=self.pool,
+                tracer=self.tracer,
+                consumer=self._consumer(group_id),
+                records=records,
+                handle=one,
             )
 
         self._subscribe(topic, group_id, process, after, follower=follower)
@@ -124,13 +127,20 @@ class Service:
             await kafka.process_batch_together(
                 pool=self.pool,
                 tracer=self.tracer,
-                consumer=group_id,
+                consumer=self._consumer(group_id),
                 records=records,
                 parse=parse,
                 apply=lambda conn, items: apply(conn, items, now),
             )
 
         self._subscribe(topic, group_id, process, None)
+
+    def _consumer(self, group_id: str) -> kafka.Consumer:
+        return kafka.Consumer(
+            group_id,
+            max_tries=self.settings.consumer_max_tries,
+            preview_bytes=self.settings.deadletter_preview_bytes,
+        )
 
     def _subscribe(
         self,
@@ -141,30 +151,72 @@ class Service:
         *,
         follower: bool = False,
     ) -> None:
-        """One at-least-once batch subscriber: a transient failure backs off and rewinds the
-        batch; after a batch commits the relay is woken, and then `after`."""
-        failures = 0
+        """One at-least-once batch subscriber over raw records (see `kafka.raw_batch`).
+
+        The database or broker being away rewinds the batch and retries it with capped,
+        jittered back-off, one log line each time, for as long as it takes. A batch that fails
+        for any other reason is retried a few times, then handled record by record in
+        transactions of their own, so a record that still fails is dead-lettered alone and the
+        partition moves on. After a batch commits the relay is woken, and then `after`.
+        """
+        batches = _BatchFailures(self.name, group_id, self.settings.consumer_max_tries)
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
             group_id=group_id,
             ack_policy=AckPolicy.NACK_ON_ERROR,
+            parser=kafka.raw_batch,
+            decoder=kafka.no_body,
             **kafka.consumer_options(self.settings, follower=follower),
         )
         async def on_batch(message: KafkaMessage) -> None:
-            nonlocal failures
             records = [kafka.Record.of(raw) for raw in message.raw_message]
             try:
                 await process(records, utcnow())
-            except kafka.TRANSIENT as exc:
-                failures += 1
-                log.warning("%s: batch failed (%s); retrying", self.name, type(exc).__name__)
-                await kafka.retry_pause(failures)
-                raise
-            failures = 0
+            except kafka.Transient as exc:
+                await asyncio.sleep(batches.transient(exc))
+                await message.nack()
+                return
+            except Exception as exc:
+                if batches.unexpected(records, exc) < batches.max_tries:
+                    await asyncio.sleep(kafka.retry_delay(1))
+                    await message.nack()
+                    return
+                try:
+                    await self._one_at_a_time(records, process, group_id)
+                except kafka.Transient as cause:
+                    await asyncio.sleep(batches.transient(cause))
+                    await message.nack()
+                    return
+            batches.succeeded(records)
             self.relay.wake()
             if after is not None:
                 after()
+
+    async def _one_at_a_time(
+        self,
+        records: list[kafka.Record],
+        process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
+        group_id: str,
+    ) -> None:
+        """Each record of a batch that keeps failing in a transaction of its own; one that still
+        fails, not for a transient reason, is dead-lettered whole with the error's type."""
+        for record in records:
+            try:
+                await process([record], utcnow())
+            except kafka.Transient:
+                raise
+            except Exception as exc:
+                if kafka.is_transient(exc):
+                    raise kafka.Transient(exc) from exc
+                letter = kafka.failure_letter(record, exc, group_id)
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await deadletters.store(
+                            conn, [letter], preview_bytes=self.settings.deadletter_preview_bytes
+                        )
+                except Exception as cause:
+                    raise kafka.Transient(cause) from cause
 
     def retention_rules(self) -> list[retention.Rule]:
         """What this service deletes once old: published outbox rows and inbox rows; a
@@ -175,6 +227,9 @@ class Service:
             ),
             retention.Rule(
                 "inbox", "handled_at", timedelta(hours=self.settings.inbox_retention_hours)
+            ),
+            retention.Rule(
+                "deadletters", "at", timedelta(hours=self.settings.deadletter_retention_hours)
             ),
         ]
 
@@ -226,6 +281,7 @@ class Service:
             send=self._send,
             tracer=self.tracer,
             poll_interval_s=self.settings.outbox_poll_interval_s,
+            lag_alarm_s=self.settings.outbox_lag_alarm_s,
         )
         self.spawn(self._relay.run())
         self.spawn(
@@ -246,9 +302,12 @@ class Service:
         return await self._producer.send(topic, value, key=key, headers=headers)
 
     async def start(self) -> None:
-        """Open, then consume."""
+        """Open, then consume: every subscriber joins its group at the same time (a join takes
+        seconds on some brokers; one after another, they would add up)."""
         await self.open()
-        await self.broker.start()
+        await self.broker.connect()
+        await asyncio.gather(*(subscriber.start() for subscriber in self.broker.subscribers))
+        self.broker.running = True
 
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then release everything."""
@@ -296,6 +355,19 @@ class Service:
             checks["broker"] = f"unreachable ({type(exc).__name__})"
         return checks
 
+    async def health(self) -> dict[str, Any]:
+        """Detail that does not decide readiness (every replica shares it): the outbox relay's
+        progress, and the dead letters kept."""
+        try:
+            async with self.pool.acquire() as conn:
+                relay = await outbox.health(conn, lag_alarm_s=self.settings.outbox_lag_alarm_s)
+                letters = await conn.fetchval(
+                    "SELECT count(*) FROM deadletters WHERE replayed_at IS NULL"
+                )
+        except Exception as exc:
+            return {"outbox": {"status": f"unknown ({type(exc).__name__})"}}
+        return {"outbox": relay, "deadletters": letters}
+
     def as_faststream(self) -> FastStream:
         """This service as a plain FastStream application (no HTTP)."""
 
@@ -308,6 +380,59 @@ class Service:
                 await self.stop()
 
         return FastStream(self.broker, lifespan=lifespan)
+
+
+class _BatchFailures:
+    """What a subscriber remembers of failed batches: how long to back off while the database
+    or broker is away, and how often the batch at a position failed for other reasons."""
+
+    def __init__(self, service: str, group: str, max_tries: int) -> None:
+        self.service = service
+        self.group = group
+        self.max_tries = max_tries
+        self._transient = 0
+        self._unexpected: dict[tuple[str, int, int], int] = {}
+
+    def transient(self, exc: kafka.Transient) -> float:
+        """Count a transient failure; the back-off before the batch is tried again."""
+        self._transient += 1
+        delay = kafka.retry_delay(self._transient)
+        log.warning(
+            "%s/%s: %s (%s); retrying the batch in %.1fs",
+            self.service,
+            self.group,
+            "database or broker unavailable",
+            type(exc.cause).__name__,
+            delay,
+        )
+        return delay
+
+    def unexpected(self, records: list[kafka.Record], exc: Exception) -> int:
+        """Count an unexpected failure of the batch starting at `records[0]`; how many so far.
+        The traceback is logged the first time only."""
+        first = records[0]
+        key = (first.topic, first.partition, first.offset)
+        count = self._unexpected.get(key, 0) + 1
+        if len(self._unexpected) > 1000:
+            self._unexpected.clear()
+        self._unexpected[key] = count
+        log.error(
+            "%s/%s: batch at %s[%d]@%d failed (%s), try %d of %d",
+            self.service,
+            self.group,
+            *key,
+            type(exc).__name__,
+            count,
+            self.max_tries,
+            exc_info=exc if count == 1 and log.isEnabledFor(logging.DEBUG) else None,
+        )
+        return count
+
+    def succeeded(self, records: list[kafka.Record]) -> None:
+        self._transient = 0
+        if self._unexpected and records:
+            first = records[0]
+            self._unexpected.pop((first.topic, first.partition, first.offset), None)
 
 
 def _report_crash(task: asyncio.Task[Any]) -> None:

@@ -55,7 +55,7 @@ async def test_a_failing_batch_is_redone_one_by_one_and_only_the_poison_is_deadl
         await kafka.process_batch_together(
             pool=pool,
             tracer=trace.get_tracer("test"),
-            consumer="fallback-test",
+            consumer=kafka.Consumer("fallback-test"),
             records=records,
             parse=_parse,
             apply=_apply,

@@ -66,7 +66,8 @@ async def test_web_complaint_reaches_mailbox_and_is_routed_with_deadlines(runnin
     kinds = [entry["type"] for entry in view["timeline"]]
     assert kinds[:2] == ["complaint.received", "complaint.routed"]
 
-    # every published event announces its type in an `event-type` header (never a `ce_` one), matching the envelope
+    # every published event announces its type in an `event-type` header matching the envelope,
+    # and carries no `ce_` header (the CloudEvents SDKs would take it for binary mode)
     ours = [
         r
         for r in await read_topic(running.settings.kafka_bootstrap, topics.EVENTS)

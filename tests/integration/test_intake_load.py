@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import uuid
 from collections import Counter, defaultdict
@@ -168,9 +169,24 @@ async def test_thousand_records_with_ten_percent_of_each_malformed_kind(running:
 
     letters = await eventually(dead_letters, timeout_s=60, what="600 dead letters")
     assert Counter(letter["reason_code"] for letter in letters) == {kind: 100 for kind in KINDS}
-    # each bad record is on the dead-letter topic, byte for byte, with its own reason
-    expected = Counter((value, kind) for _, value, kind in plan if kind)
+    # each bad record is on the dead-letter topic with its own reason: its first bytes, its
+    # full length and sha256 (an oversized one is cut there) ...
+    expected = Counter(
+        (hashlib.sha256(value).hexdigest(), len(value), kind) for _, value, kind in plan if kind
+    )
     seen = Counter(
-        (base64.b64decode(letter["value_base64"]), letter["reason_code"]) for letter in letters
+        (letter["value_sha256"], letter["value_length"], letter["reason_code"])
+        for letter in letters
     )
     assert seen == expected
+    for letter in letters:
+        preview = base64.b64decode(letter["value_base64"])
+        assert len(preview) == min(letter["value_length"], 64 * 1024)
+        assert letter["value_truncated"] is (letter["value_length"] > 64 * 1024)
+    # ... and whole, byte for byte, in intake's own table
+    kept = await running.sql(
+        "SELECT value, reason_code FROM intake.deadletters WHERE key = ANY($1::bytea[])", keys
+    )
+    assert Counter((bytes(r["value"]), r["reason_code"]) for r in kept) == Counter(
+        (value, kind) for _, value, kind in plan if kind
+    )
