@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import typer
 from rich.console import Console
 
 from complaints import system
 from services.intake import admin
-from shared import auth, devinfra
+from shared import auth, deadletters, devinfra, kafka, outbox
 from shared.events import Channel
 from shared.settings import Settings
 
@@ -29,6 +31,14 @@ routes_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(staff_app, name="staff")
 app.add_typer(routes_app, name="routes")
+deadletters_app = typer.Typer(
+    help="Records a consumer refused, kept whole: list, show, replay.", no_args_is_help=True
+)
+outbox_app = typer.Typer(
+    help="Events the broker refused for good (parked): list, release.", no_args_is_help=True
+)
+app.add_typer(deadletters_app, name="deadletters")
+app.add_typer(outbox_app, name="outbox")
 
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -370,6 +380,196 @@ def staff_token(
     """Issue a bearer token for a staff member and print it alone on stdout."""
     secret = auth.resolve_secret(Settings())
     sys.stdout.write(auth.issue_token(secret, kind=auth.STAFF, subject=staff_id, ttl_s=ttl) + "\n")
+
+
+ServiceOption = Annotated[
+    str | None, typer.Option("--service", help="intake, resolution or notify (default: all).")
+]
+
+
+def _schemas(service: str | None) -> list[str]:
+    if service is None:
+        return list(system.NAMES)
+    if service not in system.NAMES:
+        err.print(f"[red]no service {service!r}; one of {', '.join(system.NAMES)}[/]")
+        raise typer.Exit(2)
+    return [service]
+
+
+def _in_schemas(
+    schemas: list[str], call: Callable[[asyncpg.Connection, str], Coroutine[Any, Any, T]]
+) -> list[T]:
+    """Run `call(conn, schema)` in each service's schema of the configured database."""
+
+    async def main() -> list[T]:
+        settings = await _settings_with_database()
+        await system.migrate_all(settings)
+        results = []
+        for schema in schemas:
+            conn = await asyncpg.connect(
+                settings.require_database_url(), server_settings={"search_path": schema}
+            )
+            try:
+                results.append(await call(conn, schema))
+            finally:
+                await conn.close()
+        return results
+
+    return _run(main())
+
+
+def _print_rows(
+    rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]
+) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(rows, default=str) + "\n")
+        return
+    for row in rows:
+        sys.stdout.write(line(row) + "\n")
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    service: ServiceOption = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    replayed: Annotated[bool, typer.Option(help="Include those already replayed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The newest dead letters (never their contents: see `show`)."""
+
+    async def one(conn: asyncpg.Connection, schema: str) -> list[dict[str, Any]]:
+        return [
+            {"service": schema, **r}
+            for r in await deadletters.listing(conn, limit=limit, replayed=replayed)
+        ]
+
+    rows = [row for part in _in_schemas(_schemas(service), one) for row in part]
+    rows.sort(key=lambda r: r["at"], reverse=True)
+    _print_rows(
+        rows[:limit],
+        as_json,
+        lambda r: (
+            f"{r['id']}  {r['at']:%Y-%m-%d %H:%M:%S}  {r['service']:<10} "
+            f"{r['topic']}[{r['partition']}]@{r['offset']}  {r['size'] or 0} B  "
+            f"{r['reason_code']}: {r['reason']}" + ("  (replayed)" if r["replayed_at"] else "")
+        ),
+    )
+
+
+def _find_letter(letter_id: str) -> tuple[str, dict[str, Any]]:
+    async def one(conn: asyncpg.Connection, schema: str) -> dict[str, Any] | None:
+        return await deadletters.fetch(conn, letter_id)
+
+    for schema, found in zip(system.NAMES, _in_schemas(list(system.NAMES), one), strict=True):
+        if found is not None:
+            return schema, found
+    err.print(f"[red]no dead letter {letter_id}[/]")
+    raise typer.Exit(1)
+
+
+@deadletters_app.command("show")
+def deadletters_show(
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id (see `list`).")],
+    raw: Annotated[bool, typer.Option(help="Write the original value's bytes alone.")] = False,
+) -> None:
+    """One dead letter with the original record (as JSON, bytes in base64; or --raw)."""
+    schema, letter = _find_letter(letter_id)
+    value = bytes(letter["value"] or b"")
+    if raw:
+        sys.stdout.buffer.write(value)
+        return
+    doc = {
+        "id": letter["id"],
+        "service": schema,
+        "consumer": letter["consumer"],
+        "topic": letter["topic"],
+        "partition": letter["partition"],
+        "offset": letter["offset"],
+        "reason_code": letter["reason_code"],
+        "reason": letter["reason"],
+        "at": letter["at"].isoformat(),
+        "replayed_at": letter["replayed_at"].isoformat() if letter["replayed_at"] else None,
+        "key_base64": base64.b64encode(bytes(letter["key"])).decode() if letter["key"] else None,
+        "value_base64": base64.b64encode(value).decode(),
+        "headers": [
+            {"name": n, "value_base64": base64.b64encode(v).decode()}
+            for n, v in deadletters.original_headers(letter)
+        ],
+    }
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id (see `list`).")],
+) -> None:
+    """Produce the original record again, byte for byte, to the topic it came from (once the
+    cause is fixed); the consumers' idempotence makes a second replay harmless."""
+    schema, letter = _find_letter(letter_id)
+
+    async def main() -> None:
+        settings = await _settings_with_database()
+        if not settings.kafka_bootstrap:
+            err.print("[red]set COMPLAINTS_KAFKA_BOOTSTRAP to the broker to replay to[/]")
+            raise typer.Exit(2)
+        producer = kafka.build_producer(settings, client_id="complaints-replay")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                letter["topic"],
+                bytes(letter["value"] or b""),
+                key=bytes(letter["key"]) if letter["key"] is not None else None,
+                headers=deadletters.original_headers(letter),
+            )
+        finally:
+            await producer.stop()
+        conn = await asyncpg.connect(
+            settings.require_database_url(), server_settings={"search_path": schema}
+        )
+        try:
+            await deadletters.mark_replayed(conn, letter_id)
+        finally:
+            await conn.close()
+
+    _run(main())
+    err.print(f"replayed {letter_id} to {letter['topic']}")
+
+
+@outbox_app.command("list")
+def outbox_list(
+    service: ServiceOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Parked outbox rows: events the broker refused for good, which the relay skips."""
+
+    async def one(conn: asyncpg.Connection, schema: str) -> list[dict[str, Any]]:
+        return [{"service": schema, **r} for r in await outbox.parked(conn)]
+
+    rows = [row for part in _in_schemas(_schemas(service), one) for row in part]
+    _print_rows(
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['service']:<10} {r['id']}  {r['parked_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{r['topic']}  {r['type']}  {r['size']} B  {r['park_reason']}"
+        ),
+    )
+
+
+@outbox_app.command("release")
+def outbox_release(
+    row_id: Annotated[int, typer.Argument(help="The parked row's id (see `outbox list`).")],
+    service: Annotated[str, typer.Option("--service", help="Whose outbox.")],
+) -> None:
+    """Make a parked row due again, once what refused it is fixed (a larger message limit)."""
+
+    async def one(conn: asyncpg.Connection, schema: str) -> bool:
+        return await outbox.release(conn, row_id)
+
+    (done,) = _in_schemas(_schemas(service), one)
+    if not done:
+        err.print(f"[red]no parked row {row_id} in {service}'s outbox[/]")
+        raise typer.Exit(1)
+    err.print(f"released {service} outbox row {row_id}")
 
 
 def main() -> None:

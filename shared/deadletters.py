@@ -125,3 +125,34 @@ async def store(
         ],
     )
     await outbox.enqueue(conn, messages)
+
+
+async def listing(conn: Conn, *, limit: int = 100, replayed: bool = False) -> list[dict[str, Any]]:
+    """The newest dead letters of this schema, without their contents (which may hold personal
+    data): id, consumer, where the record came from, size, reason, when, and any replay."""
+    rows = await conn.fetch(
+        """SELECT id, consumer, topic, partition, "offset", octet_length(value) AS size,
+                  reason_code, reason, at, replayed_at
+           FROM deadletters WHERE $2 OR replayed_at IS NULL ORDER BY at DESC LIMIT $1""",
+        limit,
+        replayed,
+    )
+    return [dict(r) for r in rows]
+
+
+async def fetch(conn: Conn, letter_id: str) -> dict[str, Any] | None:
+    """One dead letter with the original record's bytes, or None."""
+    row = await conn.fetchrow("SELECT * FROM deadletters WHERE id = $1", letter_id)
+    return dict(row) if row is not None else None
+
+
+def original_headers(letter: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The original record's headers, byte for byte (names as the client decoded them)."""
+    return [
+        (bytes(name).decode("utf-8", "surrogateescape"), bytes(value or b""))
+        for name, value in zip(letter["header_names"], letter["header_values"], strict=True)
+    ]
+
+
+async def mark_replayed(conn: Conn, letter_id: str) -> None:
+    await conn.execute("UPDATE deadletters SET replayed_at = now() WHERE id = $1", letter_id)

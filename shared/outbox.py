@@ -323,3 +323,27 @@ async def health(conn: Conn, *, lag_alarm_s: float) -> dict[str, Any]:
         "oldest_waiting_s": round(oldest, 1),
         "parked": row["parked"],
     }
+
+
+async def parked(conn: Conn, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Rows the broker refused for good, oldest first: id, topic, event id and type, size,
+    why, and when."""
+    rows = await conn.fetch(
+        """SELECT id, topic, event_id, coalesce(headers ->> $2, headers ->> $3) AS type,
+                  octet_length(value) AS size, park_reason, parked_at
+           FROM outbox WHERE parked_at IS NOT NULL AND sent_at IS NULL ORDER BY id LIMIT $1""",
+        limit,
+        TYPE_HEADER,
+        LEGACY_TYPE_HEADER,
+    )
+    return [dict(r) for r in rows]
+
+
+async def release(conn: Conn, row_id: int) -> bool:
+    """Make a parked row due again (once whatever refused it was fixed); False if none."""
+    done = await conn.fetchval(
+        "UPDATE outbox SET parked_at = NULL, park_reason = NULL "
+        "WHERE id = $1 AND parked_at IS NOT NULL AND sent_at IS NULL RETURNING true",
+        row_id,
+    )
+    return bool(done)

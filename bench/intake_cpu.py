@@ -1,0 +1,62 @@
+"""Intake's CPU per complaint during a Kafka burst: the cost of the consumer path, in µs.
+
+Runs `complaints serve intake` in its own process (as `bench.intake` does), warms it up, then
+produces N submissions flat out, --runs times, and reads the intake process's CPU time (user +
+system, from the OS) before and after each burst. Every burst is timed from the first produce
+to the last `complaint.routed`, so the figure covers accepting, routing, the outbox relay and
+the follower consumer: all intake does per complaint.
+
+    python -m bench.intake_cpu --complaints 10000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from bench.common import running_system
+from bench.intake import kafka_phase
+
+
+async def main(count: int, runs: int, warmup: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_system(Path(tmp), "serve", "intake") as bench:
+            (service,) = [
+                p
+                for p in psutil.Process().children(recursive=True)
+                if "serve" in p.cmdline() and "intake" in p.cmdline()
+            ]
+            await kafka_phase(bench, warmup, None)
+            per_complaint: list[float] = []
+            rates: list[float] = []
+            for n in range(runs):
+                before = service.cpu_times()
+                rate, _, _ = await kafka_phase(bench, count, None)
+                after = service.cpu_times()
+                cpu_s = (after.user - before.user) + (after.system - before.system)
+                per_complaint.append(cpu_s / count * 1e6)
+                rates.append(rate)
+                print(
+                    f"run {n + 1}: {count} complaints, {rate:,.0f} accepted/s, "
+                    f"intake CPU {cpu_s:.2f} s = {per_complaint[-1]:.0f} µs per complaint",
+                    flush=True,
+                )
+            print(
+                f"median of {runs}: {statistics.median(rates):,.0f} accepted/s, "
+                f"{statistics.median(per_complaint):.0f} µs of intake CPU per complaint "
+                f"(target < 150 µs)"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--complaints", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.complaints, args.runs, args.warmup))
