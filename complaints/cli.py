@@ -213,14 +213,32 @@ def _admin(call: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 @keys_app.command("create")
 def keys_create(
     channel: Annotated[Channel, typer.Option(help="The channel the key is for.")],
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Submissions a second this key may make on average (default: "
+            "COMPLAINTS_KEY_RATE_PER_S)."
+        ),
+    ] = None,
+    burst: Annotated[
+        int | None,
+        typer.Option(help="Submissions it may make at once (default: COMPLAINTS_KEY_BURST)."),
+    ] = None,
 ) -> None:
     """Create a channel key and print it alone on stdout."""
-    sys.stdout.write(_admin(lambda s: admin.create_key(s, channel.value)) + "\n")
+    key = _admin(lambda s: admin.create_key(s, channel.value, rate_per_s=rate, burst=burst))
+    sys.stdout.write(key + "\n")
+
+
+def _limit(row: dict[str, Any]) -> str:
+    rate = f"{row['rate_per_s']:g}/s" + (" (default)" if row["rate_is_default"] else "")
+    burst = f"burst {row['burst']}" + (" (default)" if row["burst_is_default"] else "")
+    return f"{rate}, {burst}"
 
 
 @keys_app.command("list")
 def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List channel keys (ids and channels; the keys themselves are never stored)."""
+    """List channel keys (ids, channels and limits; the keys themselves are never stored)."""
     rows = _admin(admin.list_keys)
     if as_json:
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
@@ -228,7 +246,8 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for row in rows:
         state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
         sys.stdout.write(
-            f"{row['key_id']}  {row['channel']:<6} {row['created_at']:%Y-%m-%d %H:%M}  {state}\n"
+            f"{row['key_id']}  {row['channel']:<6} {row['created_at']:%Y-%m-%d %H:%M}  "
+            f"{state:<18} {_limit(row)}\n"
         )
 
 

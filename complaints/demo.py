@@ -108,7 +108,8 @@ async def traffic(
     seed: int = 7,
     say: Callable[[str], None] = print,
 ) -> None:
-    """Post web complaints over HTTP and phone complaints over Kafka until cancelled."""
+    """Post web complaints over HTTP and phone complaints over Kafka until cancelled (one every
+    `interval_s`: far within a key's default quota)."""
     rng = random.Random(seed)
     producer = build_producer(settings, client_id="complaints-demo-phone")
     await producer.start()
@@ -125,6 +126,8 @@ async def traffic(
                     )
                     accepted = answer.json().get("complaint_id", "")
                     say(f"web   → POST /v1/complaints {answer.status_code} {accepted}")
+                    if answer.status_code == 429:  # the key's quota (far above this pace)
+                        await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
                 else:
                     event = new_event(type=EventType.SUBMITTED, source="phone/ivr-demo", data=data)
                     await producer.send_and_wait(

@@ -31,6 +31,9 @@ if os.environ.get("CI"):
 
 ADMIN_DSN = os.environ.get("COMPLAINTS_TEST_ADMIN_DSN") or asyncio.run(devinfra.admin_dsn())[0]
 SECRET = b"test-secret-not-for-production"
+# Keys the tests create carry limits no test reaches, unless a test asks for its own.
+TEST_KEY_RATE_PER_S = 100_000.0
+TEST_KEY_BURST = 100_000
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +102,14 @@ class Running:
     def staff_token(self, staff_id: str = "manager-1") -> str:
         return auth.issue_token(self.secret, kind=auth.STAFF, subject=staff_id, ttl_s=3600)
 
-    async def channel_key(self, channel: str) -> str:
-        return await admin.create_key(self.settings, channel)
+    async def channel_key(
+        self,
+        channel: str,
+        *,
+        rate_per_s: float = TEST_KEY_RATE_PER_S,
+        burst: int = TEST_KEY_BURST,
+    ) -> str:
+        return await admin.create_key(self.settings, channel, rate_per_s=rate_per_s, burst=burst)
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.require_database_url())
@@ -137,7 +146,9 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             providers=providers,
             http=http,
             secret=SECRET,
-            web_key=await admin.create_key(settings, "web"),
+            web_key=await admin.create_key(
+                settings, "web", rate_per_s=TEST_KEY_RATE_PER_S, burst=TEST_KEY_BURST
+            ),
         )
     stop.set()
     await task

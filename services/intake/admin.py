@@ -6,6 +6,7 @@ reassignment) go to intake's outbox, which a running intake publishes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,12 +39,26 @@ async def _transaction(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def create_key(settings: Settings, channel: str) -> str:
-    """A new key for `channel`; only its hash is stored."""
+async def create_key(
+    settings: Settings, channel: str, *, rate_per_s: float | None = None, burst: int | None = None
+) -> str:
+    """A new key for `channel`, with its own limit where given (else the default); only its
+    hash is stored."""
+    if rate_per_s is not None and not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise AdminError("rate must be a number of requests a second above zero")
+    if burst is not None and burst < 1:
+        raise AdminError("burst must be one or more")
     key = auth.new_channel_key(channel)
     digest = auth.hash_key(key)
     async with _transaction(settings) as conn:
-        await repository.add_channel_key(conn, key_id=digest[:12], channel=channel, key_hash=digest)
+        await repository.add_channel_key(
+            conn,
+            key_id=digest[:12],
+            channel=channel,
+            key_hash=digest,
+            rate_per_s=rate_per_s,
+            burst=burst,
+        )
         await _key_event(conn, EventType.CHANNEL_KEY_CREATED, digest[:12], channel, digest)
     return key
 
@@ -54,8 +69,20 @@ async def channel_of(settings: Settings, key: str) -> str | None:
 
 
 async def list_keys(settings: Settings) -> list[dict[str, Any]]:
+    """Every key with its limit in force (`rate_is_default`, `burst_is_default`: none of its
+    own, so the configured default applies)."""
     async with _transaction(settings) as conn:
-        return [dict(r) for r in await repository.list_channel_keys(conn)]
+        rows = await repository.list_channel_keys(conn)
+    return [
+        {
+            **dict(r),
+            "rate_per_s": settings.key_rate_per_s if r["rate_per_s"] is None else r["rate_per_s"],
+            "burst": settings.key_burst if r["burst"] is None else r["burst"],
+            "rate_is_default": r["rate_per_s"] is None,
+            "burst_is_default": r["burst"] is None,
+        }
+        for r in rows
+    ]
 
 
 async def revoke_key(settings: Settings, key_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -13,13 +14,13 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
-from services.intake import handlers, repository
+from services.intake import handlers, quota, repository
 from shared import auth, jsonsafe
 from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
 from shared.telemetry import inject_headers
-from shared.web import Problem, bearer, validation_problem
+from shared.web import PROBLEM, Problem, bearer, validation_problem
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -47,6 +48,16 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "the key belongs to another channel than the submission names"},
     413: {"description": "the body is larger than 256 KiB"},
     422: {"description": "malformed body; `errors` names each bad field"},
+    429: {
+        "description": "the key's submission limit is spent (a rate and a burst, per key, "
+        "across every replica); retry after `Retry-After` seconds",
+        "headers": {
+            "Retry-After": {
+                "description": "whole seconds until a submission can be accepted again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
 }
 
 
@@ -63,9 +74,13 @@ def install(service: Service, router: APIRouter) -> Submissions:
         summary="Submit a complaint (its data, or a whole complaint.submitted CloudEvent)",
     )
     async def submit(request: Request) -> JSONResponse:
-        channel = await submissions.channel_of(bearer(request))
-        if channel is None:
+        caller = await submissions.caller(bearer(request))
+        if caller is None:
             raise Problem(401, "Unauthorized", "unknown or revoked channel key")
+        wait = await submissions.quotas.spend(caller.key_id, caller.limit)
+        if wait is not None:
+            return _too_many(request, caller.limit, wait)
+        channel = caller.channel
         body = await _read_body(request)
         data, source = _parse(body, channel)
         if data.channel.value != channel:
@@ -92,13 +107,23 @@ RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Serial
 KEY_CACHE_S = 5.0  # a revoked key stops working within this long
 
 
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated channel key: its id, channel and submission limit."""
+
+    key_id: str
+    channel: str
+    limit: quota.Limit
+
+
 class Submissions:
     """HTTP submissions written together (group commit) and channel keys remembered briefly."""
 
     def __init__(self, service: Service) -> None:
         self._service = service
         self.batcher: Batcher[handlers.Submission, tuple[str, bool]] = Batcher(self._write)
-        self._keys: dict[str, tuple[str | None, float]] = {}
+        self.quotas = KeyQuotas(service)
+        self._keys: dict[str, tuple[Caller | None, float]] = {}
 
     async def _write(self, items: Sequence[handlers.Submission]) -> list[tuple[str, bool]]:
         """One transaction for the batch, retried when PostgreSQL broke a lock cycle (e.g. with
@@ -115,18 +140,98 @@ class Submissions:
                 await asyncio.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def channel_of(self, key: str) -> str | None:
+    async def caller(self, key: str) -> Caller | None:
+        """Who holds `key` (None: unknown or revoked), remembered for `KEY_CACHE_S`."""
         digest = auth.hash_key(key)
         now = time.monotonic()
         cached = self._keys.get(digest)
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._service.pool.acquire() as conn:
-            channel = await repository.channel_for_key(conn, digest)
+            found = await repository.live_key(conn, digest)
+        caller = None
+        if found is not None:
+            settings = self._service.settings
+            limit = quota.limit_for(
+                found.rate_per_s,
+                found.burst,
+                default_rate=settings.key_rate_per_s,
+                default_burst=settings.key_burst,
+            )
+            caller = Caller(found.key_id, found.channel, limit)
         if len(self._keys) > 10_000:
             self._keys.clear()
-        self._keys[digest] = (channel, now + KEY_CACHE_S)
-        return channel
+        self._keys[digest] = (caller, now + KEY_CACHE_S)
+        return caller
+
+
+@dataclass
+class _Held:
+    """This replica's share of one key's bucket."""
+
+    tokens: int = 0
+    empty_until: float = 0.0  # monotonic; the shared bucket holds no whole token before then
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class KeyQuotas:
+    """Per-key limits across replicas: tokens are drawn from the key's shared bucket in the
+    database a chunk at a time (`quota.chunk`) and spent here; one draw per key at a time."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._held: dict[str, _Held] = {}
+
+    async def spend(self, key_id: str, limit: quota.Limit) -> float | None:
+        """Spend one of the key's tokens: None when there was one, else the seconds to wait."""
+        held = self._held.get(key_id)
+        if held is None:
+            if len(self._held) > 10_000:
+                self._held.clear()  # forgetting held tokens only errs on the strict side
+            held = self._held[key_id] = _Held()
+        if held.tokens > 0:
+            held.tokens -= 1
+            return None
+        if (refused := held.empty_until - time.monotonic()) > 0:
+            return refused
+        async with held.lock:
+            # another request may have drawn (or been refused) while this one waited
+            if held.tokens > 0:
+                held.tokens -= 1
+                return None
+            if (refused := held.empty_until - time.monotonic()) > 0:
+                return refused
+            async with self._service.pool.acquire() as conn:
+                granted, left = await repository.take_tokens(
+                    conn,
+                    key_id,
+                    rate_per_s=limit.rate_per_s,
+                    burst=limit.burst,
+                    want=quota.chunk(limit),
+                )
+            if granted == 0:
+                wait = quota.wait_s(left, limit)
+                held.empty_until = time.monotonic() + wait
+                return wait
+            held.tokens = granted - 1
+            return None
+
+
+def _too_many(request: Request, limit: quota.Limit, wait: float) -> JSONResponse:
+    """429 with `Retry-After` in whole seconds and a problem document."""
+    seconds = quota.retry_after(wait)
+    problem = Problem(
+        429,
+        "Too many requests",
+        f"this channel key may submit {limit.rate_per_s:g} complaints a second and "
+        f"{limit.burst} at once; retry in {seconds} s",
+    )
+    return JSONResponse(
+        problem.document(request.url.path),
+        status_code=429,
+        media_type=PROBLEM,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 async def _read_body(request: Request) -> bytes:

@@ -328,26 +328,56 @@ async def staff_count(conn: Conn) -> int:
 # ---------------------------------------------------------------------- channel keys
 
 
-async def add_channel_key(conn: Conn, *, key_id: str, channel: str, key_hash: str) -> None:
+async def add_channel_key(
+    conn: Conn,
+    *,
+    key_id: str,
+    channel: str,
+    key_hash: str,
+    rate_per_s: float | None = None,
+    burst: int | None = None,
+) -> None:
+    """Store a key's hash and its own limit (None: the default)."""
     await conn.execute(
-        "INSERT INTO channel_keys (key_id, channel, key_hash) VALUES ($1, $2, $3)",
+        """INSERT INTO channel_keys (key_id, channel, key_hash, rate_per_s, burst)
+           VALUES ($1, $2, $3, $4, $5)""",
         key_id,
         channel,
         key_hash,
+        rate_per_s,
+        burst,
     )
+
+
+@dataclass(frozen=True)
+class LiveKey:
+    key_id: str
+    channel: str
+    rate_per_s: float | None  # None: the default
+    burst: int | None
+
+
+async def live_key(conn: Conn, key_hash: str) -> LiveKey | None:
+    """The live key with this hash (its channel and own limit), or None for unknown and revoked
+    keys."""
+    row = await conn.fetchrow(
+        """SELECT key_id, channel, rate_per_s, burst FROM channel_keys
+           WHERE key_hash = $1 AND revoked_at IS NULL""",
+        key_hash,
+    )
+    return None if row is None else LiveKey(**dict(row))
 
 
 async def channel_for_key(conn: Conn, key_hash: str) -> str | None:
     """The channel a live key belongs to, or None for unknown and revoked keys."""
-    found = await conn.fetchval(
-        "SELECT channel FROM channel_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
-    )
-    return None if found is None else str(found)
+    found = await live_key(conn, key_hash)
+    return None if found is None else found.channel
 
 
 async def list_channel_keys(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT key_id, channel, created_at, revoked_at FROM channel_keys ORDER BY created_at"
+        """SELECT key_id, channel, created_at, revoked_at, rate_per_s, burst
+           FROM channel_keys ORDER BY created_at"""
     )
 
 
@@ -358,4 +388,44 @@ async def revoke_channel_key(conn: Conn, key_id: str) -> tuple[str, str] | None:
         "RETURNING channel, key_hash",
         key_id,
     )
-    return None if row is None else (row["channel"], row["key_hash"])
+    if row is None:
+        return None
+    await conn.execute("DELETE FROM key_buckets WHERE key_id = $1", key_id)
+    return (row["channel"], row["key_hash"])
+
+
+# The level of a bucket row at the taking statement's time (`quota.refill` in SQL).
+_LEVEL = """least($3::float8, b.tokens + $2::float8 * greatest(0::float8,
+    extract(epoch FROM EXCLUDED.refilled_at - b.refilled_at)::float8))"""
+
+
+async def take_tokens(
+    conn: Conn,
+    key_id: str,
+    *,
+    rate_per_s: float,
+    burst: int,
+    want: int,
+    now: datetime | None = None,
+) -> tuple[int, float]:
+    """Draw up to `want` tokens from a key's shared bucket (`quota.draw`, in one statement);
+    the tokens granted and those left. The clock is the database's (one for every replica);
+    `now` overrides it for tests."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO key_buckets AS b (key_id, tokens, granted, refilled_at)
+            SELECT $1, $3::float8 - n.granted, n.granted, n.at
+            FROM (SELECT least($4::int, $3::int) AS granted,
+                         coalesce($5::timestamptz, clock_timestamp()) AS at) AS n
+            ON CONFLICT (key_id) DO UPDATE SET
+                granted = least($4::int, floor({_LEVEL}))::int,
+                tokens = {_LEVEL} - least($4::int, floor({_LEVEL})),
+                refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at)
+            RETURNING granted, tokens""",
+        key_id,
+        rate_per_s,
+        burst,
+        want,
+        now,
+    )
+    assert row is not None
+    return int(row["granted"]), float(row["tokens"])
