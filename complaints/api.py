@@ -38,8 +38,10 @@ def build_http_app(services: Sequence[Service]) -> FastAPI:
     async def readyz() -> JSONResponse:
         checks = {service.name: await service.ready() for service in services}
         ok = all(v == "ok" for check in checks.values() for v in check.values())
+        # shared by every replica (the outbox, say): shown, never a reason to leave service
+        detail = {service.name: await service.health() for service in services}
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks},
+            {"status": "ok" if ok else "unavailable", "checks": checks, "detail": detail},
             status_code=200 if ok else 503,
         )
 

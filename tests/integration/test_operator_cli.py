@@ -83,7 +83,7 @@ async def test_a_parked_row_is_listed_and_released(running: Running):
     intake = running.services["intake"]
     huge = new_event(type="test.huge", source="test", data={"x": "y" * (3 * 1024 * 1024)})
     async with intake.pool.acquire() as conn, conn.transaction():
-        await outbox.enqueue(conn, [outbox.Message(topics.DEADLETTER, "cli-parked", huge)])
+        await outbox.enqueue(conn, [outbox.Message(topics.EVENTS, "cli-parked", huge)])
     intake.relay.wake()
 
     async def parked():
