@@ -63,6 +63,13 @@ def build_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
     )
 
 
+async def _undecoded(message: Any) -> None:
+    """Leave records undecoded: handlers parse the raw values, refusing bad ones with a dead
+    letter. FastStream's default decoder parses every JSON-looking body first and raises on
+    a deeply nested or (when labelled JSON) malformed one, failing the batch every time."""
+    return None
+
+
 def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str, Any]:
     """Subscriber options for at-least-once, ordered batch consumption. A `follower` is off
     every latency path: it waits for more data per fetch (up to the follower wait), so it asks
@@ -79,6 +86,7 @@ def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str,
         "fetch_max_wait_ms": wait_ms,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": 300_000,
+        "decoder": _undecoded,
     }
     if follower:
         options["fetch_min_bytes"] = 1024 * 1024
