@@ -127,7 +127,7 @@ def parse_rfc3339(value: str) -> datetime:
         raise ValueError(f"must be {_RFC3339_HINT}")
     if found["second"] == "60":
         raise ValueError("leap seconds (:60) cannot be represented; send :59")
-    offset = timezone.utc
+    offset = UTC
     if found["sign"]:
         hours, minutes = int(found["oh"]), int(found["om"])
         if hours > 23 or minutes > 59:
