@@ -171,3 +171,25 @@ def test_the_openapi_document_declares_problems_for_every_error():
                     assert list(response["content"]) == [PROBLEM]
     action = schema["paths"]["/actions"]["post"]["responses"]
     assert {"413", "422"} <= set(action)
+
+
+class _DownService:
+    """Enough of a service for `build_http_app`: no routes, a database that does not answer."""
+
+    name = "down"
+    router = APIRouter()
+
+    async def ready(self) -> dict[str, str]:
+        return {"database": "unreachable", "broker": "ok"}
+
+
+async def test_readiness_failing_is_a_503_problem_with_the_checks():
+    from complaints.api import build_http_app
+
+    app = build_http_app([_DownService()])  # type: ignore[list-item]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        doc = _problem(await client.get("/readyz"), 503)
+        assert doc["checks"] == {"down": {"database": "unreachable", "broker": "ok"}}
+        _problem(await client.post("/healthz"), 405)
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
