@@ -8,11 +8,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.requests import Request
 
 from complaints import __version__
 from shared.events import CloudEvent, SubmittedData
 from shared.service import Service
-from shared.web import install_problem_handlers
+from shared.web import (
+    Problem,
+    ProblemRoute,
+    document_problems,
+    install_problem_handlers,
+    problem_response,
+)
 
 
 def build_http_app(services: Sequence[Service]) -> FastAPI:
@@ -22,6 +29,7 @@ def build_http_app(services: Sequence[Service]) -> FastAPI:
         version=__version__,
         description="Complaint intake, resolution and notification (see docs/ and CONTRACT).",
     )
+    app.router.route_class = ProblemRoute
     install_problem_handlers(app)
     for service in services:
         app.include_router(service.router)
@@ -35,15 +43,20 @@ def build_http_app(services: Sequence[Service]) -> FastAPI:
         summary="Readiness: each hosted service reaches its database and the broker",
         responses={503: {"description": "a dependency is unreachable"}},
     )
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         checks = {service.name: await service.ready() for service in services}
-        ok = all(v == "ok" for check in checks.values() for v in check.values())
         # shared by every replica (the outbox, say): shown, never a reason to leave service
         detail = {service.name: await service.health() for service in services}
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks, "detail": detail},
-            status_code=200 if ok else 503,
+        if all(v == "ok" for check in checks.values() for v in check.values()):
+            return JSONResponse({"status": "ok", "checks": checks, "detail": detail})
+        unavailable = Problem(
+            503,
+            "Service Unavailable",
+            "a dependency is unreachable",
+            checks=checks,
+            detail_by_service=detail,
         )
+        return problem_response(unavailable, request.url.path)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -56,7 +69,7 @@ def build_http_app(services: Sequence[Service]) -> FastAPI:
                 model_schema = model.model_json_schema(ref_template=template)
                 components.update(model_schema.pop("$defs", {}))
                 components[name] = model_schema
-            app.openapi_schema = schema
+            app.openapi_schema = document_problems(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

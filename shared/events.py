@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -11,12 +12,14 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 CONTENT_TYPE = "application/cloudevents+json"
 # Kafka header that repeats the envelope's `type`, so a consumer can skip events it does not
@@ -106,12 +109,80 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# RFC 3339 `date-time` (section 5.6): full date, `T`, full time with seconds, then `Z` or a
+# numeric offset. Letters may be lower-case (RFC 3339 5.6 note); a space separator is not
+# in the grammar and is refused, as are dates alone and times without an offset.
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+    r"(?P<fraction>\.\d+)?(?:(?P<utc>[Zz])|(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))",
+    re.ASCII,
+)
+_RFC3339_HINT = "an RFC 3339 date-time string with a time zone offset, e.g. 2026-11-22T10:00:00Z"
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """The timezone-aware time an RFC 3339 `date-time` string names, or `ValueError`."""
+    found = _RFC3339.fullmatch(value)
+    if found is None:
+        raise ValueError(f"must be {_RFC3339_HINT}")
+    if found["second"] == "60":
+        raise ValueError("leap seconds (:60) cannot be represented; send :59")
+    offset = UTC
+    if found["sign"]:
+        hours, minutes = int(found["oh"]), int(found["om"])
+        if hours > 23 or minutes > 59:
+            raise ValueError("the time zone offset is out of range")
+        delta = timedelta(hours=hours, minutes=minutes)
+        offset = timezone(-delta if found["sign"] == "-" else delta)
+    fraction = (found["fraction"] or ".")[1:]
+    try:
+        return datetime.fromisoformat(found["date"]).replace(
+            hour=int(found["hour"]),
+            minute=int(found["minute"]),
+            second=int(found["second"]),
+            microsecond=int(fraction[:6].ljust(6, "0")),
+            tzinfo=offset,
+        )
+    except ValueError:
+        raise ValueError("is not a valid date and time") from None
+
+
+def _rfc3339(value: object) -> object:
+    # A `datetime` comes from Python code in this process (checked for an offset afterwards);
+    # anything from outside must be an RFC 3339 string: no numbers, no dates alone.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("rfc3339", f"must be {_RFC3339_HINT} (a string, not a number)")
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise PydanticCustomError("rfc3339", str(exc)) from None
+
+
 NoNul = AfterValidator(_no_nul)
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+# A time from outside: an RFC 3339 string with an offset (or an aware `datetime` in process).
+Rfc3339Datetime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_aware)]
 Text128 = Annotated[
     str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True), NoNul
 ]
 Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000), NoNul]
+
+
+# Codes of the ISO 4217 list that name no money a customer can have at stake.
+_NOT_MONEY = frozenset({"XXX", "XTS"})  # "no currency", "reserved for testing"
+_currencies: frozenset[str] | None = None
+
+
+def currency_codes() -> frozenset[str]:
+    """The current ISO 4217 alphabetic codes (pycountry's list), read once on first use."""
+    global _currencies
+    if _currencies is None:
+        import pycountry  # loads its JSON database: only when a currency is first checked
+
+        _currencies = frozenset(c.alpha_3 for c in pycountry.currencies) - _NOT_MONEY
+    return _currencies
 
 
 class Money(BaseModel):
@@ -122,8 +193,9 @@ class Money(BaseModel):
     amount: Annotated[str, StringConstraints(pattern=r"^\d{1,12}(\.\d{1,4})?$")] = Field(
         description="non-negative decimal string, e.g. '49.90'"
     )
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
-        description="ISO 4217 code, e.g. 'EUR'"
+    currency: str = Field(
+        description="current ISO 4217 code, upper-case, e.g. 'EUR'",
+        json_schema_extra={"pattern": "^[A-Z]{3}$"},
     )
 
     @field_validator("amount", mode="before")
@@ -131,6 +203,18 @@ class Money(BaseModel):
     def _no_floats(cls, value: object) -> object:
         if isinstance(value, float | int) and not isinstance(value, bool):
             raise ValueError("must be a decimal string such as '49.90', not a number")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _iso4217(cls, value: str) -> str:
+        # the message never repeats the value: whatever was sent may be personal data
+        if value not in currency_codes():
+            if value.upper() in currency_codes():
+                raise PydanticCustomError(
+                    "iso4217", "unknown ISO 4217 currency code (codes are upper-case, e.g. EUR)"
+                )
+            raise PydanticCustomError("iso4217", "unknown ISO 4217 currency code")
         return value
 
     def decimal(self) -> Decimal:
@@ -191,7 +275,7 @@ class SubmittedData(BaseModel):
         default_factory=list
     )
     desired_outcome: Text2000 | None = None
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Rfc3339Datetime | None = None
 
     @field_validator("description")
     @classmethod
@@ -307,7 +391,7 @@ class CloudEvent(BaseModel):
     source: Annotated[str, StringConstraints(min_length=1, max_length=500), NoNul]
     type: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
     subject: Annotated[str, NoNul] | None = None
-    time: datetime | None = None
+    time: Rfc3339Datetime | None = None
     datacontenttype: str | None = "application/json"
     data: Any = None
 

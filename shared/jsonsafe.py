@@ -18,6 +18,8 @@ MAX_DEPTH = 64
 # A JSON string (its escapes included), then any run of characters that are not brackets.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+# Empty pairs: removed in one pass, so each pass takes away exactly one level of nesting.
+_EMPTY_PAIRS = re.compile(r"\[\]|\{\}")
 
 
 class JsonRejected(ValueError):
@@ -66,7 +68,7 @@ def deeper_than(text: str, limit: int) -> bool:
         return False  # cannot nest deeper than it has openers: the common case, in C
     brackets = _NOT_BRACKETS.sub("", _STRING.sub("", text))
     for _ in range(limit):
-        shorter = brackets.replace("[]", "").replace("{}", "")
+        shorter = _EMPTY_PAIRS.sub("", brackets)
         if not shorter:
             return False
         if shorter == brackets:

@@ -42,7 +42,8 @@ CATEGORY_POINTS: dict[Category, int] = {
     Category.WEBSITE_PHONE: 1,
     Category.OTHER: 0,
 }
-# Amount at stake that earns +1 and +2, per currency (others: no amount points, said so).
+# Amount at stake that earns +1 and +2, per currency. Other currencies earn no amount points,
+# and the severity reasons say that no threshold is configured for them.
 AMOUNT_STEPS: dict[str, tuple[Decimal, Decimal]] = {
     "EUR": (Decimal(250), Decimal(1000)),
     "USD": (Decimal(250), Decimal(1000)),
@@ -211,15 +212,16 @@ def amount_points(data: SubmittedData) -> tuple[int, str | None]:
     """Severity points for the amount at stake, and why."""
     if data.amount_at_stake is None:
         return 0, None
-    steps = AMOUNT_STEPS.get(data.amount_at_stake.currency)
+    currency = data.amount_at_stake.currency
+    steps = AMOUNT_STEPS.get(currency)
     if steps is None:
-        return 0, f"amount in {data.amount_at_stake.currency}: no thresholds for that currency"
+        return 0, f"+0 amount at stake: no threshold is configured for {currency}"
     amount = data.amount_at_stake.decimal()
     points = sum(amount >= step for step in steps)
     if not points:
         return 0, None
     step = steps[points - 1]
-    return points, f"+{points} amount at stake ≥ {step} {data.amount_at_stake.currency}"
+    return points, f"+{points} amount at stake ≥ {step} {currency}"
 
 
 @dataclass(frozen=True)

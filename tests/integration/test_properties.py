@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sys
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
@@ -57,27 +59,81 @@ def _mutate(field: str, value: object, drop: bool) -> dict:
     return data
 
 
-BODIES = st.one_of(JSON, _mutated_submission())
+MAX_DEPTH = 64  # the nesting limit the API promises
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+_LEVELS = {
+    "array": (("[", "]"),),
+    "object": (('{"n":', "}"),),
+    "mixed": (("[", "]"), ('{"n":', "}")),  # arrays and objects in turn
+}
+
+
+def _deep(depth: int, inner: str, kind: str) -> str:
+    """`inner` nested `depth` levels of arrays, objects or both in turn, built as text
+    (Python's encoder stops near 1,000 levels)."""
+    levels = _LEVELS[kind]
+    pairs = [levels[i % len(levels)] for i in range(depth)]
+    return "".join(o for o, _ in pairs) + inner + "".join(c for _, c in reversed(pairs))
+
+
+def _deep_body(depth: int, kind: str, extra_field: bool) -> tuple[str, int]:
+    """A body nested `depth` levels: a valid submission with an extra field that deep, or the
+    submission itself that deep inside; with how deeply the whole body nests."""
+    valid = json.dumps(submission("web"))
+    if extra_field:
+        return valid[:-1] + ', "extra": ' + _deep(depth, "null", kind) + "}", depth + 1
+    return _deep(depth, valid, kind), depth + 2  # the submission and its customer add two
+
+
+DEEP = st.builds(
+    _deep_body,
+    st.one_of(
+        st.integers(MAX_DEPTH - 3, MAX_DEPTH + 3), st.integers(MAX_DEPTH, 20_000), st.just(10_000)
+    ),
+    st.sampled_from(sorted(_LEVELS)),
+    st.booleans(),
+)
+# Each body as text, with how deeply it nests when that is known to matter.
+BODIES = st.one_of(
+    JSON.map(lambda v: (json.dumps(v), 0)),
+    _mutated_submission().map(lambda v: (json.dumps(v), 0)),
+    DEEP,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=BODIES)
 async def test_http_any_body_is_accepted_or_refused_with_reasons(running: Running, body):
+    text, depth = body
     key = running.web_key
     answer = await running.http.post(
         "/v1/complaints",
-        content=json.dumps(body),
+        content=text,
         headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
     )
     assert answer.status_code in (202, 403, 413, 422), answer.text
     if answer.status_code == 202:
         assert answer.json()["complaint_id"]
+        assert depth <= MAX_DEPTH
     else:
         problem = answer.json()
-        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.headers["content-type"] == "application/problem+json"
         assert problem["status"] == answer.status_code and problem["detail"]
+        assert problem["type"] and problem["title"] and problem["instance"] == "/v1/complaints"
         if answer.status_code == 422:
             assert all(e["field"] and e["message"] for e in problem["errors"])
+    if depth > MAX_DEPTH:
+        assert answer.status_code == 422
+        assert [(e["field"], e["rule"]) for e in problem["errors"]] == [("(body)", "json_too_deep")]
+
+
+def _deep_record(depth: int, kind: str) -> bytes:
+    """A submitted event whose data has an extra field nested `depth` levels."""
+    event = new_event(type=EventType.SUBMITTED, source="fuzz/deep", data=submission("phone"))
+    text = event.to_bytes().decode()
+    at = text.index('"data":{') + len('"data":{')
+    return (text[:at] + '"extra":' + _deep(depth, "null", kind) + "," + text[at:]).encode()
 
 
 RECORDS = st.lists(
@@ -87,6 +143,7 @@ RECORDS = st.lists(
         _mutated_submission().map(
             lambda d: new_event(type=EventType.SUBMITTED, source="fuzz", data=d).to_bytes()
         ),
+        st.builds(_deep_record, st.integers(MAX_DEPTH, 12_000), st.sampled_from(sorted(_LEVELS))),
     ),
     min_size=1,
     max_size=25,
@@ -126,6 +183,9 @@ async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, v
     ]
     dead = [base64.b64decode(letter["value_base64"]) for letter in letters]
     assert all(letter["reason"] and letter["reason_code"] for letter in letters)
+    for letter, value in zip(letters, dead, strict=True):
+        if b'"source":"fuzz/deep"' in value:
+            assert letter["reason_code"] == "too_deep", letter["reason"]
     for value in values:
         if value in dead:
             continue
@@ -138,6 +198,13 @@ async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, v
 
 
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(running: Running):
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        # deep bodies mixed into the generated ones; errors_are_problem_documents
+        "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks",
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -146,7 +213,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(run
         f"{running.settings.base_url()}/openapi.json",
         "--checks",
         "not_a_server_error,status_code_conformance,content_type_conformance,"
-        "response_schema_conformance",
+        "response_schema_conformance,errors_are_problem_documents",
         "-H",
         f"Authorization: Bearer {running.web_key}",
         "--max-examples",
@@ -159,6 +226,8 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(run
         "/v1/stream",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=root,
+        env=env,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     text = out.decode()

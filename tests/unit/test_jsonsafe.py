@@ -17,8 +17,18 @@ from shared import jsonsafe
         (b"[" * 100 + b"}" * 100, "not_json"),  # deep-looking but unbalanced: not JSON
         (b"[" * 5_000, "too_deep"),  # unclosed, but 5,000 deep before that shows
         (b"x" * 2_000, "oversized"),
+        (b'[{"a":' * 33 + b"1" + b"}]" * 33, "too_deep"),  # arrays and objects in turn
     ],
-    ids=["not utf-8", "truncated", "10k deep", "65 deep", "mismatched", "unclosed", "large"],
+    ids=[
+        "not utf-8",
+        "truncated",
+        "10k deep",
+        "65 deep",
+        "mismatched",
+        "unclosed",
+        "large",
+        "66 deep, alternating",
+    ],
 )
 def test_bad_documents_are_refused_with_their_reason(data, code):
     with pytest.raises(jsonsafe.JsonRejected) as caught:
@@ -32,6 +42,10 @@ def test_nesting_up_to_the_limit_parses():
     for _ in range(64):
         value = value["a"]
     assert value == 1
+
+
+def test_alternating_nesting_up_to_the_limit_parses():
+    assert jsonsafe.loads(b'[{"a":' * 32 + b"1" + b"}]" * 32)
 
 
 def test_brackets_inside_strings_do_not_count():

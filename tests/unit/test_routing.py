@@ -115,6 +115,13 @@ def _score(text="x", *, category=Category.STOCK, history=None, **change):
             Severity.HIGH,
             4,
         ),
+        (
+            {"amount_at_stake": {"amount": "99999", "currency": "JPY"}},  # no JPY threshold
+            History(),
+            Category.PRODUCT,
+            Severity.MEDIUM,
+            2,
+        ),
         ({}, History(complaints_30d=1), Category.PRODUCT, Severity.MEDIUM, 3),
         ({}, History(complaints_30d=5), Category.PRODUCT, Severity.HIGH, 4),
         ({"description": "the charger caught fire"}, History(), Category.PRODUCT, Severity.HIGH, 6),
@@ -154,7 +161,11 @@ def test_unknown_currency_is_said_not_guessed():
     result = _score(
         category=Category.PRODUCT, amount_at_stake={"amount": "99999", "currency": "JPY"}
     )
-    assert any("no thresholds for that currency" in r for r in result.reasons)
+    assert result.reasons == [
+        "+2 category product",
+        "+0 amount at stake: no threshold is configured for JPY",
+        "score 2 → medium",
+    ]
     assert result.score == 2
 
 
