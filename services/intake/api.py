@@ -20,7 +20,7 @@ from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
 from shared.telemetry import inject_headers
-from shared.web import PROBLEM, Problem, bearer, validation_problem
+from shared.web import Problem, bearer, problem_response, validation_problem
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -226,12 +226,7 @@ def _too_many(request: Request, limit: quota.Limit, wait: float) -> JSONResponse
         f"this channel key may submit {limit.rate_per_s:g} complaints a second and "
         f"{limit.burst} at once; retry in {seconds} s",
     )
-    return JSONResponse(
-        problem.document(request.url.path),
-        status_code=429,
-        media_type=PROBLEM,
-        headers={"Retry-After": str(seconds)},
-    )
+    return problem_response(problem, request.url.path, {"Retry-After": str(seconds)})
 
 
 async def _read_body(request: Request) -> bytes:

@@ -182,6 +182,9 @@ class _DownService:
     async def ready(self) -> dict[str, str]:
         return {"database": "unreachable", "broker": "ok"}
 
+    async def health(self) -> dict[str, object]:
+        return {"outbox": {"status": "unknown (ConnectionRefusedError)"}}
+
 
 async def test_readiness_failing_is_a_503_problem_with_the_checks():
     from complaints.api import build_http_app
@@ -191,5 +194,6 @@ async def test_readiness_failing_is_a_503_problem_with_the_checks():
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         doc = _problem(await client.get("/readyz"), 503)
         assert doc["checks"] == {"down": {"database": "unreachable", "broker": "ok"}}
+        assert doc["detail_by_service"]["down"]["outbox"]["status"].startswith("unknown")
         _problem(await client.post("/healthz"), 405)
         assert (await client.get("/healthz")).json() == {"status": "ok"}
