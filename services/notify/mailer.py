@@ -127,7 +127,7 @@ class Mailer:
         asked = time.monotonic()
         async with self._pool.acquire() as conn:
             rows = await repository.claim_due(
-                conn, limit=limit, lease_s=self._lease, owner=self.owner
+                conn, limit=limit, lease_s=self._lease, owner=self.owner, holding=list(self._jobs)
             )
             # read after the claim committed: from then on no receipt joins these digests
             digests = [r["notification_id"] for r in rows if r["kind"] == "digest"]

@@ -85,9 +85,10 @@ async def digest_open(conn: Conn, digest_id: str) -> bool:
 
 
 async def claim_due(
-    conn: Conn, *, limit: int, lease_s: float, owner: uuid.UUID
+    conn: Conn, *, limit: int, lease_s: float, owner: uuid.UUID, holding: list[str]
 ) -> list[asyncpg.Record]:
-    """Lease due messages to mailer `owner`; a dead mailer's lease runs out and they return."""
+    """Lease due messages to mailer `owner`; a dead mailer's lease runs out and they return.
+    Never what `owner` is `holding` still (a lease it let run out is for another to take)."""
     return await conn.fetch(
         """UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
                lease_owner = $3, attempts = attempts + 1
@@ -95,12 +96,14 @@ async def claim_due(
                SELECT notification_id FROM notifications
                WHERE status = 'pending' AND next_attempt_at <= now()
                  AND (lease_until IS NULL OR lease_until < now())
+                 AND notification_id <> ALL($4::text[])
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            RETURNING notification_id, complaint_id, kind, medium, recipient, language,
                      subject, body, trace_headers, attempts""",
         limit,
         lease_s,
         owner,
+        holding,
     )
 
 
