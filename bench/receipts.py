@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -39,28 +41,17 @@ from shared import devinfra, kafka
 from shared.settings import Settings
 
 
-@dataclass
-class TimingSink:
-    """An SMTP server that notes when it accepts each complaint's receipt (perf_counter)."""
+class _TimingHandler:
+    """aiosmtpd handler: answers each exchange `delay_s` late and reports each accepted
+    message's (Message-ID, complaint id, monotonic time) to `out`."""
 
-    delay_s: float = 0.0
-    accepted: dict[str, float] = field(default_factory=dict)
-    message_ids: Counter[str] = field(default_factory=Counter)
-    port: int = field(default_factory=devinfra.free_port)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _controller: Any = None
-
-    def start(self) -> TimingSink:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self._controller.start()
-        return self
-
-    def stop(self) -> None:
-        self._controller.stop()
+    def __init__(self, delay_s: float, out: Any) -> None:
+        self._delay = delay_s
+        self._out = out
 
     async def _late(self) -> None:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self._delay:
+            await asyncio.sleep(self._delay)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, _o: Any
@@ -79,13 +70,66 @@ class TimingSink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         await self._late()
         headers = BytesHeaderParser().parsebytes(envelope.content)
-        now = time.perf_counter()
-        with self._lock:
-            self.message_ids[headers["Message-ID"]] += 1
-            complaint = headers["X-Complaint-Id"]
-            if complaint:
-                self.accepted.setdefault(complaint, now)
+        self._out.put((headers["Message-ID"], headers["X-Complaint-Id"], time.monotonic()))
         return "250 Message accepted for delivery"
+
+
+def _serve_sink(port: int, delay_s: float, out: Any, stop: Any) -> None:
+    """The sink's process: its own interpreter, so the load generator never delays it."""
+    controller = Controller(_TimingHandler(delay_s, out), hostname="127.0.0.1", port=port)
+    controller.start()
+    stop.wait()
+    controller.stop()
+
+
+@dataclass
+class TimingSink:
+    """An SMTP server in a process of its own that notes when it accepts each complaint's
+    receipt (time.monotonic, one clock for every process of the machine)."""
+
+    delay_s: float = 0.0
+    accepted: dict[str, float] = field(default_factory=dict)
+    message_ids: Counter[str] = field(default_factory=Counter)
+    port: int = field(default_factory=devinfra.free_port)
+    _proc: Any = None
+    _stop: Any = None
+    _reader: threading.Thread | None = None
+
+    def start(self) -> TimingSink:
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        self._stop = context.Event()
+        self._proc = context.Process(
+            target=_serve_sink, args=(self.port, self.delay_s, queue, self._stop), daemon=True
+        )
+        self._proc.start()
+        self._reader = threading.Thread(target=self._read, args=(queue,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        while not _port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the SMTP sink did not start")
+            time.sleep(0.05)
+        return self
+
+    def _read(self, queue: Any) -> None:
+        while True:
+            item = queue.get()
+            if item is None:
+                return
+            message_id, complaint, at = item
+            self.message_ids[message_id] += 1
+            if complaint:
+                self.accepted.setdefault(complaint, at)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._proc.join(10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _complaint() -> dict[str, Any]:
@@ -196,7 +240,7 @@ async def post_paced(
     started: dict[str, float] = {}
     headers = {"Authorization": f"Bearer {target.key}"}
     next_index = 0
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
 
     async def client() -> None:
         nonlocal next_index
@@ -205,10 +249,10 @@ async def post_paced(
             while next_index < count:
                 n = next_index
                 next_index += 1
-                delay = t0 + n / rate - time.perf_counter()
+                delay = t0 + n / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                began = time.perf_counter()
+                began = time.monotonic()
                 status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
                 if status != 202:
                     raise RuntimeError(f"POST answered {status}: {answer}")
@@ -221,9 +265,9 @@ async def post_paced(
 
 
 async def wait_for_mail(sink: TimingSink, ids: set[str], timeout_s: float) -> None:
-    deadline = time.perf_counter() + timeout_s
+    deadline = time.monotonic() + timeout_s
     while not ids <= sink.accepted.keys():
-        if time.perf_counter() > deadline:
+        if time.monotonic() > deadline:
             missing = len(ids - sink.accepted.keys())
             raise TimeoutError(f"{missing} receipts never reached the sink")
         await asyncio.sleep(0.05)
@@ -239,7 +283,7 @@ async def main(args: Any) -> None:
                 await asyncio.sleep(args.settle)
                 system.settle_heap()
                 started, t0 = await post_paced(target, args.complaints, args.rate, args.concurrency)
-                posted = time.perf_counter()
+                posted = time.monotonic()
                 await wait_for_mail(sink, set(started), args.timeout)
     finally:
         sink.stop()

@@ -250,8 +250,11 @@ class Mailer:
         if sent:
             rows = await repository.mark_sent(conn, sent, owner=self.owner)
             digests = [r["notification_id"] for r in rows if r["kind"] == "digest"]
-            held = await repository.settle_held(conn, digests, [None] * len(digests), status="sent")
-            events += _events(EventType.NOTIFICATION_SENT, [*rows, *held], jobs)
+            if digests:
+                rows += await repository.settle_held(
+                    conn, digests, [None] * len(digests), status="sent"
+                )
+            events += _events(EventType.NOTIFICATION_SENT, rows, jobs)
         if failed:
             rows = await repository.mark_failed(
                 conn,
@@ -263,10 +266,11 @@ class Mailer:
             )
             errors = {o.job.id: o.error for o in failed}
             digests = [r["notification_id"] for r in rows if r["kind"] == "digest"]
-            held = await repository.settle_held(
-                conn, digests, [errors[d] for d in digests], status="failed"
-            )
-            events += _events(EventType.NOTIFICATION_FAILED, [*rows, *held], jobs, errors)
+            if digests:
+                rows += await repository.settle_held(
+                    conn, digests, [errors[d] for d in digests], status="failed"
+                )
+            events += _events(EventType.NOTIFICATION_FAILED, rows, jobs, errors)
         if unsent:
             await repository.release(conn, unsent, owner=self.owner)
         await outbox.enqueue(conn, events)
