@@ -204,7 +204,8 @@ async def resolve_database(configured: str | None, *, name: str = "complaints") 
 
 @dataclass
 class SmtpSink:
-    """A local SMTP server that keeps every message (in memory and as `.eml` files)."""
+    """A local SMTP server that keeps every message (in memory and as `.eml` files readable
+    by this user only)."""
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -218,7 +219,9 @@ class SmtpSink:
 
         self.port = self.port or free_port(self.host)
         if self.maildir:
-            self.maildir.mkdir(parents=True, exist_ok=True)
+            # mail holds customers' names and addresses: for this user only
+            self.maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.maildir.chmod(0o700)
         self._controller = Controller(_SinkHandler(self), hostname=self.host, port=self.port)
         self._controller.start()
         return self
@@ -233,9 +236,12 @@ class SmtpSink:
             self.messages.append(message)
             count = len(self.messages)
         if self.maildir:
-            (self.maildir / f"{int(time.time() * 1000)}-{count:06d}.eml").write_bytes(
-                message.as_bytes()
-            )
+            path = self.maildir / f"{int(time.time() * 1000)}-{count:06d}.eml"
+            # created 0600, never wider for a moment, whatever the umask
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(message.as_bytes())
 
     def to(self, address: str) -> list[EmailMessage]:
         """Messages addressed to `address`."""

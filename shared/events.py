@@ -379,6 +379,8 @@ class NotificationData(BaseModel):
     language: str
     at: datetime
     reason: str | None = None
+    # set when the receipt went out in (or failed with) a flooded address's digest
+    digest_id: str | None = None
 
 
 class CloudEvent(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from services.notify import api, handlers
+from services.notify import api, domain, handlers
+from services.notify.mailer import Mailer
+from services.notify.smtp import SmtpPool
 from shared import retention, topics
 from shared.service import Service
 from shared.settings import Settings
@@ -17,9 +19,13 @@ class Notify(Service):
 
     def register(self) -> None:
         self.signal = api.StreamSignal()
-        self._mailer: handlers.Mailer | None = None
+        self._mailer: Mailer | None = None
         api.install(self, self.router, self.signal)
-        self.consume(topics.EVENTS, handlers.on_event_record, after=self._after_batch)
+        policy = domain.ReceiptPolicy(
+            limit=self.settings.receipt_limit_per_address,
+            interval=timedelta(seconds=self.settings.receipt_digest_interval_s),
+        )
+        self.consume(topics.EVENTS, handlers.event_handler(policy), after=self._after_batch)
 
     def _after_batch(self) -> None:
         if self._mailer is not None:
@@ -28,15 +34,32 @@ class Notify(Service):
 
     def retention_rules(self) -> list[retention.Rule]:
         keep = timedelta(hours=self.settings.stream_retention_hours)
-        return [*super().retention_rules(), retention.Rule("stream_events", "at", keep)]
+        # a window older than its interval counts for nothing; delivered messages go with the
+        # inbox rows that would otherwise let a redelivered event plan one again
+        window = timedelta(seconds=2 * self.settings.receipt_digest_interval_s)
+        sent = timedelta(hours=self.settings.inbox_retention_hours)
+        return [
+            *super().retention_rules(),
+            retention.Rule("stream_events", "at", keep),
+            retention.Rule("receipt_windows", "window_start", window),
+            retention.Rule("notifications", "sent_at", sent),
+        ]
 
     async def on_open(self) -> None:
-        self._mailer = handlers.Mailer(
+        settings = self.settings
+        self._mailer = Mailer(
             pool=self.pool,
-            send=handlers.smtp_sender(self.settings),
-            sender_address=self.settings.smtp_from,
+            smtp=SmtpPool(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                timeout_s=settings.smtp_timeout_s,
+                size=settings.smtp_connections,
+            ),
+            sender_address=settings.smtp_from,
             tracer=self.tracer,
             wake_relay=self.relay.wake,
+            lease_s=settings.mailer_lease_s,
+            max_in_flight=settings.smtp_max_in_flight,
         )
         self.spawn(self._mailer.run())
 

@@ -1,8 +1,11 @@
-"""What to tell whom, in their language (pure): the receipt a customer gets at once."""
+"""What to tell whom, in their language (pure): the receipt a customer gets at once, the digest
+a flooded address gets instead, and the mailer's lease timing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from shared.events import ReceivedData
 
@@ -68,6 +71,119 @@ def receipt(data: ReceivedData) -> Message | None:
         subject=subject.format(ref=ref),
         body=f"{greeting}\n\n{body.format(ref=ref)}\n\n{sign_off}\n",
     )
+
+
+# (subject, greeting, body before the references, body after them, sign-off). The greeting is
+# never personal: whoever floods an address writes the names in the complaints it gets.
+_DIGEST: dict[str, tuple[str, str, str, str, str]] = {
+    "en": (
+        "We have received {n} further complaints from your address",
+        "Dear customer,",
+        "We have received {n} further complaints from this e-mail address in a short time. So "
+        "as not to fill your inbox, we confirm them together. Their references:",
+        "A member of our team will look into each of them. If you did not send these "
+        "complaints, please let us know.",
+        "Kind regards,\nCustomer Care",
+    ),
+    "tr": (
+        "Adresinizden {n} şikâyet daha aldık",
+        "Değerli müşterimiz,",
+        "Kısa bir süre içinde bu e-posta adresinden {n} şikâyet daha aldık. Gelen kutunuzu "
+        "doldurmamak için hepsini birlikte onaylıyoruz. Referans numaraları:",
+        "Ekibimizden biri her birini inceleyecek. Bu şikâyetleri siz göndermediyseniz lütfen "
+        "bize bildirin.",
+        "Saygılarımızla,\nMüşteri Hizmetleri",
+    ),
+    "nl": (
+        "We hebben nog {n} klachten van uw adres ontvangen",
+        "Beste klant,",
+        "We hebben in korte tijd nog {n} klachten van dit e-mailadres ontvangen. Om uw inbox "
+        "niet te vullen, bevestigen we ze samen. De referenties:",
+        "Een medewerker van ons team zoekt ze allemaal uit. Hebt u deze klachten niet "
+        "gestuurd, laat het ons dan weten.",
+        "Met vriendelijke groet,\nKlantenservice",
+    ),
+}
+
+
+def digest(recipient: str, language: str, refs: Sequence[str]) -> Message:
+    """One e-mail confirming the held complaints `refs` of one address, in its language."""
+    if language not in _DIGEST:
+        language = FALLBACK_LANGUAGE
+    subject, greeting, before, after, sign_off = _DIGEST[language]
+    listed = "\n".join(f"- {ref}" for ref in refs)
+    n = len(refs)
+    return Message(
+        kind="digest",
+        medium="email",
+        recipient=recipient,
+        language=language,
+        subject=subject.format(n=n),
+        body=f"{greeting}\n\n{before.format(n=n)}\n\n{listed}\n\n{after}\n\n{sign_off}\n",
+    )
+
+
+def address_key(address: str) -> str:
+    """The form in which receipts to an address are counted: trimmed, case-insensitive."""
+    return address.strip().lower()
+
+
+@dataclass(frozen=True)
+class Window:
+    """The receipts one address got in its current interval (`start` None: none yet), and the
+    digest holding the interval's further receipts (None until the limit is passed)."""
+
+    start: datetime | None
+    receipts: int
+    digest_id: str | None
+
+
+NO_WINDOW = Window(start=None, receipts=0, digest_id=None)
+
+
+@dataclass(frozen=True)
+class ReceiptPolicy:
+    limit: int  # receipts per address per interval
+    interval: timedelta
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    window: Window
+
+
+@dataclass(frozen=True)
+class HoldReceipt:
+    """The receipt waits for the address's digest, which goes out when the interval ends."""
+
+    window: Window
+    digest_due: datetime
+
+
+def route_receipt(
+    window: Window, *, now: datetime, policy: ReceiptPolicy
+) -> SendReceipt | HoldReceipt:
+    """Send a receipt while its address has had fewer than `limit` in the interval (which
+    begins with the first receipt after the last interval ended); past that, hold it for the
+    interval's one digest."""
+    if window.start is None or now >= window.start + policy.interval:
+        return SendReceipt(Window(start=now, receipts=1, digest_id=None))
+    if window.receipts < policy.limit:
+        return SendReceipt(replace(window, receipts=window.receipts + 1))
+    return HoldReceipt(window, digest_due=window.start + policy.interval)
+
+
+def heartbeat_every_s(lease_s: float) -> float:
+    """How often a mailer renews its leases: three times a lease, so one failed renewal
+    leaves time for the next."""
+    return lease_s / 3
+
+
+def may_send(*, renewal_asked_s: float, now_s: float, lease_s: float) -> bool:
+    """Whether a leased message may still go to SMTP: only while more than half its lease is
+    left, counted from when the last successful renewal was asked for (monotonic seconds), so
+    a mailer whose renewals stopped never sends what another may have taken over."""
+    return now_s - renewal_asked_s < lease_s / 2
 
 
 def retry_delay_s(attempts: int) -> float:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from services.notify.domain import Message
+from services.notify.domain import Message, Window
 from shared.db import Conn
 from shared.events import CloudEvent
 
@@ -18,12 +20,17 @@ async def plan(
     complaint_id: str,
     message: Message,
     trace_headers: dict[str, str],
+    held_for: str | None = None,
+    due: datetime | None = None,
 ) -> bool:
-    """Queue a message for delivery; False if this complaint already has one of that kind."""
+    """Queue a message for delivery (or, `held_for` a digest, for that digest to carry); False
+    if this complaint already has one of that kind."""
     inserted = await conn.fetchval(
         """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
-               language, subject, body, trace_headers)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               language, subject, body, trace_headers, status, digest_id, next_attempt_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                   CASE WHEN $10::text IS NULL THEN 'pending' ELSE 'held' END, $10,
+                   coalesce($11, now()))
            ON CONFLICT (complaint_id, kind) DO NOTHING RETURNING true""",
         notification_id,
         complaint_id,
@@ -34,46 +41,170 @@ async def plan(
         message.subject,
         message.body,
         trace_headers,
+        held_for,
+        due,
     )
     return inserted is not None
 
 
-async def claim_due(conn: Conn, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
-    """Lease due messages to this mailer; a crashed mailer's lease runs out and they return."""
+async def lock_window(conn: Conn, address: str) -> Window:
+    """The address's receipt window, locked until the transaction ends (created when new)."""
+    row = await conn.fetchrow(
+        """INSERT INTO receipt_windows (address) VALUES ($1)
+           ON CONFLICT (address) DO UPDATE SET address = EXCLUDED.address
+           RETURNING window_start, receipts, digest_id""",
+        address,
+    )
+    assert row is not None
+    return Window(start=row["window_start"], receipts=row["receipts"], digest_id=row["digest_id"])
+
+
+async def save_window(conn: Conn, address: str, window: Window) -> None:
+    await conn.execute(
+        "UPDATE receipt_windows SET window_start = $2, receipts = $3, digest_id = $4 "
+        "WHERE address = $1",
+        address,
+        window.start,
+        window.receipts,
+        window.digest_id,
+    )
+
+
+async def digest_open(conn: Conn, digest_id: str) -> bool:
+    """Whether the digest still takes receipts: never claimed by a mailer (its list is read
+    after its first claim commits, and fixed from then on). Locks it until the transaction
+    ends, so a claim in the meantime skips it."""
+    found = await conn.fetchval(
+        """SELECT true FROM notifications
+           WHERE notification_id = $1 AND kind = 'digest' AND status = 'pending'
+             AND attempts = 0
+           FOR UPDATE""",
+        digest_id,
+    )
+    return found is not None
+
+
+async def claim_due(
+    conn: Conn, *, limit: int, lease_s: float, owner: uuid.UUID, holding: list[str]
+) -> list[asyncpg.Record]:
+    """Lease due messages to mailer `owner`; a dead mailer's lease runs out and they return.
+    Never what `owner` is `holding` still (a lease it let run out is for another to take)."""
     return await conn.fetch(
         """UPDATE notifications SET lease_until = now() + make_interval(secs => $2),
-               attempts = attempts + 1
+               lease_owner = $3, attempts = attempts + 1
            WHERE notification_id IN (
                SELECT notification_id FROM notifications
                WHERE status = 'pending' AND next_attempt_at <= now()
                  AND (lease_until IS NULL OR lease_until < now())
+                 AND notification_id <> ALL($4::text[])
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-           RETURNING *""",
+           RETURNING notification_id, complaint_id, kind, medium, recipient, language,
+                     subject, body, trace_headers, attempts""",
         limit,
         lease_s,
+        owner,
+        holding,
     )
 
 
-async def mark_sent(conn: Conn, notification_id: str) -> None:
+async def digest_refs(conn: Conn, digest_ids: list[str]) -> dict[str, list[str]]:
+    """The complaints each digest carries, oldest first."""
+    rows = await conn.fetch(
+        """SELECT digest_id, array_agg(complaint_id ORDER BY created_at, complaint_id) AS refs
+           FROM notifications WHERE digest_id = ANY($1::text[]) AND status = 'held'
+           GROUP BY digest_id""",
+        digest_ids,
+    )
+    return {r["digest_id"]: list(r["refs"]) for r in rows}
+
+
+async def renew(
+    conn: Conn, notification_ids: list[str], *, lease_s: float, owner: uuid.UUID
+) -> set[str]:
+    """Extend `owner`'s leases on these messages; return the ids it still holds."""
+    rows = await conn.fetch(
+        """UPDATE notifications SET lease_until = now() + make_interval(secs => $2)
+           WHERE notification_id = ANY($1::text[]) AND lease_owner = $3 AND status = 'pending'
+           RETURNING notification_id""",
+        notification_ids,
+        lease_s,
+        owner,
+    )
+    return {r["notification_id"] for r in rows}
+
+
+async def release(conn: Conn, notification_ids: list[str], *, owner: uuid.UUID) -> None:
+    """Give back leases on messages never handed to SMTP (their claim does not count)."""
     await conn.execute(
-        "UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL "
-        "WHERE notification_id = $1",
-        notification_id,
+        """UPDATE notifications SET lease_until = NULL, lease_owner = NULL,
+               attempts = greatest(attempts - 1, 0)
+           WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND status = 'pending'""",
+        notification_ids,
+        owner,
+    )
+
+
+_SETTLED = "notification_id, complaint_id, kind, medium, language, digest_id"
+
+
+async def mark_sent(
+    conn: Conn, notification_ids: list[str], *, owner: uuid.UUID
+) -> list[asyncpg.Record]:
+    """Mark `owner`'s messages sent; return those it still held (the others were settled or
+    taken over by another mailer, which settles them)."""
+    return await conn.fetch(
+        f"""UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL,
+                lease_owner = NULL, last_error = NULL
+            WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND status = 'pending'
+            RETURNING {_SETTLED}""",
+        notification_ids,
+        owner,
     )
 
 
 async def mark_failed(
-    conn: Conn, notification_id: str, error: str, *, final: bool, retry_in_s: float
-) -> None:
-    await conn.execute(
-        """UPDATE notifications SET status = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
-               last_error = $2, lease_until = NULL,
-               next_attempt_at = now() + make_interval(secs => $4)
-           WHERE notification_id = $1""",
-        notification_id,
-        error,
-        final,
-        retry_in_s,
+    conn: Conn,
+    notification_ids: list[str],
+    errors: list[str],
+    finals: list[bool],
+    retries_in_s: list[float],
+    *,
+    owner: uuid.UUID,
+) -> list[asyncpg.Record]:
+    """Record failed attempts of `owner`'s messages: final ones fail, the others are due again
+    after their back-off. Return the final failures it still held."""
+    rows = await conn.fetch(
+        f"""UPDATE notifications n SET
+                status = CASE WHEN f.final THEN 'failed' ELSE 'pending' END,
+                last_error = f.error, lease_until = NULL, lease_owner = NULL,
+                next_attempt_at = now() + make_interval(secs => f.retry_in)
+            FROM unnest($1::text[], $2::text[], $3::bool[], $4::float8[])
+                AS f(id, error, final, retry_in)
+            WHERE n.notification_id = f.id AND n.lease_owner = $5 AND n.status = 'pending'
+            RETURNING n.status, {", ".join("n." + c for c in _SETTLED.split(", "))}""",
+        notification_ids,
+        errors,
+        finals,
+        retries_in_s,
+        owner,
+    )
+    return [r for r in rows if r["status"] == "failed"]
+
+
+async def settle_held(
+    conn: Conn, digest_ids: list[str], errors: list[str | None], *, status: str
+) -> list[asyncpg.Record]:
+    """Mark the receipts these digests carry as their digest went (`sent`, or `failed` with
+    the digest's error)."""
+    return await conn.fetch(
+        f"""UPDATE notifications n SET status = $3,
+                sent_at = CASE WHEN $3 = 'sent' THEN now() END, last_error = d.error
+            FROM unnest($1::text[], $2::text[]) AS d(id, error)
+            WHERE n.digest_id = d.id AND n.status = 'held'
+            RETURNING {", ".join("n." + c for c in _SETTLED.split(", "))}""",
+        digest_ids,
+        errors,
+        status,
     )
 
 

@@ -1,0 +1,320 @@
+"""Receipt latency: web complaints POSTed at a paced rate, timed until the SMTP server accepts
+each one's receipt.
+
+Runs `complaints up` in its own process against a broker (embedded tansu unless
+COMPLAINTS_KAFKA_BOOTSTRAP is set), a fresh database on the local PostgreSQL and an SMTP sink
+in this process, which notes when it accepts each receipt. `--slow-sink-ms` makes the sink
+answer every SMTP exchange (MAIL, RCPT, DATA) that much later, like a distant relay.
+
+    python -m bench.receipts --rate 100 --complaints 500
+    python -m bench.receipts --rate 500 --complaints 2000 [--slow-sink-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from bench.common import percentile
+from bench.httpclient import Connection
+from complaints import system
+from services.intake import admin
+from shared import devinfra, kafka
+from shared.settings import Settings
+
+
+class _TimingHandler:
+    """aiosmtpd handler: answers each exchange `delay_s` late and reports each accepted
+    message's (Message-ID, complaint id, monotonic time) to `out`."""
+
+    def __init__(self, delay_s: float, out: Any) -> None:
+        self._delay = delay_s
+        self._out = out
+
+    async def _late(self) -> None:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, _o: Any
+    ) -> str:
+        await self._late()
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, _o: Any
+    ) -> str:
+        await self._late()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await self._late()
+        headers = BytesHeaderParser().parsebytes(envelope.content)
+        self._out.put((headers["Message-ID"], headers["X-Complaint-Id"], time.monotonic()))
+        return "250 Message accepted for delivery"
+
+
+def _serve_sink(port: int, delay_s: float, out: Any, stop: Any) -> None:
+    """The sink's process: its own interpreter, so the load generator never delays it."""
+    controller = Controller(_TimingHandler(delay_s, out), hostname="127.0.0.1", port=port)
+    controller.start()
+    stop.wait()
+    controller.stop()
+
+
+@dataclass
+class TimingSink:
+    """An SMTP server in a process of its own that notes when it accepts each complaint's
+    receipt (time.monotonic, one clock for every process of the machine)."""
+
+    delay_s: float = 0.0
+    accepted: dict[str, float] = field(default_factory=dict)
+    message_ids: Counter[str] = field(default_factory=Counter)
+    port: int = field(default_factory=devinfra.free_port)
+    _proc: Any = None
+    _stop: Any = None
+    _reader: threading.Thread | None = None
+
+    def start(self) -> TimingSink:
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        self._stop = context.Event()
+        self._proc = context.Process(
+            target=_serve_sink, args=(self.port, self.delay_s, queue, self._stop), daemon=True
+        )
+        self._proc.start()
+        self._reader = threading.Thread(target=self._read, args=(queue,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        while not _port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the SMTP sink did not start")
+            time.sleep(0.05)
+        return self
+
+    def _read(self, queue: Any) -> None:
+        while True:
+            item = queue.get()
+            if item is None:
+                return
+            message_id, complaint, at = item
+            self.message_ids[message_id] += 1
+            if complaint:
+                self.accepted.setdefault(complaint, at)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._proc.join(10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _complaint() -> dict[str, Any]:
+    token = uuid.uuid4().hex[:12]
+    return {
+        "external_id": f"bench-{token}",
+        "channel": "web",
+        "customer": {
+            "id": f"cust-{token}",
+            "name": "Bench Customer",
+            "email": f"bench.{token}@example.com",  # one address each: no flood control
+            "locale": "en",
+        },
+        "description": "The parcel arrived damaged and nobody answers the phone.",
+        "category": "service",
+    }
+
+
+@dataclass
+class System:
+    base_url: str
+    key: str
+
+
+@asynccontextmanager
+async def running_up(tmp: Path, sink: TimingSink) -> AsyncIterator[System]:
+    """`complaints up` in a subprocess, mailing to `sink`, with a web key of (practically)
+    unlimited rate."""
+    broker = None
+    bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = devinfra.EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    admin_url, _server = await devinfra.admin_dsn()
+    name = f"complaints_bench_{uuid.uuid4().hex[:8]}"
+    url = await devinfra.ensure_database(admin_url, name)
+    port = devinfra.free_port()
+    settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
+    proc = None
+    drain = None
+    try:
+        await system.migrate_all(settings)
+        await kafka.ensure_topics(settings)
+        key = await admin.create_key(settings, "web")
+        for n in range(5):
+            await admin.add_staff(
+                settings,
+                staff_id=f"bench-{n}",
+                name=f"Bench {n}",
+                team="customer-care",
+                role="agent",
+                languages=["en", "nl", "tr"],
+                capacity=10**9,
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
+        env.update(
+            COMPLAINTS_KAFKA_BOOTSTRAP=bootstrap,
+            COMPLAINTS_DATABASE_URL=url,
+            COMPLAINTS_HTTP_PORT=str(port),
+            COMPLAINTS_STATE_DIR=str(tmp),
+            COMPLAINTS_SMTP_HOST="127.0.0.1",
+            COMPLAINTS_SMTP_PORT=str(sink.port),
+            # keys get a rate limit (where it exists): this load must not meet it
+            COMPLAINTS_KEY_RATE_PER_S="100000",
+            COMPLAINTS_KEY_BURST="100000",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "complaints",
+            "up",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        while b"complaints is up" not in (
+            line := await asyncio.wait_for(proc.stdout.readline(), 120)
+        ):
+            if not line:
+                raise RuntimeError("complaints up ended before it was ready")
+        drain = asyncio.create_task(_drain(proc.stdout))
+        yield System(base_url=f"http://127.0.0.1:{port}", key=key)
+    finally:
+        if drain is not None:
+            drain.cancel()
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(2)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+        await devinfra.drop_database(admin_url, name)
+        if broker is not None:
+            broker.stop()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def post_paced(
+    target: System, count: int, rate: float, concurrency: int
+) -> tuple[dict[str, float], float]:
+    """POST `count` complaints at `rate`/s; return when each began (by complaint id) and t0."""
+    docs = [_complaint() for _ in range(count)]
+    started: dict[str, float] = {}
+    headers = {"Authorization": f"Bearer {target.key}"}
+    next_index = 0
+    t0 = time.monotonic()
+
+    async def client() -> None:
+        nonlocal next_index
+        conn = Connection(target.base_url)
+        try:
+            while next_index < count:
+                n = next_index
+                next_index += 1
+                delay = t0 + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                began = time.monotonic()
+                status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
+                if status != 202:
+                    raise RuntimeError(f"POST answered {status}: {answer}")
+                started[answer["complaint_id"]] = began
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return started, t0
+
+
+async def wait_for_mail(sink: TimingSink, ids: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ids <= sink.accepted.keys():
+        if time.monotonic() > deadline:
+            missing = len(ids - sink.accepted.keys())
+            raise TimeoutError(f"{missing} receipts never reached the sink")
+        await asyncio.sleep(0.05)
+
+
+async def main(args: Any) -> None:
+    sink = TimingSink(delay_s=args.slow_sink_ms / 1000).start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_up(Path(tmp), sink) as target:
+                warm, _ = await post_paced(target, 20, 50, 4)  # consumers joined, pools open
+                await wait_for_mail(sink, set(warm), 120)
+                await asyncio.sleep(args.settle)
+                system.settle_heap()
+                started, t0 = await post_paced(target, args.complaints, args.rate, args.concurrency)
+                posted = time.monotonic()
+                await wait_for_mail(sink, set(started), args.timeout)
+    finally:
+        sink.stop()
+    latencies = [(sink.accepted[c] - started[c]) * 1000 for c in started]
+    last = max(sink.accepted[c] for c in started)
+    within = sum(1 for v in latencies if v <= 1000) / len(latencies) * 100
+    resent = sum(n - 1 for n in sink.message_ids.values() if n > 1)
+    print(
+        f"`complaints up`, {args.complaints} web complaints at {args.rate:.0f}/s "
+        f"(posted at {args.complaints / (posted - t0):.0f}/s), sink "
+        + (f"{args.slow_sink_ms:.0f} ms late per SMTP exchange" if args.slow_sink_ms else "prompt")
+    )
+    print(
+        f"POST → SMTP accepted   p50 {statistics.median(latencies):7.1f} ms   "
+        f"p99 {percentile(latencies, 0.99):7.1f} ms   max {max(latencies):7.1f} ms   "
+        f"within 1 s {within:5.1f} %"
+    )
+    print(
+        f"receipts per second    {args.complaints / (last - t0):7.1f}   "
+        f"(all {len(started)} delivered; messages sent twice: {resent})"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--complaints", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=100.0, help="POSTs per second")
+    parser.add_argument("--concurrency", type=int, default=32, help="HTTP clients")
+    parser.add_argument("--slow-sink-ms", type=float, default=0.0, help="delay per SMTP exchange")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds of quiet first")
+    parser.add_argument("--timeout", type=float, default=600.0, help="for the last receipt")
+    asyncio.run(main(parser.parse_args()))
