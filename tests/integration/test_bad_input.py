@@ -117,7 +117,7 @@ async def test_malformed_records_are_dead_lettered_and_the_next_one_is_processed
 async def test_an_invalid_phone_submission_is_answered_with_complaint_rejected(running: Running):
     data = submission("phone")
     data["customer"]["name"] = "Private Person"
-    data["amount_at_stake"] = {"amount": 12.5, "currency": "EUR"}
+    data["amount_at_stake"] = {"amount": 987.25, "currency": "EUR"}
     del data["description"]
     producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap, acks="all")
     await producer.start()
@@ -145,7 +145,7 @@ async def test_an_invalid_phone_submission_is_answered_with_complaint_rejected(r
         "data.description",
         "data.amount_at_stake.amount",
     }
-    assert "Private Person" not in json.dumps(event) and "12.5" not in json.dumps(event)
+    assert "Private Person" not in json.dumps(event) and "987.25" not in json.dumps(event)
 
 
 # ---------------------------------------------------------------- hostile input (issue 8)
