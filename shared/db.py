@@ -36,10 +36,11 @@ def _statement(query: str, dbname: str) -> tuple[str, dict[str, str]]:
 
 def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.Connection]:
     """A connection class whose statements become client spans of `tracer` (SQL text only),
-    inside a recorded trace; a statement outside one (a poll, say) costs no span."""
+    inside a sampled trace (a span of ours, or a record's context made current); a statement
+    outside one (a poll, a batch-wide insert) costs no span."""
 
     def span(query: str) -> Any:
-        if not trace.get_current_span().is_recording():
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
             return contextlib.nullcontext()
         name, attributes = _statement(query, dbname)
         return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shared.db import Conn
 
 
@@ -14,3 +16,15 @@ async def first_time(conn: Conn, consumer: str, event_id: str) -> bool:
         event_id,
     )
     return inserted is not None
+
+
+async def first_times(conn: Conn, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """The ids among `event_ids` this consumer sees for the first time, recorded in one
+    statement; the others were handled before and must change nothing."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        list(event_ids),
+    )
+    return {r["event_id"] for r in rows}

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from shared import deadletters, jsonsafe, outbox, topics
@@ -215,30 +215,58 @@ async def process_batch(
     records: Sequence[Record],
     handle: Handler,
 ) -> None:
-    """Handle `records` in one transaction, each in a savepoint and its own trace span.
+    """Handle `records` in one transaction, each in its own trace span.
 
-    A record the handler rejects is dead-lettered (through the outbox, in the same transaction)
-    and the batch moves on. A record that fails in a way nobody foresaw is tried again, up to
-    `max_tries` times in all, then dead-lettered with the error's type: nothing loops forever.
-    A transient failure (the database or broker away) raises `Transient`: the caller rolls the
-    whole batch back and tries it again later, and no record is blamed for it.
+    Every record is first handled with no savepoint (two round trips each saved): the common
+    case. If one is refused or fails, that transaction is rolled back whole and the batch is
+    handled again with a savepoint per record, so only the bad one is set aside: a record the
+    handler rejects is dead-lettered (through the outbox, in the same transaction); one that
+    fails in a way nobody foresaw is tried again, up to `max_tries` times in all, then
+    dead-lettered with the error's type: nothing loops forever. A transient failure (the
+    database or broker away) raises `Transient`: the caller rolls the whole batch back and
+    tries it again later, and no record is blamed for it.
     """
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            for record in records:
-                span = _process_span(tracer, record, consumer.name)
-                with trace.use_span(span, end_on_exit=True):
-                    letter = await _handle_one(conn, record, handle, consumer, span)
-                    if letter is not None:
-                        await deadletters.store(
-                            conn, [letter], preview_bytes=consumer.preview_bytes
-                        )
+        async with pool.acquire() as conn:
+            if await _all_at_once(conn, tracer, consumer, records, handle):
+                return
+            async with conn.transaction():
+                for record in records:
+                    span = _process_span(tracer, record, consumer.name)
+                    with _in_span(span):
+                        letter = await _handle_one(conn, record, handle, consumer, span)
+                        if letter is not None:
+                            await deadletters.store(
+                                conn, [letter], preview_bytes=consumer.preview_bytes
+                            )
     except Transient:
         raise
     except BaseException as exc:
         if isinstance(exc, Exception) and is_transient(exc):
             raise Transient(exc) from exc
         raise
+
+
+async def _all_at_once(
+    conn: Conn,
+    tracer: trace.Tracer,
+    consumer: Consumer,
+    records: Sequence[Record],
+    handle: Handler,
+) -> bool:
+    """Handle every record in one transaction without savepoints; False (and nothing kept)
+    when one of them was refused or failed."""
+    try:
+        async with conn.transaction():
+            for record in records:
+                span = _process_span(tracer, record, consumer.name)
+                with _in_span(span):
+                    await handle(conn, record)
+        return True
+    except Exception as exc:
+        if is_transient(exc, conn):
+            raise Transient(exc) from exc
+        return False
 
 
 async def _handle_one(
@@ -269,7 +297,7 @@ async def _handle_one(
                 )
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            span.record_exception(exc)
+            _failed(span, exc)
             return failure_letter(record, exc, consumer.name)
     raise AssertionError("unreachable")
 
@@ -295,6 +323,18 @@ def failure_letter(record: Record, exc: Exception, consumer: str) -> deadletters
         f"the consumer failed on this record ({type(exc).__name__})",
         consumer,
     )
+
+
+def _in_span(span: trace.Span) -> Any:
+    """`span` made current and ended on exit; an exception escaping it is not recorded there
+    (its text may quote personal data): `_failed` notes the type where one matters."""
+    return trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    )
+
+
+def _failed(span: trace.Span, exc: BaseException) -> None:
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.Span:
@@ -349,7 +389,7 @@ async def process_batch_together(
                     letters.append((letter, inject_headers()))
                 except Exception as exc:
                     # a parser bug must cost this record only, never block the partition
-                    span.record_exception(exc)
+                    _failed(span, exc)
                     letters.append((failure_letter(record, exc, consumer.name), inject_headers()))
         async with pool.acquire() as conn:
             try:

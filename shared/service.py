@@ -119,8 +119,10 @@ class Service:
         apply: Callable[[Conn, list[tuple[T, dict[str, str]]], datetime], Awaitable[object]],
         *,
         group: str | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
-        """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`)."""
+        """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
+        after a batch commits the relay is woken, and then `after`."""
         group_id = group or self.group_id
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
@@ -133,7 +135,7 @@ class Service:
                 apply=lambda conn, items: apply(conn, items, now),
             )
 
-        self._subscribe(topic, group_id, process, None)
+        self._subscribe(topic, group_id, process, after)
 
     def _consumer(self, group_id: str) -> kafka.Consumer:
         return kafka.Consumer(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -89,3 +90,14 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
 
 def tracer(provider: trace.TracerProvider) -> trace.Tracer:
     return provider.get_tracer(INSTRUMENTATION)
+
+
+@contextlib.contextmanager
+def traced(headers: Mapping[str, str]) -> Iterator[None]:
+    """Make the trace context in `headers` current (work done in a batch on behalf of one
+    record shows in that record's trace)."""
+    token = otel_context.attach(extract_context(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

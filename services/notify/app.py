@@ -25,7 +25,12 @@ class Notify(Service):
             limit=self.settings.receipt_limit_per_address,
             interval=timedelta(seconds=self.settings.receipt_digest_interval_s),
         )
-        self.consume(topics.EVENTS, handlers.event_handler(policy), after=self._after_batch)
+        self.consume_together(
+            topics.EVENTS,
+            handlers.parse_record,
+            handlers.batch_handler(policy),
+            after=self._after_batch,
+        )
 
     def _after_batch(self) -> None:
         if self._mailer is not None:

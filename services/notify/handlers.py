@@ -4,60 +4,98 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.notify import domain, repository
 from shared import inbox, outbox
 from shared.db import Conn
-from shared.events import EventType, NotificationData, ReceivedData, RoutedData
+from shared.events import CloudEvent, EventType, NotificationData, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected, parse_event
-from shared.service import RecordHandler
-from shared.telemetry import inject_headers
+from shared.telemetry import traced
 
 CONSUMER = "notify"
 SOURCE = "complaints/notify"
 log = logging.getLogger(__name__)
 
 
-def event_handler(policy: domain.ReceiptPolicy) -> RecordHandler:
-    """The consumer of domain events, with the receipt policy it plans by."""
+@dataclass(frozen=True)
+class Incoming:
+    """An event off the topic, its data checked where notify acts on it, and its bytes."""
 
-    async def handle(conn: Conn, record: Record, *, now: datetime) -> None:
-        await on_event_record(conn, record, now=now, policy=policy)
+    event: CloudEvent
+    raw: bytes
+    routed: RoutedData | None = None
+    received: ReceivedData | None = None
 
-    return handle
 
-
-async def on_event_record(
-    conn: Conn, record: Record, *, now: datetime, policy: domain.ReceiptPolicy
-) -> None:
-    """Keep the event for the stream and plan what it calls for (redeliveries change nothing)."""
+def parse_record(record: Record) -> Incoming:
+    """The event in a record of `complaints.events.v1`, or `Rejected` saying why not."""
     event = parse_event(record)
-    if not await inbox.first_time(conn, CONSUMER, event.id):
-        return
-    complaint_id = event.complaint_id()
+    raw = record.value or b""
     try:
         if event.type == EventType.ROUTED:
-            routed = RoutedData.model_validate(event.data)
-            await repository.remember_team(conn, routed.complaint_id, routed.team)
-        await repository.add_to_stream(conn, event, complaint_id)
+            return Incoming(event, raw, routed=RoutedData.model_validate(event.data))
         if event.type == EventType.RECEIVED:
-            received = ReceivedData.model_validate(event.data)
-            await plan_receipt(conn, received, now=now, policy=policy)
+            return Incoming(event, raw, received=ReceivedData.model_validate(event.data))
     except ValidationError:
         raise Rejected("schema_violation", f"{event.type} data does not match its schema") from None
+    return Incoming(event, raw)
+
+
+def batch_handler(
+    policy: domain.ReceiptPolicy,
+) -> Callable[[Conn, list[tuple[Incoming, dict[str, str]]], datetime], Awaitable[None]]:
+    """The consumer of domain events, with the receipt policy it plans by."""
+
+    async def apply(
+        conn: Conn, items: list[tuple[Incoming, dict[str, str]]], now: datetime
+    ) -> None:
+        await apply_events(conn, items, now=now, policy=policy)
+
+    return apply
+
+
+async def apply_events(
+    conn: Conn,
+    items: list[tuple[Incoming, dict[str, str]]],
+    *,
+    now: datetime,
+    policy: domain.ReceiptPolicy,
+) -> None:
+    """Keep a batch of events for the stream and plan what they call for, in a few statements
+    (redeliveries, and repeats within the batch, change nothing)."""
+    fresh_ids = await inbox.first_times(conn, CONSUMER, [i.event.id for i, _ in items])
+    fresh: list[tuple[Incoming, dict[str, str]]] = []
+    for incoming, headers in items:
+        if incoming.event.id in fresh_ids:
+            fresh_ids.discard(incoming.event.id)  # a repeat later in the batch is not fresh
+            fresh.append((incoming, headers))
+    # teams first, so the stream rows of this batch are tagged with them
+    await repository.remember_teams(
+        conn, {i.routed.complaint_id: i.routed.team for i, _ in fresh if i.routed is not None}
+    )
+    await repository.add_many_to_stream(conn, [(i.event, i.raw) for i, _ in fresh])
+    for incoming, headers in fresh:
+        if incoming.received is not None:
+            # in the event's own trace, which the receipt's delivery continues
+            with traced(headers):
+                await plan_receipt(conn, incoming.received, now=now, policy=policy, trace=headers)
 
 
 async def plan_receipt(
-    conn: Conn, data: ReceivedData, *, now: datetime, policy: domain.ReceiptPolicy
+    conn: Conn,
+    data: ReceivedData,
+    *,
+    now: datetime,
+    policy: domain.ReceiptPolicy,
+    trace: dict[str, str],
 ) -> None:
     """Queue the customer's receipt (held for a digest when the address is flooded), or record
-    why none can be sent."""
-    trace.get_current_span().set_attribute("complaint.id", data.complaint_id)
+    why none can be sent; `trace` is the event's trace context, which delivery continues."""
     message = domain.receipt(data)
     notification_id = str(uuid.uuid4())
     if message is None:
@@ -70,7 +108,7 @@ async def plan_receipt(
             at=now,
             reason="no e-mail address: the channel gave the customer their receipt",
         )
-        await outbox.enqueue(conn, [_event(EventType.NOTIFICATION_FAILED, failed)])
+        await outbox.enqueue(conn, [_event(EventType.NOTIFICATION_FAILED, failed, trace)])
         return
     address = domain.address_key(message.recipient)
     window = await repository.lock_window(conn, address)
@@ -79,20 +117,25 @@ async def plan_receipt(
     if isinstance(decision, domain.HoldReceipt):
         held_for = window.digest_id
         if held_for is None or not await repository.digest_open(conn, held_for):
-            held_for = await _open_digest(conn, data, message, due=decision.digest_due)
+            held_for = await _open_digest(conn, data, message, due=decision.digest_due, trace=trace)
     await repository.save_window(conn, address, replace(decision.window, digest_id=held_for))
     await repository.plan(
         conn,
         notification_id=notification_id,
         complaint_id=data.complaint_id,
         message=message,
-        trace_headers=inject_headers(),
+        trace_headers=trace,
         held_for=held_for,
     )
 
 
 async def _open_digest(
-    conn: Conn, data: ReceivedData, receipt: domain.Message, *, due: datetime
+    conn: Conn,
+    data: ReceivedData,
+    receipt: domain.Message,
+    *,
+    due: datetime,
+    trace: dict[str, str],
 ) -> str:
     """Plan a digest for the receipt's address, due when its interval ends; return its id."""
     digest_id = str(uuid.uuid4())
@@ -102,13 +145,15 @@ async def _open_digest(
         complaint_id=data.complaint_id,
         # its subject and body are written when it is sent, listing the receipts it carries
         message=replace(receipt, kind="digest", subject="", body=""),
-        trace_headers=inject_headers(),
+        trace_headers=trace,
         due=due,
     )
     return digest_id
 
 
-def _event(type_: EventType, data: NotificationData) -> outbox.Message:
+def _event(
+    type_: EventType, data: NotificationData, trace: dict[str, str] | None = None
+) -> outbox.Message:
     return outbox.complaint_event(
-        type_, source=SOURCE, complaint_id=data.complaint_id, data=data, at=data.at
+        type_, source=SOURCE, complaint_id=data.complaint_id, data=data, at=data.at, trace=trace
     )

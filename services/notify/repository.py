@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -249,3 +250,36 @@ async def stream_after(
 async def stream_head(conn: Conn) -> int:
     value: Any = await conn.fetchval("SELECT coalesce(max(id), 0) FROM stream_events")
     return int(value)
+
+
+async def remember_teams(conn: Conn, teams: dict[str, str]) -> None:
+    """The team of each complaint (`complaint_id -> team`), learnt from `complaint.routed`."""
+    if teams:
+        await conn.execute(
+            """INSERT INTO complaint_teams (complaint_id, team)
+               SELECT * FROM unnest($1::text[], $2::text[])
+               ON CONFLICT (complaint_id) DO UPDATE SET team = EXCLUDED.team""",
+            list(teams),
+            list(teams.values()),
+        )
+
+
+async def add_many_to_stream(conn: Conn, events: Sequence[tuple[CloudEvent, bytes]]) -> None:
+    """Keep events for the live stream in the given order, each tagged with its complaint's team
+    when known; each event's stored form is its JSON as received."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO stream_events (event_id, complaint_id, type, team, at, event)
+           SELECT e, c, t, (SELECT team FROM complaint_teams WHERE complaint_id = c),
+                  coalesce(a, now()), v::jsonb
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                WITH ORDINALITY AS u(e, c, t, a, v, n)
+           ORDER BY n
+           ON CONFLICT (event_id) DO NOTHING""",
+        [e.id for e, _ in events],
+        [e.complaint_id() for e, _ in events],
+        [e.type for e, _ in events],
+        [e.time for e, _ in events],
+        [raw.decode("utf-8") for _, raw in events],
+    )
