@@ -3,9 +3,13 @@ a flooded address gets instead, and the mailer's lease timing."""
 
 from __future__ import annotations
 
+import base64
+import email.policy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from email.header import Header
+from email.message import EmailMessage
 
 from shared.events import ReceivedData
 
@@ -192,3 +196,74 @@ def retry_delay_s(attempts: int) -> float:
 
 
 MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A message ready for SMTP: envelope and the bytes of the message itself."""
+
+    sender: str
+    recipient: str
+    data: bytes
+
+
+# Characters that would make a bare address in a header mean something else (a list, a group,
+# a comment): such an address is written by the `email` package instead.
+_ADDRESS_SPECIALS = frozenset('"(),:;<>[\\] ')
+
+
+def render(
+    *,
+    sender: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    date: str,
+    headers: Sequence[tuple[str, str]],
+) -> Mail:
+    """An RFC 5322 plain-text message in UTF-8 (base64 body; subject as an encoded word when
+    not ASCII), written directly: the `email` package's header objects cost more CPU than
+    everything else a receipt needs. Addresses that need quoting or SMTPUTF8 go through it."""
+    if not _plain_address(sender) or not _plain_address(recipient):
+        return _render_with_email_package(sender, recipient, subject, body, date, headers)
+    if subject.isascii() and len(subject) < 900:
+        subject_line = subject
+    else:
+        subject_line = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    encoded = base64.encodebytes(body.encode("utf-8")).replace(b"\n", b"\r\n")
+    head = [
+        f"From: {sender}",
+        f"To: {recipient}",
+        f"Subject: {subject_line}",
+        f"Date: {date}",
+        *(f"{name}: {value}" for name, value in headers),
+        "MIME-Version: 1.0",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: base64",
+    ]
+    data = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + encoded
+    return Mail(sender, recipient, data)
+
+
+def _plain_address(address: str) -> bool:
+    return address.isascii() and not _ADDRESS_SPECIALS.intersection(address)
+
+
+def _render_with_email_package(
+    sender: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    date: str,
+    headers: Sequence[tuple[str, str]],
+) -> Mail:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = date
+    for name, value in headers:
+        message[name] = value
+    message.set_content(body)
+    policy = email.policy.SMTPUTF8 if not recipient.isascii() else email.policy.SMTP
+    return Mail(sender, recipient, message.as_bytes(policy=policy))

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
@@ -176,25 +175,27 @@ class Mailer:
         self._outcomes.append(_Outcome(job, error))
         self._have_outcomes.set()
 
-    def _compose(self, job: _Job) -> EmailMessage:
+    def _compose(self, job: _Job) -> domain.Mail:
         row = job.row
         subject, body = row["subject"], row["body"]
         if row["kind"] == "digest":
             built = domain.digest(row["recipient"], row["language"], job.refs)
             subject, body = built.subject, built.body
-        message = EmailMessage()
-        message["From"] = self._from
-        message["To"] = row["recipient"]
-        message["Subject"] = subject
-        message["Date"] = formatdate(localtime=False)
-        # Stable per notification, so a receiver can drop the rare resend after a crash.
-        message["Message-ID"] = f"<{row['notification_id']}@complaints>"
+        # Message-ID is stable per notification, so a receiver can drop the rare resend after
+        # a crash
+        headers = [("Message-ID", f"<{row['notification_id']}@complaints>")]
         if row["kind"] == "digest":
-            message["X-Digest-Id"] = row["notification_id"]
+            headers.append(("X-Digest-Id", row["notification_id"]))
         else:
-            message["X-Complaint-Id"] = row["complaint_id"]
-        message.set_content(body)
-        return message
+            headers.append(("X-Complaint-Id", row["complaint_id"]))
+        return domain.render(
+            sender=self._from,
+            recipient=row["recipient"],
+            subject=subject,
+            body=body,
+            date=formatdate(localtime=False),
+            headers=headers,
+        )
 
     async def _heartbeat_loop(self) -> None:
         while True:

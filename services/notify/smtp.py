@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from email.message import EmailMessage
 
 import aiosmtplib
+
+from services.notify.domain import Mail
 
 # The server closes the session (RFC 5321 4.2.2): the connection is gone, not the message.
 _CLOSING = 421
@@ -46,7 +47,7 @@ class SmtpPool:
         for client in self._all:
             self._idle.put_nowait(client)
 
-    async def send(self, message: EmailMessage, *, still_ours: Callable[[], bool]) -> None:
+    async def send(self, message: Mail, *, still_ours: Callable[[], bool]) -> None:
         """Hand `message` to the server on the next free connection, if `still_ours()` then.
 
         Raises `LeaseLost` (not sent), or the SMTP or network error. A connection that was
@@ -74,10 +75,13 @@ class SmtpPool:
             self._idle.put_nowait(client)
 
     @staticmethod
-    async def _send_on(client: aiosmtplib.SMTP, message: EmailMessage) -> None:
+    async def _send_on(client: aiosmtplib.SMTP, message: Mail) -> None:
         if not client.is_connected:
             await client.connect()
-        await client.send_message(message)
+        options = [] if message.recipient.isascii() else ["SMTPUTF8"]
+        await client.sendmail(
+            message.sender, [message.recipient], message.data, mail_options=options
+        )
 
     async def close(self) -> None:
         """Say goodbye on every open connection."""

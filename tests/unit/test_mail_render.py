@@ -1,0 +1,47 @@
+"""Receipts are written as bytes directly; any mail reader must read back what was meant."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from services.notify.domain import render
+
+
+def _read(data: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("recipient", "subject", "body"),
+    [
+        ("sanne@example.com", "We received your complaint", "Dear Sanne,\n\nThank you."),
+        ("ayse@example.com.tr", "Şikâyetinizi aldık", "Sayın Ayşe,\n\nİlginiz için teşekkürler."),
+        ("a@example.com", "Ş" * 200, "x" * 5_000),  # a long subject folds, a long body wraps
+        ('"odd,name"@example.com', "Quoted", "An address that needs quoting."),
+        ("jörg@exämple.de", "Ontvangen", "An address that needs SMTPUTF8."),
+    ],
+    ids=["ascii", "turkish", "long", "quoted address", "utf-8 address"],
+)
+def test_a_rendered_mail_reads_back_as_written(recipient, subject, body):
+    mail = render(
+        sender="complaints@example.com",
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        date="Tue, 01 Dec 2026 10:00:00 -0000",
+        headers=[("Message-ID", "<n-1@complaints>"), ("X-Complaint-Id", "c-1")],
+    )
+    message = _read(mail.data)
+    assert message["From"] == "complaints@example.com"
+    assert message["Subject"] == subject
+    assert message["Message-ID"] == "<n-1@complaints>"
+    assert message["X-Complaint-Id"] == "c-1"
+    assert message.get_content().replace("\r\n", "\n").rstrip("\n") == body
+    assert (mail.sender, mail.recipient) == ("complaints@example.com", recipient)
+    assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
+    assert b"\n" not in mail.data.replace(b"\r\n", b"")  # CRLF only
