@@ -149,9 +149,17 @@ class Kill:
     service: str
     killed: float
     spawned: float
-    first_work: float | None = None
-    detail: str = ""
+    moments: dict[str, float | None] = field(default_factory=dict)
     ready: float | None = None  # when the new process printed "serving on"
+
+    @property
+    def first_work(self) -> float | None:
+        found = [self.moments.get(m) for m in HEADLINE[self.service]]
+        return min((t for t in found if t is not None), default=None)
+
+    def after_spawn(self, moment: float | None) -> str:
+        return f"+{moment - self.spawned:.1f} s" if moment is not None else "never"
+
     leased: list[str] = field(default_factory=list)  # recipients of receipts leased at the kill
 
 
@@ -171,49 +179,38 @@ def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-async def first_work(
+# What counts as a restarted process's first work (the headline figure), and the other
+# moments shown beside it; each is the earliest such moment at or after the spawn.
+HEADLINE = {
+    "intake": ("kafka accept",),
+    "resolution": ("case written",),
+    "notify": ("event consumed", "mail delivered"),
+}
+
+
+async def work_moments(
     conn: asyncpg.Connection, service: str, since: float, sink: TimedSink
-) -> tuple[float | None, str]:
-    """When the process started at `since` first did work, seen in its tables and the sink."""
+) -> dict[str, float | None]:
+    """When the process started at `since` first did each kind of work, seen in its tables
+    (transaction times) and the sink (arrival times)."""
     after = _at(since)
     if service == "intake":
-        kafka_at = _ts(
-            await _scalar(
-                conn,
-                "SELECT min(received_at) FROM intake.complaints "
-                "WHERE channel = 'phone' AND received_at >= $1",
-                after,
-            )
+        first_accept = (
+            "SELECT min(received_at) FROM intake.complaints "
+            "WHERE channel = $1 AND received_at >= $2"
         )
-        http_at = _ts(
-            await _scalar(
-                conn,
-                "SELECT min(received_at) FROM intake.complaints "
-                "WHERE channel = 'web' AND received_at >= $1",
-                after,
-            )
-        )
-        note = f"first HTTP accept +{http_at - since:.1f} s" if http_at else "no HTTP accept yet"
-        return kafka_at, note
+        return {
+            "kafka accept": _ts(await _scalar(conn, first_accept, "phone", after)),
+            "http accept": _ts(await _scalar(conn, first_accept, "web", after)),
+        }
     if service == "resolution":
-        at = _ts(
-            await _scalar(
-                conn, "SELECT min(updated_at) FROM resolution.cases WHERE updated_at >= $1", after
-            )
-        )
-        return at, ""
-    consumed = _ts(
-        await _scalar(
-            conn, "SELECT min(handled_at) FROM notify.inbox WHERE handled_at >= $1", after
-        )
-    )
-    mailed = min((at for at, _, _ in sink.arrived() if at >= since), default=None)
-    parts = [
-        f"consumed +{consumed - since:.1f} s" if consumed else "nothing consumed yet",
-        f"first mail +{mailed - since:.1f} s" if mailed else "no mail yet",
-    ]
-    found = [t for t in (consumed, mailed) if t is not None]
-    return (min(found) if found else None), ", ".join(parts)
+        first_case = "SELECT min(updated_at) FROM resolution.cases WHERE updated_at >= $1"
+        return {"case written": _ts(await _scalar(conn, first_case, after))}
+    first_event = "SELECT min(handled_at) FROM notify.inbox WHERE handled_at >= $1"
+    return {
+        "event consumed": _ts(await _scalar(conn, first_event, after)),
+        "mail delivered": min((at for at, _, _ in sink.arrived() if at >= since), default=None),
+    }
 
 
 async def leased_receipts(conn: asyncpg.Connection) -> tuple[list[str] | None, list[str]]:
@@ -303,7 +300,8 @@ async def _http_worker(
                         conn.post_json("/v1/complaints", doc, headers), 10
                     )
                 except Exception:  # refused, reset, cut short, no answer: the process is down
-                    await conn.close()
+                    await _discard(conn)
+                    conn = Connection(base_url)
                     status, answer = 0, None
                 if status == 202:
                     load.http_answers.setdefault(doc["external_id"], set()).add(
@@ -318,6 +316,12 @@ async def _http_worker(
                 await asyncio.sleep(min(0.05 * tries, 0.5))
             queue.task_done()
     finally:
+        await _discard(conn)
+
+
+async def _discard(conn: Connection) -> None:
+    """Close a connection whose peer may be gone (closing it may fail too)."""
+    with contextlib.suppress(Exception):
         await conn.close()
 
 
@@ -518,10 +522,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
                     assert conn is not None
                     if kill.ready is None and proc.ready_count() > ready_before:
                         kill.ready = time.time()
-                    kill.first_work, kill.detail = await first_work(
-                        conn, kill.service, kill.spawned, sink
-                    )
-                    return kill.first_work is not None
+                    kill.moments = await work_moments(conn, kill.service, kill.spawned, sink)
+                    return kill.ready is not None and None not in kill.moments.values()
 
                 await wait_until(done, args.recover_timeout)
                 work = (
@@ -529,11 +531,13 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
                     if kill.first_work
                     else f"none in {args.recover_timeout:.0f} s"
                 )
-                ready = f"serving +{kill.ready - spawned:.1f} s" if kill.ready else "not serving"
-                extra = f"; {len(leased)} receipts leased at the kill" if name == "notify" else ""
+                moments = [f"{m} {kill.after_spawn(t)}" for m, t in kill.moments.items()]
+                moments.append(f"serving {kill.after_spawn(kill.ready)}")
+                if name == "notify":
+                    moments.append(f"{len(leased)} receipts leased at the kill")
                 print(
                     f"  {name:<10} kill {n + 1}: restart → first work {work}  "
-                    f"({ready}; {kill.detail or 'case row'}{extra})",
+                    f"({'; '.join(moments)})",
                     flush=True,
                 )
 
@@ -596,6 +600,15 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
                 + (f"; {missing} restart(s) did no work" if missing else "")
                 + f"   ({verdict} the target)"
             )
+            kinds = [*dict.fromkeys(m for k in mine for m in k.moments), "serving"]
+            for kind in kinds:
+                times = [k.ready if kind == "serving" else k.moments.get(kind) for k in mine]
+                found = [t - k.spawned for t, k in zip(times, mine, strict=True) if t is not None]
+                never = len(mine) - len(found)
+                print(
+                    f"{'':<11}   {kind + ':':<16} {_figures(found)}"
+                    + (f"; never within {args.recover_timeout:.0f} s: {never}" if never else "")
+                )
 
         late: list[float] = []
         before_kill = 0
