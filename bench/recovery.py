@@ -12,10 +12,15 @@ Everything is observed from outside the processes (their tables, the broker, the
   restart → first work   process spawn → the first unit of work the new process did:
                          intake: the first complaint accepted from Kafka (`received_at`);
                          resolution: the first case row written (`updated_at`);
-                         notify: the first event consumed (its inbox row) or mail delivered.
+                         notify: the first event consumed (its inbox row) or mail delivered,
+                         whichever came first. Each kind of work is also shown on its own,
+                         with when the HTTP port took connections again.
   killed mailer's mail   receipts leased by notify when it was killed: kill → the sink got them.
   exactly once           every submission accepted once, every case opened, every receipt
                          delivered; duplicates counted (topic, sink by Message-ID).
+
+Exits non-zero when a submission was never accepted, a receipt never delivered, or an HTTP
+retry was answered with another complaint id.
 
     python -m bench.recovery --kills 3
 """
@@ -82,6 +87,7 @@ class ServiceProcess:
     """One `complaints serve NAME` process, restartable; its output goes to a log file."""
 
     name: str
+    port: int
     env: dict[str, str]
     log: Path
     proc: asyncio.subprocess.Process | None = None
@@ -102,9 +108,16 @@ class ServiceProcess:
             )
         return spawned
 
-    def ready_count(self) -> int:
-        """How many times a process of this service said it was serving (across restarts)."""
-        return self.log.read_bytes().count(b" serving on ") if self.log.exists() else 0
+    async def serving(self) -> bool:
+        """Whether its HTTP port takes connections (the killed process's socket died with it)."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def kill(self) -> float:
         """SIGKILL; return the time the signal was sent."""
@@ -150,7 +163,7 @@ class Kill:
     killed: float
     spawned: float
     moments: dict[str, float | None] = field(default_factory=dict)
-    ready: float | None = None  # when the new process printed "serving on"
+    ready: float | None = None  # when the new process took HTTP connections
 
     @property
     def first_work(self) -> float | None:
@@ -461,21 +474,24 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             COMPLAINTS_KEY_RATE_PER_S="100000",
             COMPLAINTS_KEY_BURST="100000",
         )
-        ports = {}
         for name in SERVICES:
-            ports[name] = devinfra.free_port()
-            procs[name] = ServiceProcess(
-                name, {**base_env, "COMPLAINTS_HTTP_PORT": str(ports[name])}, tmp / f"{name}.log"
-            )
+            port = devinfra.free_port()
+            env = {**base_env, "COMPLAINTS_HTTP_PORT": str(port)}
+            procs[name] = ServiceProcess(name, port, env, tmp / f"{name}.log")
             await procs[name].spawn()
         for name, proc in procs.items():
-            if not await wait_until(_async(proc.ready_count), 120):
+            if not await wait_until(proc.serving, 120, interval_s=0.2):
                 raise RuntimeError(f"{name} did not start:\n{proc.tail()}")
         conn = await asyncpg.connect(url)
         load = Load()
         load_task = asyncio.create_task(
             run_load(
-                settings, f"http://127.0.0.1:{ports['intake']}", key, args.rate, load, stop_load
+                settings,
+                f"http://127.0.0.1:{procs['intake'].port}",
+                key,
+                args.rate,
+                load,
+                stop_load,
             )
         )
         started = time.time()
@@ -502,7 +518,6 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             proc = procs[name]
             for n in range(args.kills):
                 await asyncio.sleep(args.steady)
-                ready_before = proc.ready_count()
                 killed = await proc.kill()
                 leased: list[str] = []
                 if name == "notify":
@@ -516,11 +531,9 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
                 kill = Kill(name, killed, spawned, leased=leased)
                 kills.append(kill)
 
-                async def done(
-                    kill: Kill = kill, proc: ServiceProcess = proc, ready_before: int = ready_before
-                ) -> bool:
+                async def done(kill: Kill = kill, proc: ServiceProcess = proc) -> bool:
                     assert conn is not None
-                    if kill.ready is None and proc.ready_count() > ready_before:
+                    if kill.ready is None and await proc.serving():
                         kill.ready = time.time()
                     kill.moments = await work_moments(conn, kill.service, kill.spawned, sink)
                     return kill.ready is not None and None not in kill.moments.values()
@@ -685,13 +698,6 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
         await devinfra.drop_database(admin_url, db_name)
         if broker is not None:
             broker.stop()
-
-
-def _async(check: Callable[[], object]) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return bool(check())
-
-    return probe
 
 
 if __name__ == "__main__":
