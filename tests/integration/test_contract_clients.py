@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
+from cloudevents.v1 import kafka as ce_kafka_v1
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from shared import topics
@@ -334,6 +335,17 @@ async def test_every_published_event_and_dead_letter_parses_with_the_cloudevents
             assert event.get_subject() == doc.get("subject")
             assert event.get_data() == doc["data"]
             assert event.get_time() is not None
+        # the SDK's earlier API (`cloudevents.kafka` in 1.x), which many consumers still use
+        legacy = ce_kafka_v1.from_structured(
+            ce_kafka_v1.KafkaMessage(dict(record.headers), record.key, record.value)
+        )
+        assert (legacy["type"], legacy["id"], legacy["source"]) == (
+            doc["type"],
+            doc["id"],
+            doc["source"],
+        )
+        assert legacy.get("subject") == doc.get("subject")
+        assert legacy.data == doc["data"]
         if doc["type"] == "record.deadlettered":
             # named after the refusing consumer
             assert doc["source"] == f"complaints/{doc['data']['consumer']}"
