@@ -34,6 +34,7 @@ class Letter:
     reason: str
     consumer: str
     also: tuple[outbox.Message, ...] = ()
+    source: str = "complaints"  # the refusing service, as its own events name it
 
 
 def _preview(data: bytes | None, limit: int) -> dict[str, Any]:
@@ -74,9 +75,7 @@ def event_message(letter: Letter, *, at: datetime, preview_bytes: int) -> outbox
         or any(len(v or b"") > HEADER_PREVIEW for _, v in headers),
         "at": at.isoformat(),
     }
-    event = new_event(
-        type=EventType.DEADLETTERED, source=f"complaints/{letter.consumer}", data=data, time=at
-    )
+    event = new_event(type=EventType.DEADLETTERED, source=letter.source, data=data, time=at)
     key_text = record.key[:KEY_PREVIEW].decode("utf-8", "replace") if record.key else None
     return outbox.Message(topics.DEADLETTER, key_text, event)
 

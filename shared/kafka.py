@@ -202,6 +202,13 @@ class Consumer:
     name: str
     max_tries: int = 3
     preview_bytes: int = deadletters.DEFAULT_PREVIEW
+    source: str = "complaints"  # the CloudEvents source of its service's events
+
+    def refusal(self, record: Record, exc: Rejected) -> deadletters.Letter:
+        """The dead letter for a record this consumer rejected."""
+        return deadletters.Letter(
+            record, exc.code, exc.reason, self.name, tuple(exc.also), self.source
+        )
 
 
 Handler = Callable[[Conn, Record], Awaitable[None]]
@@ -280,7 +287,7 @@ async def _handle_one(
             return None
         except Rejected as exc:
             span.set_attribute("complaints.deadletter.reason", exc.code)
-            return deadletters.Letter(record, exc.code, exc.reason, consumer.name, tuple(exc.also))
+            return consumer.refusal(record, exc)
         except Exception as exc:
             if is_transient(exc, conn):
                 raise Transient(exc) from exc
@@ -298,11 +305,11 @@ async def _handle_one(
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
             _failed(span, exc)
-            return failure_letter(record, exc, consumer.name)
+            return failure_letter(record, exc, consumer)
     raise AssertionError("unreachable")
 
 
-def failure_letter(record: Record, exc: Exception, consumer: str) -> deadletters.Letter:
+def failure_letter(record: Record, exc: Exception, consumer: Consumer) -> deadletters.Letter:
     """A bug must not block the partition: keep the record, dead-lettered with the error's type.
 
     Exception text may quote personal data: the type and a traceback without values are logged
@@ -310,7 +317,7 @@ def failure_letter(record: Record, exc: Exception, consumer: str) -> deadletters
     """
     log.error(
         "%s failed on %s[%d]@%d (%s); dead-lettered",
-        consumer,
+        consumer.name,
         record.topic,
         record.partition,
         record.offset,
@@ -321,7 +328,8 @@ def failure_letter(record: Record, exc: Exception, consumer: str) -> deadletters
         record,
         "processing_error",
         f"the consumer failed on this record ({type(exc).__name__})",
-        consumer,
+        consumer.name,
+        source=consumer.source,
     )
 
 
@@ -383,14 +391,12 @@ async def process_batch_together(
                     good.append((record, parse(record), inject_headers()))
                 except Rejected as exc:
                     span.set_attribute("complaints.deadletter.reason", exc.code)
-                    letter = deadletters.Letter(
-                        record, exc.code, exc.reason, consumer.name, tuple(exc.also)
-                    )
+                    letter = consumer.refusal(record, exc)
                     letters.append((letter, inject_headers()))
                 except Exception as exc:
                     # a parser bug must cost this record only, never block the partition
                     _failed(span, exc)
-                    letters.append((failure_letter(record, exc, consumer.name), inject_headers()))
+                    letters.append((failure_letter(record, exc, consumer), inject_headers()))
         async with pool.acquire() as conn:
             try:
                 async with conn.transaction():
@@ -410,7 +416,7 @@ async def process_batch_together(
             # the batch's transaction rolled back whole: redo it record by record
             try:
                 async with conn.transaction():
-                    letters += await _one_by_one(conn, good, apply, consumer.name)
+                    letters += await _one_by_one(conn, good, apply, consumer)
                     await _store_letters(conn, letters, consumer)
             except Exception as exc:
                 if is_transient(exc, conn):
@@ -432,7 +438,7 @@ async def _one_by_one(
     conn: Conn,
     good: list[tuple[Record, T, dict[str, str]]],
     apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
-    consumer: str,
+    consumer: Consumer,
 ) -> list[tuple[deadletters.Letter, dict[str, str]]]:
     letters = []
     for record, value, headers in good:

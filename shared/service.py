@@ -140,6 +140,7 @@ class Service:
     def _consumer(self, group_id: str) -> kafka.Consumer:
         return kafka.Consumer(
             group_id,
+            source=f"complaints/{self.name}",
             max_tries=self.settings.consumer_max_tries,
             preview_bytes=self.settings.deadletter_preview_bytes,
         )
@@ -211,7 +212,7 @@ class Service:
             except Exception as exc:
                 if kafka.is_transient(exc):
                     raise kafka.Transient(exc) from exc
-                letter = kafka.failure_letter(record, exc, group_id)
+                letter = kafka.failure_letter(record, exc, self._consumer(group_id))
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
                         await deadletters.store(
