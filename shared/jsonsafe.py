@@ -15,8 +15,10 @@ from typing import Any
 
 MAX_DEPTH = 64
 
-# A JSON string (its escapes included), then any run of characters that are not brackets.
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string (its escapes included), then any run of characters that are not brackets. The
+# closing quote is optional so that an unterminated string matches to the end at once: with it
+# required, every later quote would start a scan to the end, quadratic in the input's length.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 # Empty pairs: removed in one pass, so each pass takes away exactly one level of nesting.
 _EMPTY_PAIRS = re.compile(r"\[\]|\{\}")

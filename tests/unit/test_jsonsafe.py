@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from shared import jsonsafe
@@ -56,3 +58,21 @@ def test_brackets_inside_strings_do_not_count():
 def test_many_shallow_brackets_are_fine():
     doc = "[" + ",".join(["{}"] * 5_000) + "]"
     assert len(jsonsafe.loads(doc)) == 5_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 65 + '"' + '\\"' * 500_000,  # an unterminated string full of escaped quotes
+        "[" * 65 + '"a' * 500_000,  # a quote every other character, none closing
+        "[" * 65 + '"' + "\\" * 1_000_001,  # a run of backslashes
+    ],
+    ids=["escaped quotes", "many quotes", "backslashes"],
+)
+def test_the_depth_check_takes_linear_time_on_hostile_strings(text):
+    """A review found the check quadratic on unterminated strings: 80 KB took 27 s, blocking
+    the event loop. A megabyte must take a moment, not minutes."""
+    started = time.perf_counter()
+    with pytest.raises(jsonsafe.JsonRejected):
+        jsonsafe.loads(text)
+    assert time.perf_counter() - started < 2.0
