@@ -397,34 +397,53 @@ async def process_batch_together(
                     # a parser bug must cost this record only, never block the partition
                     _failed(span, exc)
                     letters.append((failure_letter(record, exc, consumer), inject_headers()))
-        async with pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    await apply(conn, [(value, headers) for _, value, headers in good])
-                    await _store_letters(conn, letters, consumer)
-                return
-            except Exception as exc:
-                if is_transient(exc, conn):
-                    raise Transient(exc) from exc
-                log.error(
-                    "%s: batch of %d failed (%s); applying one by one",
-                    consumer.name,
-                    len(good),
-                    type(exc).__name__,
-                )
-                log.debug("batch failure detail", exc_info=True)
-            # the batch's transaction rolled back whole: redo it record by record
-            try:
-                async with conn.transaction():
-                    letters += await _one_by_one(conn, good, apply, consumer)
-                    await _store_letters(conn, letters, consumer)
-            except Exception as exc:
-                if is_transient(exc, conn):
-                    raise Transient(exc) from exc
-                raise
+        try:
+            await _apply_together(pool, consumer, good, letters, apply)
+        except Transient:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise Transient(exc) from exc
+            raise
     finally:
         for span in spans:
             span.end()
+
+
+async def _apply_together(
+    pool: asyncpg.Pool,
+    consumer: Consumer,
+    good: list[tuple[Record, T, dict[str, str]]],
+    letters: list[tuple[deadletters.Letter, dict[str, str]]],
+    apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
+) -> None:
+    """Apply the parsed records all at once; if that fails for a reason that is not
+    transient, once more one by one, dead-lettering only the one that fails."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await apply(conn, [(value, headers) for _, value, headers in good])
+                await _store_letters(conn, letters, consumer)
+            return
+        except Exception as exc:
+            if is_transient(exc, conn):
+                raise Transient(exc) from exc
+            log.error(
+                "%s: batch of %d failed (%s); applying one by one",
+                consumer.name,
+                len(good),
+                type(exc).__name__,
+            )
+            log.debug("batch failure detail", exc_info=True)
+        # the batch's transaction rolled back whole: redo it record by record
+        try:
+            async with conn.transaction():
+                letters += await _one_by_one(conn, good, apply, consumer)
+                await _store_letters(conn, letters, consumer)
+        except Exception as exc:
+            if is_transient(exc, conn):
+                raise Transient(exc) from exc
+            raise
 
 
 async def _store_letters(

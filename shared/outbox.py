@@ -45,8 +45,7 @@ PERMANENT: tuple[type[BaseException], ...] = (
     kafka_errors.InvalidMessageError,
     kafka_errors.InvalidTopicError,
     kafka_errors.InvalidTimestampError,
-    TypeError,
-    ValueError,
+    UnicodeEncodeError,  # a stored header that cannot be sent as UTF-8
 )
 
 
@@ -200,10 +199,7 @@ class OutboxRelay:
             if self._acked:
                 await _mark_sent(conn, sorted(self._acked))
             rows = await conn.fetch(_CLAIM_SQL, self._batch)
-            if not rows:
-                self._acked.clear()
-                return 0
-            outcomes = await self._publish(rows)
+            outcomes = await self._publish(rows) if rows else []
             sent = [o.row_id for o in outcomes if o.sent]
             self._acked.update(sent)
             await _mark_sent(conn, sent)
@@ -217,7 +213,7 @@ class OutboxRelay:
         for outcome in parked:
             log.error(
                 "outbox row %d parked (%s): it will not be sent again until an operator "
-                "replays it (complaints outbox list)",
+                "releases it (complaints outbox list)",
                 outcome.row_id,
                 outcome.park_reason,
             )
@@ -226,16 +222,21 @@ class OutboxRelay:
         return len(sent)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
-        """Hand every row to the producer, then wait for each one's acknowledgement."""
+        """Hand the rows to the producer in order, then wait for each one's acknowledgement.
+
+        A row the broker refuses for good is parked (later rows of its complaint overtake it:
+        that is the price of never blocking). A row that fails for a passing reason stops the
+        sending, and no later row with its topic and key counts as sent even if acknowledged:
+        they go again after it, in order (a duplicate, never a reordering).
+        """
         spans = []
-        pending: list[tuple[int, Any]] = []
+        pending: list[tuple[asyncpg.Record, Any]] = []
         outcomes: dict[int, Outcome] = {}
         try:
             for row in rows:
-                stored: dict[str, str] = row["headers"]
                 span = self._tracer.start_span(
                     f"{row['topic']} publish",
-                    context=extract_context(stored),
+                    context=extract_context(row["headers"]),
                     kind=SpanKind.PRODUCER,
                     attributes={
                         "messaging.system": "kafka",
@@ -244,9 +245,9 @@ class OutboxRelay:
                     },
                 )
                 spans.append(span)
-                with trace.use_span(span, end_on_exit=False):
-                    headers = wire_headers(stored)
                 try:
+                    with trace.use_span(span, end_on_exit=False):
+                        headers = wire_headers(row["headers"])
                     future = await self._send(
                         row["topic"],
                         bytes(row["value"]),
@@ -257,15 +258,22 @@ class OutboxRelay:
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     outcomes[row["id"]] = Outcome(row["id"], park_reason=_describe(exc, row))
                     continue
-                pending.append((row["id"], future))
+                except Exception as exc:
+                    # not this row's fault: stop here; what was handed over is still awaited
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    break
+                pending.append((row, future))
             results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-            for (row_id, _), result in zip(pending, results, strict=True):
-                if not isinstance(result, BaseException):
-                    outcomes[row_id] = Outcome(row_id, sent=True)
-                elif isinstance(result, PERMANENT):
-                    outcomes[row_id] = Outcome(row_id, park_reason=type(result).__name__)
+            failed: set[tuple[str, bytes | None]] = set()
+            for (row, _), result in zip(pending, results, strict=True):
+                stream = (row["topic"], row["key"])
+                if isinstance(result, PERMANENT):
+                    outcomes[row["id"]] = Outcome(row["id"], park_reason=_describe(result, row))
+                elif isinstance(result, BaseException) or stream in failed:
+                    failed.add(stream)
+                    outcomes[row["id"]] = Outcome(row["id"])
                 else:
-                    outcomes[row_id] = Outcome(row_id)
+                    outcomes[row["id"]] = Outcome(row["id"], sent=True)
         except BaseException as exc:
             for span in spans:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

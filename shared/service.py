@@ -219,6 +219,14 @@ class Service:
                             conn, [letter], preview_bytes=self.settings.deadletter_preview_bytes
                         )
                 except Exception as cause:
+                    if not kafka.is_transient(cause):
+                        # a letter must be kept before the record is passed: try the batch
+                        # again later rather than lose it
+                        log.error(
+                            "%s: could not keep a dead letter (%s); the batch waits",
+                            group_id,
+                            type(cause).__name__,
+                        )
                     raise kafka.Transient(cause) from cause
 
     def retention_rules(self) -> list[retention.Rule]:
@@ -427,8 +435,9 @@ class _BatchFailures:
             type(exc).__name__,
             count,
             self.max_tries,
-            exc_info=exc if count == 1 and log.isEnabledFor(logging.DEBUG) else None,
         )
+        if count == 1:  # the traceback may quote data: debug only
+            log.debug("batch failure detail", exc_info=exc)
         return count
 
     def succeeded(self, records: list[kafka.Record]) -> None:
@@ -440,4 +449,6 @@ class _BatchFailures:
 
 def _report_crash(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s crashed: %r", task.get_name(), task.exception())
+        exc = task.exception()
+        log.error("background task %s crashed (%s)", task.get_name(), type(exc).__name__)
+        log.debug("background task failure detail", exc_info=exc)

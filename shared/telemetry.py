@@ -12,7 +12,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 INSTRUMENTATION = "complaints"
 
@@ -55,13 +55,15 @@ def service_name(service: str, *, alone: bool) -> str:
 def build_tracer_provider(name: str, *, processors: Sequence[SpanProcessor] = ()) -> TracerProvider:
     """A tracer provider for one service: its own `service.name`, exporting as `OTEL_*` says.
 
-    With nothing to export to (no endpoint, no processor) every span is sampled out: spans
-    cost next to nothing, yet each still has its context, so `traceparent` travels on every
-    message and a complaint keeps one trace id end to end. Otherwise the SDK's sampler is used
-    (`OTEL_TRACES_SAMPLER`, parent-based always-on by default).
+    With nothing to export to (no endpoint, no processor) the spans this service starts are
+    sampled out: they cost next to nothing, yet each still has its context, so `traceparent`
+    travels on every message and a complaint keeps one trace id end to end. A trace a caller
+    already sampled stays sampled (parent-based), so services downstream that do export still
+    see it whole. Otherwise the SDK's sampler is used (`OTEL_TRACES_SAMPLER`, parent-based
+    always-on by default).
     """
     exporter = otlp_exporter_from_env()
-    sampler = None if exporter is not None or processors else ALWAYS_OFF
+    sampler = None if exporter is not None or processors else ParentBased(ALWAYS_OFF)
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}), sampler=sampler)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import email.policy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -210,6 +211,7 @@ class Mail:
 # Characters that would make a bare address in a header mean something else (a list, a group,
 # a comment): such an address is written by the `email` package instead.
 _ADDRESS_SPECIALS = frozenset('"(),:;<>[\\] ')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def render(
@@ -224,6 +226,12 @@ def render(
     """An RFC 5322 plain-text message in UTF-8 (base64 body; subject as an encoded word when
     not ASCII), written directly: the `email` package's header objects cost more CPU than
     everything else a receipt needs. Addresses that need quoting or SMTPUTF8 go through it."""
+    if _CONTROL.search(sender) or _CONTROL.search(recipient):
+        raise ValueError("an address with control characters cannot be written in a header")
+    # header values on one line: a CR or LF smuggled into a subject (or a complaint id) must not
+    # start a header, or a body, of its own
+    subject = _CONTROL.sub(" ", subject)
+    headers = [(name, _CONTROL.sub(" ", value)) for name, value in headers]
     if not _plain_address(sender) or not _plain_address(recipient):
         return _render_with_email_package(sender, recipient, subject, body, date, headers)
     if subject.isascii() and len(subject) < 900:

@@ -184,7 +184,7 @@ async def test_a_refused_recipient_fails_alone_after_its_retries(pool):
         assert sink.refused == ["gone@example.com"] * 3  # tried, retried, given up
         (failed,) = await events(pool, "notification.failed")
         assert failed["notification_id"] == bad
-        assert failed["reason"] == "SMTPRecipientsRefused 550"
+        assert failed["reason"] == "SMTPRecipientRefused 550"
         sent = await events(pool, "notification.sent")
         assert sorted(e["notification_id"] for e in sent) == sorted(good)
         async with pool.acquire() as conn:

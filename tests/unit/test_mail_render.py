@@ -45,3 +45,33 @@ def test_a_rendered_mail_reads_back_as_written(recipient, subject, body):
     assert (mail.sender, mail.recipient) == ("complaints@example.com", recipient)
     assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
     assert b"\n" not in mail.data.replace(b"\r\n", b"")  # CRLF only
+
+
+def test_no_value_can_start_a_header_or_a_body_of_its_own():
+    """A forged event could carry CR/LF in a complaint id, which reaches the subject and a
+    header: it must stay inside its own line."""
+    mail = render(
+        sender="complaints@example.com",
+        recipient="sanne@example.com",
+        subject="Received c-1\r\nContent-Type: text/html\r\n\r\n<h1>pay here</h1>",
+        body="Thank you.",
+        date="Tue, 01 Dec 2026 10:00:00 -0000",
+        headers=[("X-Complaint-Id", "c-1\r\nBcc: victim@example.org")],
+    )
+    message = _read(mail.data)
+    assert message.get_content_type() == "text/plain"
+    assert message["Bcc"] is None
+    assert "pay here" not in message.get_content()
+    assert message["X-Complaint-Id"].startswith("c-1")
+
+
+def test_an_address_with_control_characters_is_refused():
+    with pytest.raises(ValueError):
+        render(
+            sender="complaints@example.com",
+            recipient="a\x01b@example.com",
+            subject="s",
+            body="b",
+            date="Tue, 01 Dec 2026 10:00:00 -0000",
+            headers=[],
+        )
