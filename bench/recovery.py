@@ -477,6 +477,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
         for name in SERVICES:
             port = devinfra.free_port()
             env = {**base_env, "COMPLAINTS_HTTP_PORT": str(port)}
+            if args.static:  # a stable name per replica, as a deployment gives it
+                env["COMPLAINTS_KAFKA_INSTANCE_ID"] = f"{name}-1"
             procs[name] = ServiceProcess(name, port, env, tmp / f"{name}.log")
             await procs[name].spawn()
         for name, proc in procs.items():
@@ -715,6 +717,11 @@ if __name__ == "__main__":
         "--drain", type=float, default=150.0, help="longest wait for the last receipts"
     )
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="give each replica a stable COMPLAINTS_KAFKA_INSTANCE_ID (static group membership)",
+    )
     try:
         import uvloop
 

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,14 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _all(steps: Iterable[Coroutine[Any, Any, Any]]) -> None:
+    """Run `steps` together; raise the first failure once all have ended."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 def settle_heap() -> None:
     """Keep what start-up built (modules, models, pools: alive until exit) out of the cyclic
     garbage collector's full passes. Each full pass otherwise scans all of it: about 35 ms
@@ -147,21 +155,18 @@ async def serve(
         )
     )
     try:
-        # together: each joins its consumer groups, which takes seconds on some brokers
+        # pools, producers and relays first: with them the HTTP API can serve (a submission
+        # goes to the database and the outbox), so it does at once, while the consumers join
+        # their groups, all together (a join takes seconds on some brokers)
         started.extend(services)  # stopping a service that never started is harmless
-        failures = [
-            r
-            for r in await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
-            if isinstance(r, BaseException)
-        ]
-        if failures:
-            raise failures[0]
+        await _all(s.open() for s in services)
         server_task = asyncio.create_task(server.serve())
         while not server.started:
             if server_task.done():
                 await server_task
                 raise RuntimeError(f"the HTTP server did not start on port {settings.http_port}")
             await asyncio.sleep(0.05)
+        await _all(s.start_consuming() for s in services)
         settle_heap()
         if on_ready is not None:
             result = on_ready()

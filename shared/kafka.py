@@ -92,6 +92,15 @@ def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str,
     return options
 
 
+def instance_id(settings: Settings, group_id: str) -> str | None:
+    """This replica's static membership in `group_id` (KIP-345), when it has a stable name: a
+    replica restarted under the same name takes its partitions back at once instead of
+    waiting for its dead self to time out. Two live replicas must never share a name."""
+    if not settings.kafka_instance_id:
+        return None
+    return f"{group_id}-{settings.kafka_instance_id}"
+
+
 async def raw_batch(records: tuple[ConsumerRecord[Any, Any], ...], original: Any) -> Any:
     """FastStream's message for a fetched batch, without decoding anything: its own parser
     decodes every header as UTF-8 (one bad header skipped a whole batch) and its decoder

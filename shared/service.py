@@ -170,6 +170,7 @@ class Service:
             ack_policy=AckPolicy.NACK_ON_ERROR,
             parser=kafka.raw_batch,
             decoder=kafka.no_body,
+            group_instance_id=kafka.instance_id(self.settings, group_id),
             **kafka.consumer_options(self.settings, follower=follower),
         )
         async def on_batch(message: KafkaMessage) -> None:
@@ -313,9 +314,13 @@ class Service:
         return await self._producer.send(topic, value, key=key, headers=headers)
 
     async def start(self) -> None:
-        """Open, then consume: every subscriber joins its group at the same time (a join takes
-        seconds on some brokers; one after another, they would add up)."""
+        """Open, then consume."""
         await self.open()
+        await self.start_consuming()
+
+    async def start_consuming(self) -> None:
+        """Every subscriber joins its group, all at the same time (a join takes seconds on
+        some brokers; one after another, they would add up)."""
         await self.broker.connect()
         await asyncio.gather(*(subscriber.start() for subscriber in self.broker.subscribers))
         self.broker.running = True

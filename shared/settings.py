@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # A dead member leaves its group after the session timeout: a restarted replica waits
     # about that long for its partitions.
     kafka_session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    # A stable name for this replica (`intake-1`, a systemd instance name): its consumers join
+    # as static members, so a restart takes their partitions back without a rebalance. Unset:
+    # dynamic membership. Never give two running replicas the same name.
+    kafka_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     # A dead letter on the topic carries at most this much of the original (the full original
     # stays in the refusing service's `deadletters` table); kept that many hours.
