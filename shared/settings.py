@@ -84,8 +84,8 @@ class Settings(BaseSettings):
 
     # The mailer: kept-alive SMTP connections, messages in flight, and how long a claimed
     # message stays leased (renewed while it is being sent; a dead mailer's lease runs out).
-    smtp_connections: int = Field(default=4, ge=1)
-    smtp_max_in_flight: int = Field(default=32, ge=1)
+    smtp_connections: int = Field(default=8, ge=1)
+    smtp_max_in_flight: int = Field(default=64, ge=1)
     mailer_lease_s: float = Field(default=10.0, gt=0)
 
     def kafka_client_options(self) -> dict[str, Any]:
