@@ -33,6 +33,29 @@ class Bench:
         return self.base_urls[0]
 
 
+async def prepare(settings: Settings) -> str:
+    """Migrate the database `settings` names, create the topics, add a team with room for
+    every complaint, and return a web key with a limit no benchmark reaches."""
+    from services.intake import admin
+
+    await system.migrate_all(settings)
+    await kafka.ensure_topics(settings)
+    # the benchmarks measure throughput, not the quota
+    key = await admin.create_key(settings, "web", rate_per_s=1e6, burst=10**6)
+    # a team big enough that every complaint is assigned (the queue path emits one event more)
+    for n in range(5):
+        await admin.add_staff(
+            settings,
+            staff_id=f"bench-{n}",
+            name=f"Bench {n}",
+            team="customer-care",
+            role="agent",
+            languages=["en", "nl", "tr"],
+            capacity=10**9,
+        )
+    return key
+
+
 @asynccontextmanager
 async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIterator[Bench]:
     """A broker (configured or embedded), a fresh database with the demo staff, and `replicas`
@@ -48,23 +71,7 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
     url = await devinfra.ensure_database(admin_url, name)
     port = devinfra.free_port()
     settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
-    await system.migrate_all(settings)
-    await kafka.ensure_topics(settings)
-    from services.intake import admin
-
-    # a limit no benchmark reaches: the benchmarks measure throughput, not the quota
-    key = await admin.create_key(settings, "web", rate_per_s=1e6, burst=10**6)
-    # a team big enough that every complaint is assigned (the queue path emits one event more)
-    for n in range(5):
-        await admin.add_staff(
-            settings,
-            staff_id=f"bench-{n}",
-            name=f"Bench {n}",
-            team="customer-care",
-            role="agent",
-            languages=["en", "nl", "tr"],
-            capacity=10**9,
-        )
+    key = await prepare(settings)
     procs: list[asyncio.subprocess.Process] = []
     urls: list[str] = []
     drains: list[asyncio.Task[None]] = []

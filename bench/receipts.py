@@ -33,11 +33,10 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from bench.common import percentile
+from bench.common import percentile, prepare
 from bench.httpclient import Connection
 from complaints import system
-from services.intake import admin
-from shared import devinfra, kafka
+from shared import devinfra
 from shared.settings import Settings
 
 
@@ -171,19 +170,7 @@ async def running_up(tmp: Path, sink: TimingSink) -> AsyncIterator[System]:
     proc = None
     drain = None
     try:
-        await system.migrate_all(settings)
-        await kafka.ensure_topics(settings)
-        key = await admin.create_key(settings, "web")
-        for n in range(5):
-            await admin.add_staff(
-                settings,
-                staff_id=f"bench-{n}",
-                name=f"Bench {n}",
-                team="customer-care",
-                role="agent",
-                languages=["en", "nl", "tr"],
-                capacity=10**9,
-            )
+        key = await prepare(settings)
         # tuning knobs set for this run pass through (COMPLAINTS_SMTP_CONNECTIONS, say); the
         # parts the bench starts itself are its own
         env = dict(os.environ)

@@ -50,9 +50,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import percentile
+from bench.common import percentile, prepare
 from bench.httpclient import Connection
-from complaints import system
 from shared import devinfra, kafka, topics
 from shared.events import EventType, new_event
 from shared.settings import Settings
@@ -446,21 +445,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
             smtp_host=sink.host,
             smtp_port=sink.port,
         )
-        await system.migrate_all(settings)
-        await kafka.ensure_topics(settings)
-        from services.intake import admin
-
-        key = await admin.create_key(settings, "web")
-        for n in range(5):  # room for every complaint: no queue path, no extra events
-            await admin.add_staff(
-                settings,
-                staff_id=f"bench-{n}",
-                name=f"Bench {n}",
-                team="customer-care",
-                role="agent",
-                languages=["en", "nl", "tr"],
-                capacity=10**9,
-            )
+        key = await prepare(settings)
         base_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("COMPLAINTS_", "OTEL_"))
         }

@@ -99,3 +99,31 @@ def service_process_env(settings: Any, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+async def complaints_cli(
+    settings: Any, *args: str, timeout_s: float = 60
+) -> tuple[int, bytes, bytes]:
+    """Run `complaints ARGS` in a subprocess pointed at `settings`' parts: exit code, stdout
+    and stderr as bytes."""
+    import asyncio.subprocess
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        *args,
+        env=service_process_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def complaints_cli_text(settings: Any, *args: str) -> tuple[int, str, str]:
+    """`complaints_cli` with stdout and stderr decoded."""
+    code, out, err = await complaints_cli(settings, *args)
+    return code, out.decode(), err.decode()

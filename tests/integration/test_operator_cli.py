@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import sys
 import uuid
 
 from aiokafka import AIOKafkaProducer
@@ -14,22 +12,11 @@ from aiokafka import AIOKafkaProducer
 from shared import outbox, topics
 from shared.events import new_event
 from tests.conftest import Running
-from tests.support import eventually, service_process_env
+from tests.support import complaints_cli, eventually
 
 
 async def complaints(running: Running, *args: str) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        *args,
-        env=service_process_env(running.settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out, err
+    return await complaints_cli(running.settings, *args)
 
 
 async def test_a_dead_letter_is_listed_shown_whole_and_replayed_byte_for_byte(running: Running):

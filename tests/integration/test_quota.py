@@ -14,7 +14,7 @@ import httpx
 from services.intake import admin, quota, repository
 from shared import auth, devinfra
 from tests.conftest import Running
-from tests.support import service_process_env, submission
+from tests.support import complaints_cli_text, service_process_env, submission
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -117,18 +117,7 @@ async def test_the_openapi_document_names_the_429(running: Running):
 
 
 async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        *args,
-        env=service_process_env(running.settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await complaints_cli_text(running.settings, *args)
 
 
 async def test_keys_create_takes_a_limit_and_keys_list_shows_it(running: Running):

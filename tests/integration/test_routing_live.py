@@ -3,9 +3,7 @@ and a channel reading its own complaints."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import uuid
 
 import pytest
@@ -13,7 +11,12 @@ import pytest
 from services.intake import admin
 from shared import auth
 from tests.conftest import Running
-from tests.support import eventually, read_topic, service_process_env, submission
+from tests.support import (
+    complaints_cli_text,
+    eventually,
+    read_topic,
+    submission,
+)
 
 
 @pytest.fixture
@@ -57,17 +60,7 @@ async def _view(running: Running, complaint_id: str, *, token: str | None = None
 
 
 async def _cli(running: Running, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        *args,
-        env=service_process_env(running.settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode, out.decode(), err.decode()
+    return await complaints_cli_text(running.settings, *args)
 
 
 async def test_assignment_speaks_the_language_and_skips_named_staff(running, team):
