@@ -7,7 +7,7 @@ in this process, which notes when it accepts each receipt. `--slow-sink-ms` make
 answer every SMTP exchange (MAIL, RCPT, DATA) that much later, like a distant relay.
 
     python -m bench.receipts --rate 100 --complaints 500
-    python -m bench.receipts --rate 500 --complaints 2000 [--slow-sink-ms 50]
+    python -m bench.receipts --rate 500 --complaints 2000 [--slow-sink-ms 50] [--split]
 """
 
 from __future__ import annotations
@@ -154,9 +154,9 @@ class System:
 
 
 @asynccontextmanager
-async def running_up(tmp: Path, sink: TimingSink) -> AsyncIterator[System]:
-    """`complaints up` in a subprocess, mailing to `sink`, with a web key of (practically)
-    unlimited rate."""
+async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterator[System]:
+    """`complaints up` in a subprocess (or, `split`, each service in its own), mailing to
+    `sink`, with a web key of (practically) unlimited rate."""
     broker = None
     bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -167,8 +167,8 @@ async def running_up(tmp: Path, sink: TimingSink) -> AsyncIterator[System]:
     url = await devinfra.ensure_database(admin_url, name)
     port = devinfra.free_port()
     settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, database_url=url, http_port=port)
-    proc = None
-    drain = None
+    procs: list[asyncio.subprocess.Process] = []
+    drains: list[asyncio.Task[None]] = []
     try:
         key = await prepare(settings)
         # tuning knobs set for this run pass through (COMPLAINTS_SMTP_CONNECTIONS, say); the
@@ -185,28 +185,37 @@ async def running_up(tmp: Path, sink: TimingSink) -> AsyncIterator[System]:
             COMPLAINTS_KEY_RATE_PER_S="100000",
             COMPLAINTS_KEY_BURST="100000",
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "complaints",
-            "up",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert proc.stdout is not None
-        while b"complaints is up" not in (
-            line := await asyncio.wait_for(proc.stdout.readline(), 120)
-        ):
-            if not line:
-                raise RuntimeError("complaints up ended before it was ready")
-        drain = asyncio.create_task(_drain(proc.stdout))
+        # one `complaints up`, or (split) one `complaints serve` per service, so the services
+        # have both cores between them as in a deployment; intake's port takes the POSTs
+        commands = [["serve", name] for name in system.NAMES] if split else [["up"]]
+        for n, command in enumerate(commands):
+            own_port = port if n == 0 else devinfra.free_port()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "complaints",
+                *command,
+                env={**env, "COMPLAINTS_HTTP_PORT": str(own_port)},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), 120)
+                if not line:
+                    raise RuntimeError(f"complaints {' '.join(command)} ended before it was ready")
+                if b"complaints is up" in line or b"serving on" in line:
+                    break
+            drains.append(asyncio.create_task(_drain(proc.stdout)))
         yield System(base_url=f"http://127.0.0.1:{port}", key=key)
     finally:
-        if drain is not None:
+        for drain in drains:
             drain.cancel()
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(2)
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(2)
+        for proc in procs:
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
@@ -266,7 +275,7 @@ async def main(args: Any) -> None:
     sink = TimingSink(delay_s=args.slow_sink_ms / 1000).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            async with running_up(Path(tmp), sink) as target:
+            async with running_up(Path(tmp), sink, split=args.split) as target:
                 warm, _ = await post_paced(target, 20, 50, 4)  # consumers joined, pools open
                 await wait_for_mail(sink, set(warm), 120)
                 await asyncio.sleep(args.settle)
@@ -281,7 +290,8 @@ async def main(args: Any) -> None:
     within = sum(1 for v in latencies if v <= 1000) / len(latencies) * 100
     resent = sum(n - 1 for n in sink.message_ids.values() if n > 1)
     print(
-        f"`complaints up`, {args.complaints} web complaints at {args.rate:.0f}/s "
+        ("3 × `complaints serve`" if args.split else "`complaints up`")
+        + f", {args.complaints} web complaints at {args.rate:.0f}/s "
         f"(posted at {args.complaints / (posted - t0):.0f}/s), sink "
         + (f"{args.slow_sink_ms:.0f} ms late per SMTP exchange" if args.slow_sink_ms else "prompt")
     )
@@ -306,4 +316,7 @@ if __name__ == "__main__":
     parser.add_argument("--slow-sink-ms", type=float, default=0.0, help="delay per SMTP exchange")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of quiet first")
     parser.add_argument("--timeout", type=float, default=600.0, help="for the last receipt")
+    parser.add_argument(
+        "--split", action="store_true", help="each service in its own process (`serve`)"
+    )
     asyncio.run(main(parser.parse_args()))
