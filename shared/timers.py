@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ async def schedule(
     if due_at.tzinfo is None:
         raise ValueError("due_at must be timezone-aware")
     done = await conn.fetchval(
-        SCHEDULE_SQL, key, kind, json.dumps({} if payload is None else payload), due_at, rearm
+        SCHEDULE_SQL, key, kind, {} if payload is None else payload, due_at, rearm
     )
     return bool(done)
 
@@ -244,31 +243,43 @@ class TimerWorker:
         """Claim and fire one batch of due timers; return how many were claimed."""
         async with self._pool.acquire() as conn:
             rows: list[asyncpg.Record] = []
+            failure: tuple[str, Exception] | None = None  # the handler that failed, and how
             try:
                 async with conn.transaction():
                     rows = await conn.fetch(_CLAIM_SQL, self._kinds, self._batch)
                     for row in rows:
-                        await self._handle(conn, _timer(row), row["now"])
+                        try:
+                            await self._handle(conn, _timer(row), row["now"])
+                        except Exception as exc:
+                            failure = (row["key"], exc)
+                            raise
                     if rows:
                         await conn.execute(_FIRED_SQL, [r["key"] for r in rows])
                 return len(rows)
             except Exception as exc:
                 if not rows or is_transient(exc, conn):
                     raise
-                keys = [r["key"] for r in rows]
-            # a handler failed: all undone; fire them one by one, so only the failing one waits
-            for key in keys:
-                await self._fire_alone(conn, key)
-            return len(keys)
+            # all undone: the failing timer's attempt is recorded (its handler is not run
+            # again), the others fire one per transaction
+            for row in rows:
+                if failure is not None and row["key"] == failure[0]:
+                    await self._fire_alone(conn, row["key"], failed=failure[1])
+                else:
+                    await self._fire_alone(conn, row["key"])
+            return len(rows)
 
-    async def _fire_alone(self, conn: Conn, key: str) -> None:
-        """Fire `key` in a transaction of its own if it is still due and free; a handler failure
-        is recorded (attempts, error type, back-off or failed) instead."""
+    async def _fire_alone(self, conn: Conn, key: str, *, failed: Exception | None = None) -> None:
+        """Fire `key` in a transaction of its own if it is still due and free (or, when it
+        `failed` already, record that); a handler failure is recorded (attempts, error type,
+        back-off or failed) instead of firing."""
         async with conn.transaction():
             row = await conn.fetchrow(_CLAIM_ONE_SQL, key)
             if row is None:
                 return  # fired, moved or cancelled meanwhile, or held by another worker
             timer = _timer(row)
+            if failed is not None:
+                await self._record_failure(conn, timer, failed)
+                return
             try:
                 async with conn.transaction():
                     await self._handle(conn, timer, row["now"])
@@ -308,7 +319,7 @@ class TimerWorker:
             delay,
         )
         log.warning(
-            "timer %s (%s) failed (%s, attempt %d); retrying in %.0fs",
+            "timer %s (%s) failed (%s, attempt %d); retrying in %.1fs",
             timer.key,
             timer.kind,
             error,
