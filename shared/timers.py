@@ -123,14 +123,16 @@ def gives_up(attempts: int, max_attempts: int) -> bool:
     return attempts >= max_attempts
 
 
-def sleep_for(next_in_s: float | None, *, cap_s: float, floor_s: float) -> float:
+def sleep_for(next_in_s: float | None, *, cap_s: float, floor_s: float, tick_s: float) -> float:
     """How long a worker that found nothing more to claim waits (unless woken): until the next
-    pending timer may run (`next_in_s` from now; None: there is none), within [floor, cap]. A
-    timer already due but not claimable is held by another worker or a writer: look again
-    after `floor_s`, not at once."""
+    pending timer may run (`next_in_s` from now; None: there is none), at most `cap_s` and at
+    least `tick_s` (timers due that close together fire together). A timer already due but not
+    claimable is held by another worker or a writer: look again after `floor_s`, not at once."""
     if next_in_s is None:
         return cap_s
-    return min(cap_s, max(floor_s, next_in_s))
+    if next_in_s <= 0:
+        return floor_s
+    return min(cap_s, max(tick_s, next_in_s))
 
 
 # The worker.
@@ -173,7 +175,8 @@ class TimerWorker:
         batch_size: int = 100,
         lanes: int = 2,
         max_wait_s: float = 1.0,
-        busy_wait_s: float = 0.05,
+        busy_wait_s: float = 0.02,
+        tick_s: float = 0.01,
         max_attempts: int = 5,
         retry_base_s: float = 5.0,
         retry_cap_s: float = 600.0,
@@ -188,6 +191,7 @@ class TimerWorker:
         self._lanes = lanes
         self._max_wait = max_wait_s
         self._busy_wait = busy_wait_s
+        self._tick = tick_s
         self._max_attempts = max_attempts
         self._retry_base = retry_base_s
         self._retry_cap = retry_cap_s
@@ -237,6 +241,7 @@ class TimerWorker:
             None if next_in is None else float(next_in),
             cap_s=self._max_wait,
             floor_s=self._busy_wait,
+            tick_s=self._tick,
         )
 
     async def fire_once(self) -> int:
