@@ -142,11 +142,6 @@ _CLAIM_SQL = f"""
     WHERE {_PENDING} AND run_at <= statement_timestamp() AND kind = ANY($1::text[])
     ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED"""
 
-_CLAIM_ONE_SQL = f"""
-    SELECT key, kind, payload, due_at, attempts, statement_timestamp() AS now FROM timers
-    WHERE key = $1 AND {_PENDING} AND run_at <= statement_timestamp()
-    FOR UPDATE SKIP LOCKED"""
-
 _NEXT_SQL = f"""
     SELECT extract(epoch FROM min(run_at) - clock_timestamp()) FROM timers
     WHERE {_PENDING} AND kind = ANY($1::text[])"""
@@ -163,8 +158,9 @@ class TimerWorker:
     """Fires due timers of the kinds in `handlers`; run one per replica, any number at once.
 
     Each of `lanes` loops claims up to `batch_size` due timers (earliest first) and fires them
-    all in one transaction. If a handler fails, that transaction is rolled back and the batch
-    is fired again one timer per transaction, so only the failing timer is held back.
+    all in one transaction. If a handler fails, the batch's writes are rolled back to just after
+    the claim (the locks stay) and its timers are fired again one per savepoint, so only the
+    failing timer is held back, and its handler runs once per attempt.
     """
 
     def __init__(
@@ -246,45 +242,41 @@ class TimerWorker:
 
     async def fire_once(self) -> int:
         """Claim and fire one batch of due timers; return how many were claimed."""
-        async with self._pool.acquire() as conn:
-            rows: list[asyncpg.Record] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM_SQL, self._kinds, self._batch)
+            if not rows:
+                return 0
             failure: tuple[str, Exception] | None = None  # the handler that failed, and how
             try:
+                # a savepoint: a failure undoes the handlers' writes but keeps the claim's locks
                 async with conn.transaction():
-                    rows = await conn.fetch(_CLAIM_SQL, self._kinds, self._batch)
                     for row in rows:
                         try:
                             await self._handle(conn, _timer(row), row["now"])
                         except Exception as exc:
                             failure = (row["key"], exc)
                             raise
-                    if rows:
-                        await conn.execute(_FIRED_SQL, [r["key"] for r in rows])
-                return len(rows)
+                fired = [r["key"] for r in rows]
             except Exception as exc:
-                if not rows or is_transient(exc, conn):
+                if is_transient(exc, conn):
                     raise
-            # all undone: the failing timer's attempt is recorded (its handler is not run
-            # again), the others fire one per transaction
-            for row in rows:
-                if failure is not None and row["key"] == failure[0]:
-                    await self._fire_alone(conn, row["key"], failed=failure[1])
-                else:
-                    await self._fire_alone(conn, row["key"])
+                fired = await self._one_by_one(conn, rows, failure)
+            if fired:
+                await conn.execute(_FIRED_SQL, fired)
             return len(rows)
 
-    async def _fire_alone(self, conn: Conn, key: str, *, failed: Exception | None = None) -> None:
-        """Fire `key` in a transaction of its own if it is still due and free (or, when it
-        `failed` already, record that); a handler failure is recorded (attempts, error type,
-        back-off or failed) instead of firing."""
-        async with conn.transaction():
-            row = await conn.fetchrow(_CLAIM_ONE_SQL, key)
-            if row is None:
-                return  # fired, moved or cancelled meanwhile, or held by another worker
+    async def _one_by_one(
+        self, conn: Conn, rows: list[asyncpg.Record], failure: tuple[str, Exception] | None
+    ) -> list[str]:
+        """Fire claimed timers each in a savepoint of its own; a handler failure is recorded
+        (attempts, error type, back-off or failed), the failure already seen without running
+        that handler again. Returns the keys fired."""
+        fired = []
+        for row in rows:
             timer = _timer(row)
-            if failed is not None:
-                await self._record_failure(conn, timer, failed)
-                return
+            if failure is not None and timer.key == failure[0]:
+                await self._record_failure(conn, timer, failure[1])
+                continue
             try:
                 async with conn.transaction():
                     await self._handle(conn, timer, row["now"])
@@ -292,8 +284,9 @@ class TimerWorker:
                 if is_transient(exc, conn):
                     raise
                 await self._record_failure(conn, timer, exc)
-                return
-            await conn.execute(_FIRED_SQL, [key])
+                continue
+            fired.append(timer.key)
+        return fired
 
     async def _record_failure(self, conn: Conn, timer: Timer, exc: Exception) -> None:
         attempts = timer.attempts + 1
