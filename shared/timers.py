@@ -1,0 +1,336 @@
+"""Durable timers: scheduled by key in the caller's transaction, fired once by any replica.
+
+Guarantees:
+- `schedule` and `cancel` take effect with the caller's transaction, or not at all.
+- A timer fires at most once, in the same transaction as its handler's writes (state, outbox
+  rows) and the mark that it fired: that row is locked (`FOR UPDATE`) from the claim to the
+  commit, so no other worker, in this process or another replica, can claim it meanwhile
+  (`SKIP LOCKED`). A crash, a lost connection or a failed handler rolls all of it back; the timer
+  is still pending and fires later. Durable and exactly once in effect, across restarts.
+- Due times are compared with the database's clock, never a replica's.
+- A handler that fails for a reason other than the database being away is retried with
+  exponential back-off (that timer only); after `max_attempts` the timer is marked failed
+  (`failed_at`, the error's type in `last_error`) and an error is logged. It never blocks the
+  other timers nor loops hot. A handler that runs past `handler_timeout_s` counts as failed.
+- A worker only claims the kinds it has handlers for (a replica that does not know a new kind
+  leaves it to one that does).
+
+Scheduling rules (`schedule(conn, key, ...)`):
+- a new key is armed;
+- a pending or cancelled key is moved to the new due time, kind and payload, its failed
+  attempts forgotten (re-arming after a pause is cancel, then schedule);
+- a key that fired or failed is left alone (a redelivered event cannot fire it twice) unless
+  `rearm=True` (a reopened case), which arms it afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.db import Conn, Pool
+from shared.kafka import is_transient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timer:
+    """One timer as its handler sees it."""
+
+    key: str
+    kind: str
+    payload: Any
+    due_at: datetime
+    attempts: int  # failed attempts before this one
+
+
+# What fires a timer: writes with `conn` (in the firing transaction) at database time `now`.
+Handler = Callable[[Conn, Timer, datetime], Awaitable[None]]
+
+
+class HandlerTimeout(Exception):
+    """A handler ran longer than the worker allows: counted as a failed attempt."""
+
+
+_PENDING = "fired_at IS NULL AND cancelled_at IS NULL AND failed_at IS NULL"
+
+SCHEDULE_SQL = """
+    INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
+    VALUES ($1, $2, $3::jsonb, $4, $4)
+    ON CONFLICT (key) DO UPDATE SET
+        kind = excluded.kind, payload = excluded.payload, due_at = excluded.due_at,
+        run_at = excluded.run_at, scheduled_at = now(), fired_at = NULL, cancelled_at = NULL,
+        failed_at = NULL, attempts = 0, last_error = NULL
+    WHERE $5 OR (t.fired_at IS NULL AND t.failed_at IS NULL)
+    RETURNING true"""
+
+
+async def schedule(
+    conn: Conn,
+    key: str,
+    due_at: datetime,
+    kind: str,
+    payload: Any = None,
+    *,
+    rearm: bool = False,
+) -> bool:
+    """Arm or move timer `key` in the caller's transaction; False when it already fired or
+    failed and `rearm` is not set (then nothing changes). Call the worker's `wake` after the
+    commit when it is due soon."""
+    if due_at.tzinfo is None:
+        raise ValueError("due_at must be timezone-aware")
+    done = await conn.fetchval(
+        SCHEDULE_SQL, key, kind, {} if payload is None else payload, due_at, rearm
+    )
+    return bool(done)
+
+
+async def cancel(conn: Conn, key: str) -> bool:
+    """Cancel pending timer `key` in the caller's transaction; False when there is none (never
+    scheduled, already cancelled, fired or failed). A timer being fired is waited for: False
+    then means it fired."""
+    done = await conn.fetchval(
+        f"UPDATE timers SET cancelled_at = now() WHERE key = $1 AND {_PENDING} RETURNING true",
+        key,
+    )
+    return bool(done)
+
+
+async def state(conn: Conn, key: str) -> dict[str, Any] | None:
+    """Timer `key`'s row (every column), or None."""
+    row = await conn.fetchrow("SELECT * FROM timers WHERE key = $1", key)
+    return None if row is None else dict(row)
+
+
+# Pure decisions.
+
+
+def retry_delay(attempts: int, *, base_s: float, cap_s: float) -> float:
+    """Seconds before a timer that has failed `attempts` times (1 or more) is tried again."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+def gives_up(attempts: int, max_attempts: int) -> bool:
+    """Whether a timer that has now failed `attempts` times is marked failed."""
+    return attempts >= max_attempts
+
+
+def sleep_for(next_in_s: float | None, *, cap_s: float, floor_s: float, tick_s: float) -> float:
+    """How long a worker that found nothing more to claim waits (unless woken): until the next
+    pending timer may run (`next_in_s` from now; None: there is none), at most `cap_s` and at
+    least `tick_s` (timers due that close together fire together). A timer already due but not
+    claimable is held by another worker or a writer: look again after `floor_s`, not at once."""
+    if next_in_s is None:
+        return cap_s
+    if next_in_s <= 0:
+        return floor_s
+    return min(cap_s, max(tick_s, next_in_s))
+
+
+# The worker.
+
+_CLAIM_SQL = f"""
+    SELECT key, kind, payload, due_at, attempts, statement_timestamp() AS now FROM timers
+    WHERE {_PENDING} AND run_at <= statement_timestamp() AND kind = ANY($1::text[])
+    ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED"""
+
+_NEXT_SQL = f"""
+    SELECT extract(epoch FROM min(run_at) - clock_timestamp()) FROM timers
+    WHERE {_PENDING} AND kind = ANY($1::text[])"""
+
+# clock_timestamp: when it fired, not when the transaction began (lateness is measured by it)
+_FIRED_SQL = "UPDATE timers SET fired_at = clock_timestamp() WHERE key = ANY($1::text[])"
+
+
+def _timer(row: asyncpg.Record) -> Timer:
+    return Timer(row["key"], row["kind"], row["payload"], row["due_at"], row["attempts"])
+
+
+class TimerWorker:
+    """Fires due timers of the kinds in `handlers`; run one per replica, any number at once.
+
+    Each of `lanes` loops claims up to `batch_size` due timers (earliest first) and fires them
+    all in one transaction. If a handler fails, the batch's writes are rolled back to just after
+    the claim (the locks stay) and its timers are fired again one per savepoint, so only the
+    failing timer is held back, and its handler runs once per attempt.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        handlers: Mapping[str, Handler],
+        *,
+        batch_size: int = 100,
+        lanes: int = 2,
+        max_wait_s: float = 1.0,
+        busy_wait_s: float = 0.02,
+        tick_s: float = 0.01,
+        max_attempts: int = 5,
+        retry_base_s: float = 5.0,
+        retry_cap_s: float = 600.0,
+        handler_timeout_s: float = 30.0,
+    ) -> None:
+        if not handlers:
+            raise ValueError("a timer worker needs at least one handler")
+        self._pool = pool
+        self._handlers = dict(handlers)
+        self._kinds = sorted(self._handlers)
+        self._batch = batch_size
+        self._lanes = lanes
+        self._max_wait = max_wait_s
+        self._busy_wait = busy_wait_s
+        self._tick = tick_s
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base_s
+        self._retry_cap = retry_cap_s
+        self._timeout = handler_timeout_s
+        self._wakes = [asyncio.Event() for _ in range(lanes)]
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Look for due timers now (call after a commit that scheduled one due soon)."""
+        for event in self._wakes:
+            event.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    async def run(self) -> None:
+        """Fire timers until stopped."""
+        await asyncio.gather(*(self._lane(event) for event in self._wakes))
+
+    async def _lane(self, wake: asyncio.Event) -> None:
+        """One claiming loop; a failure of the database is logged (one line) and retried with
+        back-off."""
+        backoff = self._busy_wait
+        while not self._stopping:
+            wake.clear()  # before looking, so a wake-up that arrives meanwhile is kept
+            try:
+                claimed = await self.fire_once()
+                wait = 0.0 if claimed >= self._batch else await self._next_wait()
+                backoff = self._busy_wait
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "timer worker failed (%s); retrying in %.1fs", type(exc).__name__, backoff
+                )
+                wait = backoff
+                backoff = min(backoff * 2, 10.0)
+            if wait > 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=wait)
+
+    async def _next_wait(self) -> float:
+        async with self._pool.acquire() as conn:
+            next_in = await conn.fetchval(_NEXT_SQL, self._kinds)
+        return sleep_for(
+            None if next_in is None else float(next_in),
+            cap_s=self._max_wait,
+            floor_s=self._busy_wait,
+            tick_s=self._tick,
+        )
+
+    async def fire_once(self) -> int:
+        """Claim and fire one batch of due timers; return how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM_SQL, self._kinds, self._batch)
+            if not rows:
+                return 0
+            failure: tuple[str, Exception] | None = None  # the handler that failed, and how
+            try:
+                # a savepoint: a failure undoes the handlers' writes but keeps the claim's locks
+                async with conn.transaction():
+                    for row in rows:
+                        try:
+                            await self._handle(conn, _timer(row), row["now"])
+                        except Exception as exc:
+                            failure = (row["key"], exc)
+                            raise
+                fired = [r["key"] for r in rows]
+            except Exception as exc:
+                if is_transient(exc, conn):
+                    raise
+                fired = await self._one_by_one(conn, rows, failure)
+            if fired:
+                await conn.execute(_FIRED_SQL, fired)
+            return len(rows)
+
+    async def _one_by_one(
+        self, conn: Conn, rows: list[asyncpg.Record], failure: tuple[str, Exception] | None
+    ) -> list[str]:
+        """Fire claimed timers each in a savepoint of its own; a handler failure is recorded
+        (attempts, error type, back-off or failed), the failure already seen without running
+        that handler again. Returns the keys fired."""
+        fired = []
+        for row in rows:
+            timer = _timer(row)
+            if failure is not None and timer.key == failure[0]:
+                await self._record_failure(conn, timer, failure[1])
+                continue
+            try:
+                async with conn.transaction():
+                    await self._handle(conn, timer, row["now"])
+            except Exception as exc:
+                if is_transient(exc, conn):
+                    raise
+                await self._record_failure(conn, timer, exc)
+                continue
+            fired.append(timer.key)
+        return fired
+
+    async def _record_failure(self, conn: Conn, timer: Timer, exc: Exception) -> None:
+        attempts = timer.attempts + 1
+        error = type(exc).__name__
+        if gives_up(attempts, self._max_attempts):
+            await conn.execute(
+                "UPDATE timers SET attempts = $2, last_error = $3, failed_at = now() "
+                "WHERE key = $1",
+                timer.key,
+                attempts,
+                error,
+            )
+            log.error(
+                "timer %s (%s) failed %d times (%s): given up; it will not fire",
+                timer.key,
+                timer.kind,
+                attempts,
+                error,
+            )
+            return
+        delay = retry_delay(attempts, base_s=self._retry_base, cap_s=self._retry_cap)
+        await conn.execute(
+            "UPDATE timers SET attempts = $2, last_error = $3, "
+            "run_at = statement_timestamp() + make_interval(secs => $4) WHERE key = $1",
+            timer.key,
+            attempts,
+            error,
+            delay,
+        )
+        log.warning(
+            "timer %s (%s) failed (%s, attempt %d); retrying in %.1fs",
+            timer.key,
+            timer.kind,
+            error,
+            attempts,
+            delay,
+        )
+
+    async def _handle(self, conn: Conn, timer: Timer, now: datetime) -> None:
+        """Run the handler for `timer`, within the time allowed."""
+        try:
+            async with asyncio.timeout(self._timeout) as limit:
+                await self._handlers[timer.kind](conn, timer, now)
+        except TimeoutError:
+            if limit.expired():
+                raise HandlerTimeout(timer.kind) from None
+            raise
