@@ -243,6 +243,14 @@ class Service:
             retention.Rule(
                 "deadletters", "at", timedelta(hours=self.settings.deadletter_retention_hours)
             ),
+            # fired and cancelled timers go with the inbox rows: the events that could arm
+            # them again are deduplicated for as long (failed timers stay for an operator)
+            retention.Rule(
+                "timers", "fired_at", timedelta(hours=self.settings.inbox_retention_hours)
+            ),
+            retention.Rule(
+                "timers", "cancelled_at", timedelta(hours=self.settings.inbox_retention_hours)
+            ),
         ]
 
     async def on_open(self) -> None:
