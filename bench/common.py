@@ -110,19 +110,26 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
         system.settle_heap()
         yield Bench(settings=settings, base_urls=urls, key=key)
     finally:
-        for task in drains:
-            task.cancel()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(2)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
+        await stop_processes(procs, drains)
         await devinfra.drop_database(admin_url, name)
         if broker is not None:
             broker.stop()
+
+
+async def stop_processes(
+    procs: list[asyncio.subprocess.Process], drains: list[asyncio.Task[None]]
+) -> None:
+    """Ctrl-C to each process (as a person would), a kill for any still there after 30 s."""
+    for task in drains:
+        task.cancel()
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(2)
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
 
 
 async def _wait_consuming(settings: Settings, timeout_s: float = 60) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from bench.common import percentile, prepare
+from bench.common import percentile, prepare, stop_processes
 from bench.httpclient import Connection
 from complaints import system
 from shared import devinfra
@@ -210,16 +210,7 @@ async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterat
             drains.append(asyncio.create_task(_drain(proc.stdout)))
         yield System(base_url=f"http://127.0.0.1:{port}", key=key)
     finally:
-        for drain in drains:
-            drain.cancel()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(2)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
+        await stop_processes(procs, drains)
         await devinfra.drop_database(admin_url, name)
         if broker is not None:
             broker.stop()

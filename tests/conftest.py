@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,34 @@ async def database() -> AsyncIterator[str]:
     try:
         yield url
     finally:
+        await devinfra.drop_database(ADMIN_DSN, name)
+
+
+@contextlib.asynccontextmanager
+async def isolated_parts(
+    smtp: devinfra.SmtpSink, services: Sequence[str] = system.NAMES, **overrides: Any
+) -> AsyncIterator[Settings]:
+    """A broker and a database of their own (migrated for `services`), mailing to `smtp`, for
+    a test that kills or reconfigures services and must disturb no other test."""
+    broker = devinfra.EmbeddedBroker().start()
+    name = f"complaints_iso_{uuid.uuid4().hex[:8]}"
+    url = await devinfra.ensure_database(ADMIN_DSN, name)
+    try:
+        settings = Settings(
+            _env_file=None,
+            kafka_bootstrap=broker.bootstrap,
+            database_url=url,
+            smtp_host=smtp.host,
+            smtp_port=smtp.port,
+            kafka_fetch_max_wait_ms=20,
+            outbox_poll_interval_s=0.2,
+            **overrides,
+        )
+        await system.migrate_all(settings, services)
+        await kafka.ensure_topics(settings)
+        yield settings
+    finally:
+        broker.stop()
         await devinfra.drop_database(ADMIN_DSN, name)
 
 

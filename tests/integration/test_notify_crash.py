@@ -19,35 +19,18 @@ from services.notify import repository
 from services.notify.domain import Message
 from services.notify.mailer import Mailer
 from services.notify.smtp import SmtpPool
-from shared import db, devinfra, kafka, topics
+from shared import db, devinfra, topics
 from shared.events import EventType, new_event
 from shared.settings import Settings
-from tests.conftest import ADMIN_DSN, SECRET
+from tests.conftest import SECRET, isolated_parts
 from tests.support import eventually, read_topic, service_process_env, submission
 
 
 @pytest.fixture
 async def isolated(smtp):
     """A broker and database of its own, so killing notify here disturbs no other test."""
-    broker = devinfra.EmbeddedBroker().start()
-    name = f"complaints_crash_{uuid.uuid4().hex[:8]}"
-    url = await devinfra.ensure_database(ADMIN_DSN, name)
-    settings = Settings(
-        _env_file=None,
-        kafka_bootstrap=broker.bootstrap,
-        database_url=url,
-        smtp_host=smtp.host,
-        smtp_port=smtp.port,
-        kafka_fetch_max_wait_ms=20,
-        outbox_poll_interval_s=0.2,
-    )
-    await system.migrate_all(settings)
-    await kafka.ensure_topics(settings)
-    try:
+    async with isolated_parts(smtp) as settings:
         yield settings
-    finally:
-        broker.stop()
-        await devinfra.drop_database(ADMIN_DSN, name)
 
 
 async def _spawn_notify(settings: Settings, **env: str) -> asyncio.subprocess.Process:

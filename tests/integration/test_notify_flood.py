@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from complaints import system
-from shared import devinfra, kafka, topics
+from shared import topics
 from shared.events import EventType, new_event
 from shared.settings import Settings
-from tests.conftest import ADMIN_DSN, SECRET
+from tests.conftest import SECRET, isolated_parts
 from tests.support import eventually, read_topic, submission
 
 LIMIT = 3
@@ -27,27 +27,13 @@ INTERVAL_S = 8.0
 @pytest.fixture
 async def flood_settings(smtp) -> AsyncIterator[Settings]:
     """A broker and database of their own, and a short digest interval."""
-    broker = devinfra.EmbeddedBroker().start()
-    name = f"complaints_flood_{uuid.uuid4().hex[:8]}"
-    url = await devinfra.ensure_database(ADMIN_DSN, name)
-    settings = Settings(
-        _env_file=None,
-        kafka_bootstrap=broker.bootstrap,
-        database_url=url,
-        smtp_host=smtp.host,
-        smtp_port=smtp.port,
-        kafka_fetch_max_wait_ms=20,
-        outbox_poll_interval_s=0.2,
+    async with isolated_parts(
+        smtp,
+        ["intake", "notify"],
         receipt_limit_per_address=LIMIT,
         receipt_digest_interval_s=INTERVAL_S,
-    )
-    await system.migrate_all(settings, ["intake", "notify"])
-    await kafka.ensure_topics(settings)
-    try:
+    ) as settings:
         yield settings
-    finally:
-        broker.stop()
-        await devinfra.drop_database(ADMIN_DSN, name)
 
 
 def _mails_to(smtp, address: str):
