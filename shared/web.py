@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import auth, jsonsafe
+from shared.kafka import is_transient
 from shared.telemetry import extract_context
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,15 @@ def problem_response(
 INTERNAL_ERROR = Problem(
     500, "Internal Server Error", "the request could not be answered; the failure is logged"
 )
+UNAVAILABLE = Problem(
+    503, "Service Unavailable", "the database or broker is unavailable; try again shortly"
+)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error as `application/problem+json`: raised problems, invalid requests,
-    the framework's own answers (404, 405, 413, ...) and unexpected exceptions (500)."""
+    the framework's own answers (404, 405, 413, ...), the database or broker being away (503
+    with `Retry-After`) and unexpected exceptions (500)."""
 
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
@@ -164,13 +169,24 @@ class UnexpectedErrors:
         try:
             await self.app(scope, receive, sending)
         except Exception as exc:
-            log.error(
-                "unexpected %s answering %s %s", type(exc).__name__, scope["method"], scope["path"]
+            # the database or broker away is not the request's fault: 503, try again shortly
+            away = is_transient(exc)
+            log.log(
+                logging.WARNING if away else logging.ERROR,
+                "%s %s answering %s %s",
+                "unavailable:" if away else "unexpected",
+                type(exc).__name__,
+                scope["method"],
+                scope["path"],
             )
             log.debug("unexpected error in detail", exc_info=exc)
             if started:
                 return  # the answer is under way: the server closes the connection
-            await problem_response(INTERNAL_ERROR, scope["path"])(scope, receive, send)
+            if away:
+                answer = problem_response(UNAVAILABLE, scope["path"], {"Retry-After": "1"})
+            else:
+                answer = problem_response(INTERNAL_ERROR, scope["path"])
+            await answer(scope, receive, send)
 
 
 class BodyRejected(HTTPException):
@@ -232,7 +248,7 @@ def status_of(exc: Exception) -> int:
         return exc.status_code
     if isinstance(exc, RequestValidationError):
         return 422
-    return 500
+    return 503 if is_transient(exc) else 500
 
 
 def traced_route_class(tracer: trace.Tracer) -> type[APIRoute]:
@@ -324,7 +340,7 @@ _BODY_ERRORS = {
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Declare every error answer of an OpenAPI document as an `application/problem+json`
-    Problem, and the errors every operation may give (500; 413 and 422 with a body)."""
+    Problem, and the errors every operation may give (500, 503; 413 and 422 with a body)."""
     schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
@@ -333,6 +349,13 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
                 for status, description in _BODY_ERRORS.items():
                     responses.setdefault(status, {"description": description})
             responses.setdefault("500", {"description": "an unexpected failure"})
+            responses.setdefault(
+                "503",
+                {
+                    "description": "the database or broker is unavailable; retry after "
+                    "`Retry-After` seconds"
+                },
+            )
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = dict(_PROBLEM_CONTENT)

@@ -45,6 +45,10 @@ def _app(exporter: InMemorySpanExporter) -> FastAPI:
     async def crash() -> None:
         raise RuntimeError(f"cannot store {SECRET_TEXT}")
 
+    @router.get("/unavailable")
+    async def unavailable() -> None:
+        raise ConnectionRefusedError(f"no database for {SECRET_TEXT}")
+
     @router.get("/gone")
     async def gone() -> None:
         raise Problem(404, "Not found", "no such thing")
@@ -111,6 +115,21 @@ async def test_an_unexpected_exception_is_a_500_problem_without_its_text(http, e
     assert span.status.status_code == StatusCode.ERROR
     assert not span.events  # the exception (and its text) is not recorded on the span
     assert SECRET_TEXT not in json.dumps(dict(span.attributes)) + str(span.status.description)
+
+
+async def test_the_database_away_is_a_503_to_try_again_not_a_500(http, exporter, caplog):
+    caplog.set_level(logging.DEBUG, logger="shared.web")
+    answer = await http.get("/unavailable")
+    doc = _problem(answer, 503)
+    assert answer.headers["retry-after"] == "1"
+    assert "Sanne" not in answer.text
+    above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert [(r.levelno, r.getMessage()) for r in above_debug] == [
+        (logging.WARNING, "unavailable: ConnectionRefusedError answering GET /unavailable")
+    ]
+    [span] = exporter.get_finished_spans()
+    assert span.attributes["http.response.status_code"] == 503
+    assert doc["title"] == "Service Unavailable"
 
 
 @pytest.mark.parametrize("depth", [65, 1_000, 10_000, 100_000])
