@@ -257,8 +257,8 @@ async def process_batch(
                             )
     except Transient:
         raise
-    except BaseException as exc:
-        if isinstance(exc, Exception) and is_transient(exc):
+    except Exception as exc:
+        if is_transient(exc):
             raise Transient(exc) from exc
         raise
 
@@ -321,8 +321,8 @@ async def _handle_one(
 def failure_letter(record: Record, exc: Exception, consumer: Consumer) -> deadletters.Letter:
     """A bug must not block the partition: keep the record, dead-lettered with the error's type.
 
-    Exception text may quote personal data: the type and a traceback without values are logged
-    as an error, the text at debug.
+    Exception text may quote personal data: the type is logged as an error, the text (with
+    the traceback) at debug.
     """
     log.error(
         "%s failed on %s[%d]@%d (%s); dead-lettered",

@@ -92,7 +92,7 @@ class Service:
         A `follower` is off every latency path and fetches less often (see
         `kafka.consumer_options`).
         """
-        group_id = group or self.group_id
+        consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
             records = [r for r in records if r.may_be(types)]
@@ -105,12 +105,12 @@ class Service:
             await kafka.process_batch(
                 pool=self.pool,
                 tracer=self.tracer,
-                consumer=self._consumer(group_id),
+                consumer=consumer,
                 records=records,
                 handle=one,
             )
 
-        self._subscribe(topic, group_id, process, after, follower=follower)
+        self._subscribe(topic, consumer, process, after, follower=follower)
 
     def consume_together(
         self,
@@ -123,19 +123,19 @@ class Service:
     ) -> None:
         """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
         after a batch commits the relay is woken, and then `after`."""
-        group_id = group or self.group_id
+        consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
             await kafka.process_batch_together(
                 pool=self.pool,
                 tracer=self.tracer,
-                consumer=self._consumer(group_id),
+                consumer=consumer,
                 records=records,
                 parse=parse,
                 apply=lambda conn, items: apply(conn, items, now),
             )
 
-        self._subscribe(topic, group_id, process, after)
+        self._subscribe(topic, consumer, process, after)
 
     def _consumer(self, group_id: str) -> kafka.Consumer:
         return kafka.Consumer(
@@ -148,7 +148,7 @@ class Service:
     def _subscribe(
         self,
         topic: str,
-        group_id: str,
+        consumer: kafka.Consumer,
         process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
         after: Callable[[], None] | None,
         *,
@@ -162,7 +162,8 @@ class Service:
         transactions of their own, so a record that still fails is dead-lettered alone and the
         partition moves on. After a batch commits the relay is woken, and then `after`.
         """
-        batches = _BatchFailures(self.name, group_id, self.settings.consumer_max_tries)
+        group_id = consumer.name
+        batches = _BatchFailures(self.name, group_id, consumer.max_tries)
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
@@ -187,7 +188,7 @@ class Service:
                     await message.nack()
                     return
                 try:
-                    await self._one_at_a_time(records, process, group_id)
+                    await self._one_at_a_time(records, process, consumer)
                 except kafka.Transient as cause:
                     await asyncio.sleep(batches.transient(cause))
                     await message.nack()
@@ -201,7 +202,7 @@ class Service:
         self,
         records: list[kafka.Record],
         process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
-        group_id: str,
+        consumer: kafka.Consumer,
     ) -> None:
         """Each record of a batch that keeps failing in a transaction of its own; one that still
         fails, not for a transient reason, is dead-lettered whole with the error's type."""
@@ -213,11 +214,11 @@ class Service:
             except Exception as exc:
                 if kafka.is_transient(exc):
                     raise kafka.Transient(exc) from exc
-                letter = kafka.failure_letter(record, exc, self._consumer(group_id))
+                letter = kafka.failure_letter(record, exc, consumer)
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
                         await deadletters.store(
-                            conn, [letter], preview_bytes=self.settings.deadletter_preview_bytes
+                            conn, [letter], preview_bytes=consumer.preview_bytes
                         )
                 except Exception as cause:
                     if not kafka.is_transient(cause):
@@ -225,7 +226,7 @@ class Service:
                         # again later rather than lose it
                         log.error(
                             "%s: could not keep a dead letter (%s); the batch waits",
-                            group_id,
+                            consumer.name,
                             type(cause).__name__,
                         )
                     raise kafka.Transient(cause) from cause

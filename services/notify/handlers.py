@@ -108,7 +108,9 @@ async def plan_receipt(
             at=now,
             reason="no e-mail address: the channel gave the customer their receipt",
         )
-        await outbox.enqueue(conn, [_event(EventType.NOTIFICATION_FAILED, failed, trace)])
+        await outbox.enqueue(
+            conn, [notification_event(EventType.NOTIFICATION_FAILED, failed, trace)]
+        )
         return
     address = domain.address_key(message.recipient)
     window = await repository.lock_window(conn, address)
@@ -151,9 +153,10 @@ async def _open_digest(
     return digest_id
 
 
-def _event(
+def notification_event(
     type_: EventType, data: NotificationData, trace: dict[str, str] | None = None
 ) -> outbox.Message:
+    """`notification.sent` / `notification.failed` about `data`'s complaint."""
     return outbox.complaint_event(
         type_, source=SOURCE, complaint_id=data.complaint_id, data=data, at=data.at, trace=trace
     )

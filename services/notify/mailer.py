@@ -18,13 +18,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.notify import domain, repository
+from services.notify.handlers import notification_event
 from services.notify.smtp import LeaseLost, SmtpPool, describe
 from shared import outbox
 from shared.db import Conn
 from shared.events import EventType, NotificationData, utcnow
 from shared.telemetry import extract_context, inject_headers
 
-SOURCE = "complaints/notify"
 log = logging.getLogger(__name__)
 
 
@@ -321,14 +321,5 @@ def _events(
         )
         job = jobs.get(via)
         trace_headers: dict[str, Any] | None = job.trace if job and job.trace else None
-        events.append(
-            outbox.complaint_event(
-                type_,
-                source=SOURCE,
-                complaint_id=data.complaint_id,
-                data=data,
-                at=at,
-                trace=trace_headers,
-            )
-        )
+        events.append(notification_event(type_, data, trace_headers))
     return events
