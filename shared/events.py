@@ -359,6 +359,78 @@ class ReassignedData(BaseModel):
     reason: str
 
 
+class RemedyType(StrEnum):
+    """The contract's remedy types: the first four carry an amount, a discount a percent."""
+
+    REFUND = "refund"
+    GOODWILL_CREDIT = "goodwill_credit"
+    REPLACEMENT = "replacement"  # amount: its value
+    CANCEL_ORDER = "cancel_order"  # amount: the order value
+    DISCOUNT_NEXT_PURCHASE = "discount_next_purchase"
+    RESERVE_AND_NOTIFY = "reserve_and_notify"
+    APOLOGY_ONLY = "apology_only"
+
+
+MONEY_REMEDIES = frozenset(
+    {
+        RemedyType.REFUND,
+        RemedyType.GOODWILL_CREDIT,
+        RemedyType.REPLACEMENT,
+        RemedyType.CANCEL_ORDER,
+    }
+)
+
+
+class Remedy(BaseModel):
+    """A remedy offered or applied: money remedies have an amount, a discount its percent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: RemedyType
+    amount: Money | None = None
+    percent: Annotated[Decimal, Field(gt=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _measure_fits_type(self) -> Remedy:
+        if self.type in MONEY_REMEDIES and self.amount is None:
+            raise PydanticCustomError("missing", "a {kind} needs an amount", {"kind": self.type})
+        if self.type == RemedyType.DISCOUNT_NEXT_PURCHASE and self.percent is None:
+            raise PydanticCustomError("missing", "a discount needs a percent")
+        if self.type not in MONEY_REMEDIES and self.amount is not None:
+            raise PydanticCustomError("extra", "a {kind} has no amount", {"kind": self.type})
+        if self.type != RemedyType.DISCOUNT_NEXT_PURCHASE and self.percent is not None:
+            raise PydanticCustomError("extra", "only a discount has a percent")
+        return self
+
+
+class Outcome(StrEnum):
+    UPHELD = "upheld"
+    PARTIALLY_UPHELD = "partially_upheld"
+    NOT_UPHELD = "not_upheld"
+
+
+class CaseEventData(BaseModel):
+    """What every event about one complaint carries: the complaint, who acted, and when."""
+
+    complaint_id: str
+    actor: str = "system"
+    at: datetime | None = None
+
+
+class ResolvedData(CaseEventData):
+    """`complaint.resolved`: the outcome, and the remedy applied (none when not upheld)."""
+
+    outcome: Outcome
+    remedy: Remedy | None = None
+
+
+class FeedbackData(CaseEventData):
+    """`complaint.feedback_received`: the customer's satisfaction after resolution."""
+
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: str | None = None
+
+
 class ChannelKeyData(BaseModel):
     """A channel key's lifecycle (internal): its hash, never the key itself."""
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from complaints import system
 from services.intake import admin
-from shared import auth, devinfra, kafka
+from shared import auth, db, devinfra, kafka, migrate
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider
@@ -60,6 +60,24 @@ async def database() -> AsyncIterator[str]:
         yield url
     finally:
         await devinfra.drop_database(ADMIN_DSN, name)
+
+
+@contextlib.asynccontextmanager
+async def shared_schema(database: str, prefix: str) -> AsyncIterator[tuple[str, db.Pool]]:
+    """A schema of its own with the shared tables (outbox, inbox, dead letters, timers), and a
+    pool on it; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    await migrate.apply(database, name, migrate.load("shared.migrations", prefix="shared/"))
+    pool = await db.create_pool(database, schema=name, application=f"test-{prefix}", max_size=6)
+    try:
+        yield name, pool
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+        finally:
+            await conn.close()
 
 
 @contextlib.asynccontextmanager

@@ -19,9 +19,9 @@ class Intake(Service):
         self.consume_together(topics.SUBMITTED, handlers.parse_record, handlers.apply_submissions)
         self.consume(
             topics.EVENTS,
-            handlers.on_event_record,
+            handlers.cases,
             group=f"{self.group_id}-cases",
-            types=handlers.CASE_EVENT_TYPES,
+            types=handlers.cases.types,
             follower=True,  # staff load may lag a case's resolution by a fraction of a second
         )
 

@@ -14,21 +14,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.intake import domain, repository
-from shared import inbox, jsonsafe, outbox, topics
+from shared import jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
+    CaseEventData,
     Channel,
     CloudEvent,
     EventType,
-    Money,
+    FeedbackData,
     ReassignedData,
     ReceivedData,
     RejectedData,
+    Remedy,
+    ResolvedData,
     RoutedData,
     SubmittedData,
     new_event,
 )
-from shared.kafka import Record, Rejected, parse_event
+from shared.kafka import Record, Rejected
+from shared.routing import Delivery, EventRouter
 from shared.web import field_errors, summarise
 
 SOURCE = "complaints/intake"
@@ -323,48 +327,41 @@ async def apply_submissions(
 
 CONSUMER = "intake"
 
-# What later events say about a case, as intake tracks it for load and customer history.
-_CASE_CHANGES: dict[str, dict[str, Any]] = {
-    EventType.ACKNOWLEDGED: {"acknowledged": True},
-    EventType.RESOLVED: {"open": False},
-    EventType.CLOSED: {"open": False},
-    EventType.REOPENED: {"open": True},
-}
+# What later events say about a case, as intake tracks it for open load and customer history;
+# the other events on the topic are skipped unread (by their type header).
+cases = EventRouter(CONSUMER)
 
 
-# The only events intake follows; the others on the topic are skipped unread.
-CASE_EVENT_TYPES = frozenset({*_CASE_CHANGES, EventType.FEEDBACK_RECEIVED})
+@cases.on(EventType.ACKNOWLEDGED, model=CaseEventData)
+async def acknowledged(conn: Conn, data: CaseEventData, _: Delivery) -> None:
+    await repository.case_update(conn, data.complaint_id, acknowledged=True)
 
 
-def remedy_value(remedy: Any) -> dict[str, Any]:
+@cases.on(EventType.CLOSED, model=CaseEventData)
+async def closed(conn: Conn, data: CaseEventData, _: Delivery) -> None:
+    await repository.case_update(conn, data.complaint_id, open=False)
+
+
+@cases.on(EventType.REOPENED, model=CaseEventData)
+async def reopened(conn: Conn, data: CaseEventData, _: Delivery) -> None:
+    await repository.case_update(conn, data.complaint_id, open=True)
+
+
+@cases.on(EventType.RESOLVED, model=ResolvedData)
+async def resolved(conn: Conn, data: ResolvedData, _: Delivery) -> None:
+    await repository.case_update(
+        conn, data.complaint_id, open=False, outcome=data.outcome.value, **remedy_value(data.remedy)
+    )
+
+
+@cases.on(EventType.FEEDBACK_RECEIVED, model=FeedbackData)
+async def feedback(conn: Conn, data: FeedbackData, _: Delivery) -> None:
+    await repository.case_update(conn, data.complaint_id, satisfaction=data.score)
+
+
+def remedy_value(remedy: Remedy | None) -> dict[str, Any]:
     """The money value of the remedy a case was resolved with, for customer history: nothing
-    when there was none, it has no amount (an apology, a percentage) or it cannot be read."""
-    if not isinstance(remedy, dict) or not isinstance(remedy.get("amount"), dict):
+    when there was none or it has no amount (an apology, a percentage)."""
+    if remedy is None or remedy.amount is None:
         return {}
-    try:
-        money = Money.model_validate(remedy["amount"])
-    except ValidationError:
-        return {}
-    return {"remedy_amount": money.decimal(), "remedy_currency": money.currency}
-
-
-async def on_event_record(conn: Conn, record: Record, *, now: datetime) -> None:
-    """Follow cases on `complaints.events.v1`: open or not, acknowledged, outcome and remedy,
-    satisfaction."""
-    event = parse_event(record)
-    if event.type not in CASE_EVENT_TYPES:
-        return
-    if not await inbox.first_time(conn, CONSUMER, event.id):
-        return
-    data = event.data if isinstance(event.data, dict) else {}
-    complaint_id = event.complaint_id()
-    if not complaint_id:
-        raise Rejected("schema_violation", f"{event.type} names no complaint")
-    changes = dict(_CASE_CHANGES.get(event.type, {}))
-    if event.type == EventType.RESOLVED:
-        if isinstance(data.get("outcome"), str):
-            changes["outcome"] = data["outcome"]
-        changes.update(remedy_value(data.get("remedy")))
-    if event.type == EventType.FEEDBACK_RECEIVED and isinstance(data.get("score"), int):
-        changes["satisfaction"] = data["score"]
-    await repository.case_update(conn, complaint_id, **changes)
+    return {"remedy_amount": remedy.amount.decimal(), "remedy_currency": remedy.amount.currency}

@@ -16,8 +16,8 @@ class Resolution(Service):
 
     def register(self) -> None:
         api.install(self, self.router)
-        self.consume(topics.EVENTS, handlers.on_event_record)
-        self.consume(topics.CHANNEL_KEYS, handlers.on_key_record, group=f"{self.group_id}-keys")
+        self.consume(topics.EVENTS, handlers.events)
+        self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,8 +18,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared import db, migrate, timers
+from shared import db, timers
 from shared.timers import Timer, TimerWorker
+from tests.conftest import shared_schema
 from tests.timer_worker_script import EFFECTS_DDL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,20 +49,10 @@ class Schema:
 
 @pytest.fixture
 async def schema(database: str) -> AsyncIterator[Schema]:
-    name = f"timers_{uuid.uuid4().hex[:8]}"
-    await migrate.apply(database, name, migrate.load("shared.migrations", prefix="shared/"))
-    pool = await db.create_pool(database, schema=name, application="test-timers", max_size=6)
-    try:
+    async with shared_schema(database, "timers") as (name, pool):
         async with pool.acquire() as conn:
             await conn.execute(EFFECTS_DDL)
         yield Schema(database, name, pool)
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def _record_effect(conn: db.Conn, timer: Timer, now: datetime) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from services.intake.domain import (
     DEFAULT_ROUTES,
@@ -24,7 +25,7 @@ from services.intake.domain import (
 )
 from services.intake.handlers import remedy_value
 from shared import sla
-from shared.events import Category, Severity, SubmittedData
+from shared.events import Category, Remedy, Severity, SubmittedData
 from tests.support import submission
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -295,13 +296,33 @@ def test_terms_inside_longer_matches_still_count():
             {"type": "refund", "amount": {"amount": "80.00", "currency": "EUR"}},
             {"remedy_amount": Decimal("80.00"), "remedy_currency": "EUR"},
         ),
+        (
+            {"type": "replacement", "amount": {"amount": "12.5", "currency": "TRY"}},
+            {"remedy_amount": Decimal("12.5"), "remedy_currency": "TRY"},
+        ),
         ({"type": "discount_next_purchase", "percent": 10}, {}),
         ({"type": "apology_only"}, {}),
-        ({"type": "refund", "amount": {"amount": 80, "currency": "EUR"}}, {}),  # a float/int
-        ({"type": "refund", "amount": "80 EUR"}, {}),
         (None, {}),
-        ("refund", {}),
     ],
 )
 def test_the_value_of_a_resolved_cases_remedy(remedy, value):
-    assert remedy_value(remedy) == value
+    parsed = None if remedy is None else Remedy.model_validate(remedy)
+    assert remedy_value(parsed) == value
+
+
+@pytest.mark.parametrize(
+    "remedy",
+    [
+        {"type": "refund", "amount": {"amount": 80, "currency": "EUR"}},  # a number
+        {"type": "refund", "amount": "80 EUR"},
+        {"type": "refund"},  # no amount
+        {"type": "apology_only", "amount": {"amount": "1", "currency": "EUR"}},
+        {"type": "discount_next_purchase"},  # no percent
+        {"type": "discount_next_purchase", "percent": 101},
+        {"type": "voucher"},
+        "refund",
+    ],
+)
+def test_a_malformed_remedy_is_refused(remedy):
+    with pytest.raises(ValidationError):
+        Remedy.model_validate(remedy)
