@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -34,10 +36,75 @@ def _statement(query: str, dbname: str) -> tuple[str, dict[str, str]]:
     }
 
 
-def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.Connection]:
-    """A connection class whose statements become client spans of `tracer` (SQL text only),
-    inside a sampled trace (a span of ours, or a record's context made current); a statement
-    outside one (a poll, a batch-wide insert) costs no span."""
+class HookedConnection(asyncpg.Connection):
+    """A connection that wakes workers once its outermost transaction commits: a transaction
+    that wrote work for a worker (outbox rows, notifications, timers) asks for it with
+    `wake_after_commit`, and nobody wakes a worker by hand. A rollback wakes nobody."""
+
+    wakers: Mapping[str, Callable[[], None]] = {}  # per pool: set by `create_pool`
+    _depth = 0
+    _pending: frozenset[str] = frozenset()
+
+    def transaction(self, **options: Any) -> Any:
+        return _Transaction(self, super().transaction(**options))
+
+    def wake_after_commit(self, worker: str) -> None:
+        self._pending = self._pending | {worker}
+
+    def _entered(self) -> None:
+        self._depth += 1
+
+    def _left(self, committed: bool) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        pending, self._pending = self._pending, frozenset()
+        for name in pending if committed else ():
+            waker = self.wakers.get(name)
+            if waker is not None:
+                waker()
+
+
+class _Transaction:
+    """asyncpg's transaction, telling its connection when it is entered and left."""
+
+    def __init__(self, conn: HookedConnection, inner: Any) -> None:
+        self._conn = conn
+        self._inner = inner
+
+    async def __aenter__(self) -> Any:
+        result = await self._inner.__aenter__()
+        self._conn._entered()
+        return result
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Any:
+        committed = False
+        try:
+            result = await self._inner.__aexit__(kind, exc, tb)
+            committed = kind is None
+            return result
+        finally:
+            self._conn._left(committed)
+
+
+def wake_after_commit(conn: Conn, worker: str) -> None:
+    """Wake `worker` (a name the pool's service registered) once this transaction commits; a
+    no-op on a connection without hooks (a test's own connection, say)."""
+    hook = getattr(conn, "wake_after_commit", None)
+    if hook is not None:
+        hook(worker)
+
+
+def traced_connection_class(
+    tracer: trace.Tracer | None, dbname: str, wakers: Mapping[str, Callable[[], None]]
+) -> type[asyncpg.Connection]:
+    """A connection class with commit hooks (`wakers`) whose statements become client spans of
+    `tracer` (SQL text only), inside a sampled trace (a span of ours, or a record's context
+    made current); a statement outside one (a poll, a batch-wide insert) costs no span."""
+    if tracer is None:
+        return type("Connection", (HookedConnection,), {"wakers": wakers})
 
     def span(query: str) -> Any:
         if not trace.get_current_span().get_span_context().trace_flags.sampled:
@@ -45,7 +112,7 @@ def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.C
         name, attributes = _statement(query, dbname)
         return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
-    class TracedConnection(asyncpg.Connection):
+    class TracedConnection(HookedConnection):
         async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
             with span(query):
                 return await super().execute(query, *args, timeout=timeout)
@@ -79,6 +146,7 @@ def traced_connection_class(tracer: trace.Tracer, dbname: str) -> type[asyncpg.C
             with span(query):
                 return await super().fetchval(query, *args, column=column, timeout=timeout)
 
+    TracedConnection.wakers = wakers
     return TracedConnection
 
 
@@ -104,12 +172,15 @@ async def create_pool(
     application: str,
     tracer: trace.Tracer | None = None,
     max_size: int = 8,
+    wakers: Mapping[str, Callable[[], None]] | None = None,
 ) -> Pool:
-    """A pool whose connections see `schema` first and trace their statements."""
+    """A pool whose connections see `schema` first, trace their statements (with a `tracer`)
+    and wake `wakers` by name after commits that ask for them (a mapping the service may
+    fill once its workers exist)."""
     dbname = dsn.rsplit("/", 1)[-1].split("?", 1)[0] or "postgres"
-    kwargs: dict[str, Any] = {}
-    if tracer is not None:
-        kwargs["connection_class"] = traced_connection_class(tracer, dbname)
+    kwargs: dict[str, Any] = {
+        "connection_class": traced_connection_class(tracer, dbname, wakers or {})
+    }
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,

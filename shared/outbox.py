@@ -17,10 +17,11 @@ from aiokafka import errors as kafka_errors
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared import topics
+from shared import db, topics
 from shared.db import Conn
 from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent, new_event
 from shared.telemetry import extract_context, inject_headers
+from shared.workers import Loop
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ PERMANENT: tuple[type[BaseException], ...] = (
     kafka_errors.InvalidTimestampError,
     UnicodeEncodeError,  # a stored header that cannot be sent as UTF-8
 )
+
+
+# The name the relay is woken by after a commit that wrote outbox rows (`db.on_commit`).
+WORKER = "outbox"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     """Record `messages` in the caller's transaction, each with its trace context."""
     if not messages:
         return
+    db.wake_after_commit(conn, WORKER)
     current = inject_headers()
     # one statement for the lot, in the given order (ids follow it: the relay publishes by id)
     await conn.execute(
@@ -137,43 +143,27 @@ class OutboxRelay:
         self._poll = poll_interval_s
         self._batch = batch_size
         self._lag_alarm = lag_alarm_s
-        self._wake = asyncio.Event()
-        self._stopping = False
         self._acked: set[int] = set()  # acknowledged by the broker, not yet recorded
         self._alarm_logged_at = 0.0
+        self._loop = Loop("outbox relay", self._step, backoff_s=poll_interval_s)
 
     def wake(self) -> None:
-        """Ask the relay to look now (called after a transaction that wrote outbox rows commits)."""
-        self._wake.set()
+        """Ask the relay to look now (a commit that wrote outbox rows does, see `enqueue`)."""
+        self._loop.wake()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._loop.stop()
 
     async def run(self) -> None:
         """Relay until stopped; a failure is logged (one line) and retried with back-off."""
-        backoff = self._poll
-        while not self._stopping:
-            # cleared before looking, so a wake-up that arrives while draining is kept
-            self._wake.clear()
-            try:
-                published = await self.drain_once()
-                backoff = self._poll
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "outbox relay failed (%s); retrying in %.1fs", type(exc).__name__, backoff
-                )
-                published = 0
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        await self._loop.run()
+
+    async def _step(self) -> float:
+        try:
+            published = await self.drain_once()
+        finally:
             await self._alarm_if_behind()
-            if published >= self._batch:
-                continue
-            if not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+        return 0.0 if published >= self._batch else self._poll
 
     async def _alarm_if_behind(self) -> None:
         """At most every `lag_alarm_s`: an error line when rows are parked or waiting too long."""

@@ -12,7 +12,6 @@ long locks or a long transaction.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from shared.events import utcnow
+from shared.workers import Loop
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +67,32 @@ async def prune(
     return deleted
 
 
-async def run(
-    pool: asyncpg.Pool,
-    rules: list[Rule],
-    *,
-    every_s: float,
-    service: str = "",
-) -> None:
-    """Prune now and then every `every_s` seconds, until cancelled; a failure is logged and
+# The name retention runs under (no commit wakes it: it runs every so often).
+WORKER = "retention"
+
+
+class Retention:
+    """Prunes now and then every `every_s` seconds, until stopped; a failure is logged and
     tried again next time."""
-    while True:
-        try:
-            deleted = await prune(pool, rules, now=utcnow())
-            if any(deleted.values()):
-                log.info("%s retention deleted %s", service, deleted)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("%s retention failed (%s); trying again later", service, type(exc).__name__)
-        await asyncio.sleep(every_s)
+
+    def __init__(self, pool: asyncpg.Pool, rules: list[Rule], *, every_s: float, service: str):
+        self._pool = pool
+        self._rules = rules
+        self._every = every_s
+        self._service = service
+        self._loop = Loop(f"{service} retention", self._step, backoff_s=every_s)
+
+    def wake(self) -> None:
+        self._loop.wake()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    async def run(self) -> None:
+        await self._loop.run()
+
+    async def _step(self) -> float:
+        deleted = await prune(self._pool, self._rules, now=utcnow())
+        if any(deleted.values()):
+            log.info("%s retention deleted %s", self._service, deleted)
+        return self._every

@@ -23,6 +23,7 @@ from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider, service_name, tracer
 from shared.web import traced_route_class
+from shared.workers import Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,9 +66,12 @@ class Service:
         )
         self.router = APIRouter(route_class=traced_route_class(self.tracer))
         self._pool: db.Pool | None = None
+        # the workers a commit may wake, by name (see `db.wake_after_commit`)
+        self.wakers: dict[str, Callable[[], None]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._workers: list[Worker] = []
         self._cancel_on_stop: list[asyncio.Task[Any]] = []
         self.register()
 
@@ -122,7 +126,8 @@ class Service:
         after: Callable[[], None] | None = None,
     ) -> None:
         """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
-        after a batch commits the relay is woken, and then `after`."""
+        after a batch commits, `after` is called (the commit itself wakes the
+        workers it gave work, see `db.wake_after_commit`)."""
         consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
@@ -160,7 +165,7 @@ class Service:
         jittered back-off, one log line each time, for as long as it takes. A batch that fails
         for any other reason is retried a few times, then handled record by record in
         transactions of their own, so a record that still fails is dead-lettered alone and the
-        partition moves on. After a batch commits the relay is woken, and then `after`.
+        partition moves on. After a batch commits, `after` is called.
         """
         group_id = consumer.name
         batches = _BatchFailures(self.name, group_id, consumer.max_tries)
@@ -194,7 +199,6 @@ class Service:
                     await message.nack()
                     return
             batches.succeeded(records)
-            self.relay.wake()
             if after is not None:
                 after()
 
@@ -284,6 +288,12 @@ class Service:
         task.add_done_callback(_report_crash)
         (self._tasks if drain else self._cancel_on_stop).append(task)
 
+    def run_worker(self, name: str, worker: Worker) -> None:
+        """Run `worker` until the service stops, woken by commits that ask for `name`."""
+        self.wakers[name] = worker.wake
+        self._workers.append(worker)
+        self.spawn(worker.run())
+
     async def open(self) -> None:
         """Pool, producer and relay: everything but consumption."""
         self._pool = await db.create_pool(
@@ -292,6 +302,7 @@ class Service:
             application=f"complaints-{self.name}",
             tracer=self.tracer,
             max_size=self.settings.database_pool_size,
+            wakers=self.wakers,
         )
         self._producer = kafka.build_producer(
             self.settings, client_id=f"complaints-{self.name}-relay"
@@ -304,15 +315,15 @@ class Service:
             poll_interval_s=self.settings.outbox_poll_interval_s,
             lag_alarm_s=self.settings.outbox_lag_alarm_s,
         )
-        self.spawn(self._relay.run())
-        self.spawn(
-            retention.run(
+        self.run_worker(outbox.WORKER, self._relay)
+        self.run_worker(
+            retention.WORKER,
+            retention.Retention(
                 self._pool,
                 self.retention_rules(),
                 every_s=self.settings.retention_interval_s,
                 service=self.name,
             ),
-            drain=False,
         )
         await self.on_open()
 
@@ -338,8 +349,9 @@ class Service:
         """Stop consuming, let the relay publish what is committed, then release everything."""
         with contextlib.suppress(Exception):
             await self.broker.stop()
-        if self._relay is not None:
-            self._relay.stop()
+        for worker in self._workers:
+            worker.stop()
+        self._workers.clear()
         for task in self._cancel_on_stop:
             task.cancel()
         await asyncio.gather(*self._cancel_on_stop, return_exceptions=True)

@@ -26,7 +26,6 @@ Scheduling rules (`schedule(conn, key, ...)`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn, Pool
+from shared.db import Conn, Pool, wake_after_commit
 from shared.kafka import is_transient
+from shared.workers import Loop
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ SCHEDULE_SQL = """
     RETURNING true"""
 
 
+# The name the timer worker is woken by after a commit that armed a timer.
+WORKER = "timers"
+
+
 async def schedule(
     conn: Conn,
     key: str,
@@ -83,10 +87,10 @@ async def schedule(
     rearm: bool = False,
 ) -> bool:
     """Arm or move timer `key` in the caller's transaction; False when it already fired or
-    failed and `rearm` is not set (then nothing changes). Call the worker's `wake` after the
-    commit when it is due soon."""
+    failed and `rearm` is not set (then nothing changes). The commit wakes the worker."""
     if due_at.tzinfo is None:
         raise ValueError("due_at must be timezone-aware")
+    wake_after_commit(conn, WORKER)
     done = await conn.fetchval(
         SCHEDULE_SQL, key, kind, {} if payload is None else payload, due_at, rearm
     )
@@ -184,7 +188,6 @@ class TimerWorker:
         self._handlers = dict(handlers)
         self._kinds = sorted(self._handlers)
         self._batch = batch_size
-        self._lanes = lanes
         self._max_wait = max_wait_s
         self._busy_wait = busy_wait_s
         self._tick = tick_s
@@ -192,43 +195,27 @@ class TimerWorker:
         self._retry_base = retry_base_s
         self._retry_cap = retry_cap_s
         self._timeout = handler_timeout_s
-        self._wakes = [asyncio.Event() for _ in range(lanes)]
-        self._stopping = False
+        self._lanes = [
+            Loop("timer worker", self._lane_step, backoff_s=busy_wait_s) for _ in range(lanes)
+        ]
 
     def wake(self) -> None:
-        """Look for due timers now (call after a commit that scheduled one due soon)."""
-        for event in self._wakes:
-            event.set()
+        """Look for due timers now (a commit that scheduled one does, see `schedule`)."""
+        for lane in self._lanes:
+            lane.wake()
 
     def stop(self) -> None:
-        self._stopping = True
-        self.wake()
+        for lane in self._lanes:
+            lane.stop()
 
     async def run(self) -> None:
-        """Fire timers until stopped."""
-        await asyncio.gather(*(self._lane(event) for event in self._wakes))
+        """Fire timers until stopped, in `lanes` claiming loops; a failure of the database is
+        logged (one line) and retried with back-off."""
+        await asyncio.gather(*(lane.run() for lane in self._lanes))
 
-    async def _lane(self, wake: asyncio.Event) -> None:
-        """One claiming loop; a failure of the database is logged (one line) and retried with
-        back-off."""
-        backoff = self._busy_wait
-        while not self._stopping:
-            wake.clear()  # before looking, so a wake-up that arrives meanwhile is kept
-            try:
-                claimed = await self.fire_once()
-                wait = 0.0 if claimed >= self._batch else await self._next_wait()
-                backoff = self._busy_wait
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "timer worker failed (%s); retrying in %.1fs", type(exc).__name__, backoff
-                )
-                wait = backoff
-                backoff = min(backoff * 2, 10.0)
-            if wait > 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=wait)
+    async def _lane_step(self) -> float:
+        claimed = await self.fire_once()
+        return 0.0 if claimed >= self._batch else await self._next_wait()
 
     async def _next_wait(self) -> float:
         async with self._pool.acquire() as conn:

@@ -132,7 +132,6 @@ class Submissions:
             try:
                 async with self._service.pool.acquire() as conn, conn.transaction():
                     results = await handlers.accept_many(conn, items, now=utcnow())
-                self._service.relay.wake()
                 return results
             except RETRYABLE:
                 if attempt == 3:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from services.notify import api, domain, handlers
-from services.notify.mailer import Mailer
+from services.notify.mailer import MAILER, Mailer
 from services.notify.smtp import SmtpPool
 from shared import retention, topics
 from shared.service import Service
@@ -19,7 +19,6 @@ class Notify(Service):
 
     def register(self) -> None:
         self.signal = api.StreamSignal()
-        self._mailer: Mailer | None = None
         api.install(self, self.router, self.signal)
         policy = domain.ReceiptPolicy(
             limit=self.settings.receipt_limit_per_address,
@@ -33,8 +32,6 @@ class Notify(Service):
         )
 
     def _after_batch(self) -> None:
-        if self._mailer is not None:
-            self._mailer.wake()
         self.signal.notify()
 
     def retention_rules(self) -> list[retention.Rule]:
@@ -52,7 +49,7 @@ class Notify(Service):
 
     async def on_open(self) -> None:
         settings = self.settings
-        self._mailer = Mailer(
+        mailer = Mailer(
             pool=self.pool,
             smtp=SmtpPool(
                 host=settings.smtp_host,
@@ -62,16 +59,10 @@ class Notify(Service):
             ),
             sender_address=settings.smtp_from,
             tracer=self.tracer,
-            wake_relay=self.relay.wake,
             lease_s=settings.mailer_lease_s,
             max_in_flight=settings.smtp_max_in_flight,
         )
-        self.spawn(self._mailer.run())
-
-    async def stop(self) -> None:
-        if self._mailer is not None:
-            self._mailer.stop()
-        await super().stop()
+        self.run_worker(MAILER, mailer)
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Notify:

@@ -4,7 +4,6 @@ kept-alive SMTP connections, and records their outcomes a batch per transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ from shared import outbox
 from shared.db import Conn
 from shared.events import EventType, NotificationData, utcnow
 from shared.telemetry import extract_context, inject_headers
+from shared.workers import Loop
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ class _Outcome:
     error: str | None  # None: the server accepted it
 
 
+# The name the mailer is woken by after a commit that planned a message.
+MAILER = repository.WORKER
+
+
 class Mailer:
     """Delivers planned messages; several mailers (replicas) may share the database."""
 
@@ -63,7 +67,6 @@ class Mailer:
         smtp: SmtpPool,
         sender_address: str,
         tracer: trace.Tracer,
-        wake_relay: Callable[[], None],
         lease_s: float = 10.0,
         max_in_flight: int = 32,
         poll_interval_s: float = 1.0,
@@ -74,7 +77,6 @@ class Mailer:
         self._smtp = smtp
         self._from = sender_address
         self._tracer = tracer
-        self._wake_relay = wake_relay
         self._lease = lease_s
         self._max_in_flight = max_in_flight
         self._poll = poll_interval_s
@@ -85,16 +87,14 @@ class Mailer:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._outcomes: list[_Outcome] = []
         self._have_outcomes = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self._loop = Loop("mailer", self._step, backoff_s=poll_interval_s)
 
     def wake(self) -> None:
-        """Look for due messages now (called after a transaction that planned some commits)."""
-        self._wake.set()
+        """Look for due messages now (a commit that planned some does, see `repository.plan`)."""
+        self._loop.wake()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._loop.stop()
 
     async def run(self) -> None:
         """Claim and deliver until stopped; a failure is logged and tried again, never fatal."""
@@ -103,23 +103,18 @@ class Mailer:
             asyncio.create_task(self._heartbeat_loop()),
         ]
         try:
-            while not self._stopping:
-                self._wake.clear()  # before looking, so a wake-up meanwhile is kept
-                room = self._max_in_flight - len(self._jobs)
-                claimed = 0
-                if room > 0:
-                    try:
-                        claimed = await self.claim(room)
-                    except Exception as exc:
-                        log.warning("mailer claim failed: %s", type(exc).__name__)
-                        await asyncio.sleep(self._poll)
-                        continue
-                if claimed and claimed == room:
-                    continue  # more may be due; it waits for room below if there is none
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            await self._loop.run()
         finally:
             await self._shut_down(helpers)
+
+    async def _step(self) -> float:
+        """Claim what there is room for; look again at once if that filled the room (more may
+        be due), else when woken (a commit, or room freed) or after the poll interval."""
+        room = self._max_in_flight - len(self._jobs)
+        if room <= 0:
+            return self._poll
+        claimed = await self.claim(room)
+        return 0.0 if claimed == room else self._poll
 
     async def claim(self, limit: int) -> int:
         """Lease up to `limit` due messages and start delivering them; return how many."""
@@ -239,8 +234,7 @@ class Mailer:
         del self._outcomes[: len(batch)]
         for outcome in batch:
             self._jobs.pop(outcome.job.id, None)
-        self._wake_relay()
-        self._wake.set()  # room for more
+        self._loop.wake()  # room for more
 
     async def _record(self, conn: Conn, batch: list[_Outcome]) -> None:
         jobs = {o.job.id: o.job for o in batch}

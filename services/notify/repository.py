@@ -10,8 +10,11 @@ from typing import Any
 import asyncpg
 
 from services.notify.domain import Message, Window
-from shared.db import Conn
+from shared.db import Conn, wake_after_commit
 from shared.events import CloudEvent
+
+# The mailer, woken by a commit that planned a message.
+WORKER = "mailer"
 
 
 async def plan(
@@ -25,7 +28,8 @@ async def plan(
     due: datetime | None = None,
 ) -> bool:
     """Queue a message for delivery (or, `held_for` a digest, for that digest to carry); False
-    if this complaint already has one of that kind."""
+    if this complaint already has one of that kind. The commit wakes the mailer."""
+    wake_after_commit(conn, WORKER)
     inserted = await conn.fetchval(
         """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
                language, subject, body, trace_headers, status, digest_id, next_attempt_at)

@@ -169,7 +169,6 @@ async def test_a_killed_mailers_leases_are_taken_over_within_seconds(isolated: S
             smtp=SmtpPool(host=smtp.host, port=smtp.port, timeout_s=5, size=2),
             sender_address="complaints@localhost",
             tracer=trace.get_tracer("test"),
-            wake_relay=lambda: None,
             lease_s=lease_s,
             poll_interval_s=0.2,
         )

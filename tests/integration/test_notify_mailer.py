@@ -120,7 +120,6 @@ def mailer(pool: asyncpg.Pool, sink: Sink, *, connections: int, **options: Any) 
         smtp=SmtpPool(host="127.0.0.1", port=sink.port, timeout_s=5, size=connections),
         sender_address="complaints@localhost",
         tracer=trace.get_tracer("test"),
-        wake_relay=lambda: None,
         poll_interval_s=0.1,
         **options,
     )
