@@ -92,7 +92,13 @@ async def _up(demo: bool) -> None:
         keys = await _dev_keys(settings)
         if demo:
             await admin.seed_demo_staff(settings)
-        token = auth.issue_token(secret, kind=auth.STAFF, subject="demo-manager", ttl_s=86_400)
+        await admin.ensure_console_member(settings)
+        token = await admin.token_for(
+            settings,
+            secret,
+            admin.CONSOLE_MEMBER,
+            ttl_s=settings.staff_token_max_lifetime_s,
+        )
         base = settings.base_url()
 
         out = Console(soft_wrap=True)
@@ -106,7 +112,7 @@ async def _up(demo: bool) -> None:
                 out.print(f"  {note}")
             for channel, key in keys.items():
                 out.print(f"  key {channel:<6} {key}")
-            out.print(f"  staff token (demo-manager): {token}")
+            out.print(f"  staff token ({admin.CONSOLE_MEMBER}, a manager): {token}")
             if demo:
                 out.print("[bold]demo traffic[/]: web complaints over HTTP, phone over Kafka")
                 tasks.append(
@@ -333,7 +339,7 @@ def staff_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     """The staff directory."""
     rows = _admin(admin.list_staff)
     if as_json:
-        keys = ("id", "name", "team", "role", "languages", "capacity", "available")
+        keys = ("id", "name", "team", "role", "languages", "capacity", "available", "active")
         sys.stdout.write(json.dumps([{k: r[k] for k in keys} for r in rows]) + "\n")
         return
     for r in rows:
@@ -394,11 +400,33 @@ def routes_remove(rule_id: Annotated[int, typer.Argument()]) -> None:
 @staff_app.command("token")
 def staff_token(
     staff_id: Annotated[str, typer.Argument(help="The staff member's id.")],
-    ttl: Annotated[int, typer.Option(help="Validity in seconds.")] = 12 * 3600,
+    ttl: Annotated[
+        int | None,
+        typer.Option(help="Validity in seconds (default and most: the configured maximum)."),
+    ] = None,
 ) -> None:
-    """Issue a bearer token for a staff member and print it alone on stdout."""
-    secret = auth.resolve_secret(Settings())
-    sys.stdout.write(auth.issue_token(secret, kind=auth.STAFF, subject=staff_id, ttl_s=ttl) + "\n")
+    """Issue a bearer token for an active staff member and print it alone on stdout."""
+
+    async def issue(settings: Settings) -> str:
+        secret = auth.resolve_secret(settings)
+        lifetime = ttl if ttl is not None else settings.staff_token_max_lifetime_s
+        return await admin.token_for(settings, secret, staff_id, ttl_s=lifetime)
+
+    sys.stdout.write(_admin(issue) + "\n")
+
+
+@staff_app.command("revoke-tokens")
+def staff_revoke_tokens(staff_id: Annotated[str, typer.Argument(help="The member's id.")]) -> None:
+    """Refuse every token issued to a member until now, on every replica within seconds."""
+    _admin(lambda s: admin.revoke_tokens(s, staff_id))
+    err.print(f"revoked every token issued to {staff_id} until now")
+
+
+@staff_app.command("remove")
+def staff_remove(staff_id: Annotated[str, typer.Argument(help="The member's id.")]) -> None:
+    """Deactivate a member: no new cases, unacknowledged ones reassigned, tokens refused."""
+    moved = _admin(lambda s: admin.remove_staff(s, staff_id))
+    err.print(f"removed {staff_id}; reassigned {len(moved)} unacknowledged case(s)")
 
 
 ServiceOption = Annotated[

@@ -143,20 +143,31 @@ async def traffic(
 
 
 async def follow(settings: Settings, *, token: str, say: Callable[[str], None] = print) -> None:
-    """Print each event of the live stream on one line until cancelled."""
+    """Print each event of the live stream on one line until cancelled. Until the services
+    have learnt the token's member from the directory (a second or so after start) the stream
+    answers 401: it tries again, and resumes where it left off if the stream ends."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http,  # noqa: S113
-        http.stream("GET", "/v1/stream", headers=headers) as response,
-    ):
-        kind = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                event = json.loads(line.split(":", 1)[1])
-                data = event.get("data", {})
-                extra = " ".join(
-                    f"{k}={data[k]}" for k in ("team", "assignee", "severity", "kind") if k in data
-                )
-                say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")
+    last_id = ""
+    async with httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http:  # noqa: S113
+        while True:
+            resume = {"Last-Event-ID": last_id} if last_id else {}
+            async with http.stream("GET", "/v1/stream", headers={**headers, **resume}) as response:
+                if response.status_code != 200:
+                    await asyncio.sleep(0.5)
+                    continue
+                kind = ""
+                async for line in response.aiter_lines():
+                    if line.startswith("id:"):
+                        last_id = line.split(":", 1)[1].strip()
+                    elif line.startswith("event:"):
+                        kind = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:"):
+                        event = json.loads(line.split(":", 1)[1])
+                        data = event.get("data", {})
+                        extra = " ".join(
+                            f"{k}={data[k]}"
+                            for k in ("team", "assignee", "severity", "kind")
+                            if k in data
+                        )
+                        say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")
+            await asyncio.sleep(0.5)

@@ -50,22 +50,41 @@ def _unb64(text: str) -> bytes:
 class Principal:
     kind: str
     subject: str
+    issued_at: float = 0.0  # seconds since the epoch: revocation compares it
 
 
 def issue_token(
     secret: bytes, *, kind: str, subject: str, ttl_s: int, now: float | None = None
 ) -> str:
-    """A signed token naming `subject`, valid for `ttl_s` seconds."""
-    issued = int(now if now is not None else time.time())
-    body = _b64(
-        json.dumps({"k": kind, "s": subject, "e": issued + ttl_s}, separators=(",", ":")).encode()
-    )
+    """A signed token naming `subject`, valid for `ttl_s` seconds from its issue time."""
+    # the issue time to the millisecond: a revocation refuses what was issued before it
+    issued = round(now if now is not None else time.time(), 3)
+    claims = {
+        "k": kind,
+        "s": subject,
+        "i": issued,
+        "e": int(issued) + ttl_s,
+        "j": secrets.token_hex(8),
+    }
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
     sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
     return f"{body}.{sig}"
 
 
-def verify_token(secret: bytes, token: str, *, kind: str, now: float | None = None) -> Principal:
-    """The principal a valid token names; `InvalidToken` otherwise."""
+def verify_token(
+    secret: bytes,
+    token: str,
+    *,
+    kind: str,
+    now: float | None = None,
+    max_lifetime_s: float | None = None,
+) -> Principal:
+    """The principal a well-formed, genuine, unexpired token names; `InvalidToken` otherwise.
+
+    With `max_lifetime_s`, a token issued for longer is refused too, as is one without an
+    issue time (made before tokens carried one: it could never be revoked). Whether the
+    subject is still an active member, and the token not revoked, is the directory's call
+    (`shared.directory.check_staff`)."""
     body, _, sig = token.partition(".")
     if not body or not sig:
         raise InvalidToken("malformed token")
@@ -74,13 +93,16 @@ def verify_token(secret: bytes, token: str, *, kind: str, now: float | None = No
         raise InvalidToken("bad signature")
     try:
         claims = json.loads(_unb64(body))
-    except ValueError:
+        expires, issued = float(claims.get("e", 0)), float(claims.get("i", -1))
+    except (ValueError, TypeError):
         raise InvalidToken("malformed token") from None
     if claims.get("k") != kind:
         raise InvalidToken(f"not a {kind} token")
-    if int(claims.get("e", 0)) < (now if now is not None else time.time()):
+    if expires < (now if now is not None else time.time()):
         raise InvalidToken("expired")
-    return Principal(kind=kind, subject=str(claims["s"]))
+    if max_lifetime_s is not None and (issued < 0 or expires - issued > max_lifetime_s):
+        raise InvalidToken("issued for longer than tokens may live")
+    return Principal(kind=kind, subject=str(claims["s"]), issued_at=max(issued, 0.0))
 
 
 def new_channel_key(channel: str) -> str:

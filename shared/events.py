@@ -61,6 +61,7 @@ class EventType(StrEnum):
     DEADLETTERED = "record.deadlettered"
     CHANNEL_KEY_CREATED = "channel_key.created"
     CHANNEL_KEY_REVOKED = "channel_key.revoked"
+    STAFF_CHANGED = "staff.changed"
 
 
 class Channel(StrEnum):
@@ -69,6 +70,20 @@ class Channel(StrEnum):
     EMAIL = "email"
     CHAT = "chat"
     STORE = "store"
+
+
+class Role(StrEnum):
+    """Staff roles, lowest first (the order is the ladder approvals and escalations climb)."""
+
+    AGENT = "agent"
+    SENIOR_AGENT = "senior_agent"
+    SUPERVISOR = "supervisor"
+    MANAGER = "manager"
+    DIRECTOR = "director"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
 
 
 class Category(StrEnum):

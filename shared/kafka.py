@@ -47,6 +47,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
                         name=name,
                         num_partitions=settings.kafka_topic_partitions,
                         replication_factor=settings.kafka_replication_factor,
+                        topic_configs=dict(topics.CONFIGS.get(name, {})),
                     )
                     for name in missing
                 ]

@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import db, deadletters, kafka, migrate, outbox, retention
+from shared import db, deadletters, directory, kafka, migrate, outbox, retention
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
@@ -287,6 +287,16 @@ class Service:
         task = asyncio.create_task(coro)
         task.add_done_callback(_report_crash)
         (self._tasks if drain else self._cancel_on_stop).append(task)
+
+    async def staff_member(self, conn: Conn, token: str) -> directory.Member:
+        """The active member a staff token names (`directory.verify_staff`), or
+        `auth.InvalidToken` saying why not."""
+        return await directory.verify_staff(
+            conn,
+            self.secret,
+            token,
+            max_lifetime_s=self.settings.staff_token_max_lifetime_s,
+        )
 
     def run_worker(self, name: str, worker: Worker) -> None:
         """Run `worker` until the service stops, woken by commits that ask for `name`."""

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     # Signs staff and customer tokens; `complaints up` keeps a generated one in the state dir.
     auth_secret: SecretStr | None = None
+    # The longest a staff token may live: one asking for longer is not issued, and one that
+    # claims longer (signed with an old setting, say) is refused.
+    staff_token_max_lifetime_s: int = Field(default=12 * 3600, ge=60)
     database_pool_size: int = Field(default=8, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     # Retention (see shared/retention.py). Published outbox rows: as long as the broker keeps

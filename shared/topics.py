@@ -6,8 +6,18 @@ DEADLETTER = "complaints.deadletter.v1"
 
 # Internal: channel key lifecycle, published by intake for the services that check keys.
 CHANNEL_KEYS = "complaints.internal.channel-keys.v1"
+# Internal: the staff directory (full state of a member per event, keyed by staff id),
+# published by intake, which owns it, for the services that check tokens and authority.
+STAFF = "complaints.internal.staff.v1"
 
-ALL = (SUBMITTED, EVENTS, DEADLETTER, CHANNEL_KEYS)
+ALL = (SUBMITTED, EVENTS, DEADLETTER, CHANNEL_KEYS, STAFF)
+
+# The internal topics carry the latest state per key (a member, a key): compacted, so a
+# service started a year later still learns every member and key, while old states go.
+CONFIGS: dict[str, dict[str, str]] = {
+    CHANNEL_KEYS: {"cleanup.policy": "compact"},
+    STAFF: {"cleanup.policy": "compact"},
+}
 
 
 def submission_key(channel: str, external_id: str) -> str:

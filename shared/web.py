@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import auth, jsonsafe
+from shared import jsonsafe
 from shared.kafka import is_transient
 from shared.telemetry import extract_context
 
@@ -296,14 +296,6 @@ def bearer(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
     return token.strip()
-
-
-def staff_principal(secret: bytes, request: Request) -> auth.Principal:
-    """The staff member a request's token names, or a 401 problem."""
-    try:
-        return auth.verify_token(secret, bearer(request), kind=auth.STAFF)
-    except auth.InvalidToken as exc:
-        raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -147,7 +147,35 @@ class Running:
     web_key: str
 
     def staff_token(self, staff_id: str = "manager-1") -> str:
+        """A token for a member the test added (`add_member`); `manager-1` is always there."""
         return auth.issue_token(self.secret, kind=auth.STAFF, subject=staff_id, ttl_s=3600)
+
+    async def add_member(
+        self, staff_id: str, *, team: str = "customer-care", role: str = "agent", capacity: int = 0
+    ) -> None:
+        """Add a member to the directory (offered no cases unless given a capacity) and wait
+        until every service that checks tokens has learnt them."""
+        await admin.add_staff(
+            self.settings,
+            staff_id=staff_id,
+            name=f"Test {staff_id}",
+            team=team,
+            role=role,
+            languages=["en"],
+            capacity=capacity,
+        )
+        await self.learnt(staff_id, "active")
+
+    async def learnt(self, staff_id: str, condition: str = "true") -> None:
+        """Wait until resolution and notify know `staff_id` with `condition` (SQL) holding."""
+        deadline = asyncio.get_running_loop().time() + 30
+        for schema in ("resolution", "notify"):
+            while not await self.sql(
+                f"SELECT 1 FROM {schema}.staff_directory WHERE staff_id = $1 AND {condition}",
+                staff_id,
+            ):
+                assert asyncio.get_running_loop().time() < deadline, f"{schema} never learnt"
+                await asyncio.sleep(0.05)
 
     async def channel_key(
         self,
@@ -186,7 +214,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     if task.done():
         task.result()
     async with httpx.AsyncClient(base_url=settings.base_url(), timeout=30) as http:
-        yield Running(
+        running = Running(
             settings=settings,
             services={s.name: s for s in services},
             spans=exporter,
@@ -197,5 +225,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
                 settings, "web", rate_per_s=TEST_KEY_RATE_PER_S, burst=TEST_KEY_BURST
             ),
         )
+        await running.add_member("manager-1", role="manager")
+        yield running
     stop.set()
     await task

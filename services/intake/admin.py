@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 
 from services.intake import handlers, repository
-from shared import auth, outbox, topics
+from shared import auth, directory, outbox, topics
 from shared.db import Conn, prepare_connection
-from shared.events import Channel, ChannelKeyData, EventType, new_event, utcnow
+from shared.events import Channel, ChannelKeyData, EventType, Role, new_event, utcnow
 from shared.settings import Settings
 
-ROLES = ("agent", "senior_agent", "supervisor", "manager", "director")
+ROLES = tuple(Role)
 
 
 class AdminError(Exception):
@@ -65,7 +65,7 @@ async def create_key(
 
 async def channel_of(settings: Settings, key: str) -> str | None:
     async with _transaction(settings) as conn:
-        return await repository.channel_for_key(conn, auth.hash_key(key))
+        return await directory.channel_for_key(conn, auth.hash_key(key))
 
 
 async def list_keys(settings: Settings) -> list[dict[str, Any]]:
@@ -137,8 +137,67 @@ async def add_staff(
                 capacity=capacity,
                 available=available,
             )
+            await announce_staff(conn)
     except asyncpg.UniqueViolationError:
         raise AdminError(f"staff {staff_id} already exists; use `staff set`") from None
+
+
+async def announce_staff(conn: Conn) -> int:
+    """Announce every member changed since their last announcement to the services that learn
+    the directory, in the caller's transaction; how many. Every change to the directory calls
+    it, and so does intake when it starts (a change made while no intake ran, a migration)."""
+    changed = await repository.take_unannounced(conn)
+    now = utcnow()
+    await outbox.enqueue(
+        conn,
+        [
+            directory.member_message(
+                directory.Member.model_validate({**dict(r), "at": now}), source=handlers.SOURCE
+            )
+            for r in changed
+        ],
+    )
+    return len(changed)
+
+
+async def remove_staff(settings: Settings, staff_id: str) -> list[str]:
+    """Deactivate a member: no new cases, their unacknowledged ones reassigned, every token of
+    theirs refused. Returns the complaint ids moved."""
+    async with _transaction(settings) as conn:
+        before = await repository.update_staff(conn, staff_id, active=False, available=False)
+        if before is None:
+            raise AdminError(f"no staff member {staff_id}")
+        await repository.revoke_tokens(conn, staff_id)
+        moved = await handlers.reassign_from(
+            conn, staff_id, reason="assignee removed", now=utcnow()
+        )
+        await announce_staff(conn)
+        return moved
+
+
+async def revoke_tokens(settings: Settings, staff_id: str) -> None:
+    """Refuse every token issued to a member until now (they may sign in again)."""
+    async with _transaction(settings) as conn:
+        if not await repository.revoke_tokens(conn, staff_id):
+            raise AdminError(f"no staff member {staff_id}")
+        await announce_staff(conn)
+
+
+async def token_for(settings: Settings, secret: bytes, staff_id: str, *, ttl_s: int) -> str:
+    """A bearer token for an active member, living `ttl_s` seconds (at most the configured
+    maximum)."""
+    longest = settings.staff_token_max_lifetime_s
+    if not 0 < ttl_s <= longest:
+        raise AdminError(
+            f"a token lives between 1 and {longest} seconds (COMPLAINTS_STAFF_TOKEN_MAX_LIFETIME_S)"
+        )
+    async with _transaction(settings) as conn:
+        member = await conn.fetchrow("SELECT active FROM staff WHERE staff_id = $1", staff_id)
+    if member is None:
+        raise AdminError(f"no staff member {staff_id}")
+    if not member["active"]:
+        raise AdminError(f"staff member {staff_id} was removed")
+    return auth.issue_token(secret, kind=auth.STAFF, subject=staff_id, ttl_s=ttl_s)
 
 
 async def set_staff(settings: Settings, staff_id: str, **changes: Any) -> list[str]:
@@ -150,6 +209,9 @@ async def set_staff(settings: Settings, staff_id: str, **changes: Any) -> list[s
         before = await repository.update_staff(conn, staff_id, **changes)
         if before is None:
             raise AdminError(f"no staff member {staff_id}")
+        if not before["active"]:
+            raise AdminError(f"staff member {staff_id} was removed")
+        await announce_staff(conn)
         leaving = (before["available"] and changes.get("available") is False) or (
             "team" in changes and changes["team"] != before["team"]
         )
@@ -165,6 +227,27 @@ async def list_staff(settings: Settings) -> list[dict[str, Any]]:
             {**dict(r), "id": r["staff_id"], "languages": list(r["languages"])}
             for r in await repository.list_staff(conn)
         ]
+
+
+# The member `complaints up` prints a token for: a manager (sees every team) who is offered
+# no cases (capacity 0).
+CONSOLE_MEMBER = "demo-manager"
+
+
+async def ensure_console_member(settings: Settings) -> None:
+    """Add the console's manager to the directory unless they are there already."""
+    async with _transaction(settings) as conn:
+        if await conn.fetchval("SELECT 1 FROM staff WHERE staff_id = $1", CONSOLE_MEMBER):
+            return
+    await add_staff(
+        settings,
+        staff_id=CONSOLE_MEMBER,
+        name="Demo Manager",
+        team="customer-care",
+        role=Role.MANAGER,
+        languages=["en"],
+        capacity=0,
+    )
 
 
 async def seed_demo_staff(settings: Settings) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.intake import api, handlers
+from services.intake import admin, api, handlers
 from shared import topics
 from shared.service import Service
 from shared.settings import Settings
@@ -24,6 +24,11 @@ class Intake(Service):
             types=handlers.cases.types,
             follower=True,  # staff load may lag a case's resolution by a fraction of a second
         )
+
+    async def on_open(self) -> None:
+        # directory changes made while no intake ran (or before members were announced)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await admin.announce_staff(conn)
 
     async def stop(self) -> None:
         await self.submissions.batcher.close()

@@ -285,12 +285,13 @@ async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
 
 # ---------------------------------------------------------------------- staff directory
 
-STAFF_COLUMNS = "staff_id, name, team, role, languages, capacity, available"
+STAFF_COLUMNS = "staff_id, name, team, role, languages, capacity, available, active"
 
 
 async def add_staff(conn: Conn, **member: Any) -> None:
     await conn.execute(
-        f"INSERT INTO staff ({STAFF_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        """INSERT INTO staff (staff_id, name, team, role, languages, capacity, available)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
         member["staff_id"],
         member["name"],
         member["team"],
@@ -310,11 +311,32 @@ async def update_staff(conn: Conn, staff_id: str, **changes: Any) -> asyncpg.Rec
         return before
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     await conn.execute(
-        f"UPDATE staff SET {sets}, updated_at = now() WHERE staff_id = $1",
+        f"UPDATE staff SET {sets}, version = version + 1, updated_at = now() WHERE staff_id = $1",
         staff_id,
         *changes.values(),
     )
     return before
+
+
+async def revoke_tokens(conn: Conn, staff_id: str) -> bool:
+    """Refuse every token issued to the member until now; False when there is no such member."""
+    status = await conn.execute(
+        """UPDATE staff SET tokens_valid_after = clock_timestamp(), version = version + 1,
+                  updated_at = now()
+           WHERE staff_id = $1""",
+        staff_id,
+    )
+    return status.endswith(" 1")
+
+
+async def take_unannounced(conn: Conn) -> list[asyncpg.Record]:
+    """Members changed since they were last announced, marked announced (the caller writes
+    the announcements in the same transaction)."""
+    return await conn.fetch(
+        """UPDATE staff SET announced_version = version WHERE version > announced_version
+           RETURNING staff_id, name, team, role, languages, available, active,
+                     tokens_valid_after, version"""
+    )
 
 
 async def list_staff(conn: Conn) -> list[asyncpg.Record]:
@@ -366,12 +388,6 @@ async def live_key(conn: Conn, key_hash: str) -> LiveKey | None:
         key_hash,
     )
     return None if row is None else LiveKey(**dict(row))
-
-
-async def channel_for_key(conn: Conn, key_hash: str) -> str | None:
-    """The channel a live key belongs to, or None for unknown and revoked keys."""
-    found = await live_key(conn, key_hash)
-    return None if found is None else found.channel
 
 
 async def list_channel_keys(conn: Conn) -> list[asyncpg.Record]:

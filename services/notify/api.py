@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.notify import repository
 from shared import auth
+from shared.events import Role
 from shared.service import Service
 from shared.web import Problem, bearer
 
@@ -43,10 +44,11 @@ def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
     )
     async def stream(request: Request) -> EventSourceResponse:
         token = request.query_params.get("access_token") or bearer(request)
-        try:
-            auth.verify_token(service.secret, token, kind=auth.STAFF)
-        except auth.InvalidToken as exc:
-            raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
+        async with service.pool.acquire() as conn:
+            try:
+                await service.staff_member(conn, token)
+            except auth.InvalidToken as exc:
+                raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
         resume = request.headers.get("last-event-id", "").strip()
         if resume and not resume.isdigit():
             raise Problem(
@@ -54,15 +56,33 @@ def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
             )
         async with service.pool.acquire() as conn:
             start = int(resume) if resume else await repository.stream_head(conn)
-        return EventSourceResponse(_events(service, request, signal, start), ping=15)
+        return EventSourceResponse(_events(service, request, signal, start, token), ping=15)
+
+
+# How often an open stream checks its token against the directory again: a removed member's
+# or a revoked token's stream ends within this.
+RECHECK_S = 2.0
 
 
 async def _events(
-    service: Service, request: Request, signal: StreamSignal, after: int
+    service: Service, request: Request, signal: StreamSignal, after: int, token: str
 ) -> AsyncIterator[ServerSentEvent]:
+    """The events of the member's team (every team for managers and directors) after `after`,
+    as they come, for as long as the token stays valid."""
+    checked_at = -RECHECK_S
+    teams: list[str] | None = None
+    loop = asyncio.get_running_loop()
     while not await request.is_disconnected():
         async with service.pool.acquire() as conn:
-            rows = await repository.stream_after(conn, after, teams=None)
+            if loop.time() - checked_at >= RECHECK_S:
+                try:
+                    member = await service.staff_member(conn, token)
+                except auth.InvalidToken:
+                    return
+                checked_at = loop.time()
+                sees_all = member.role in (Role.MANAGER, Role.DIRECTOR)
+                teams = None if sees_all else [member.team]
+            rows = await repository.stream_after(conn, after, teams=teams)
         for row in rows:
             after = row["id"]
             event: dict[str, Any] = row["event"]

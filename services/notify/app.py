@@ -30,6 +30,7 @@ class Notify(Service):
             handlers.batch_handler(policy),
             after=self._after_batch,
         )
+        self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
 
     def _after_batch(self) -> None:
         self.signal.notify()

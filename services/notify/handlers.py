@@ -11,11 +11,11 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.notify import domain, repository
-from shared import inbox, outbox
+from shared import directory, inbox, outbox
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, NotificationData, ReceivedData, RoutedData
 from shared.kafka import Record
-from shared.routing import decode
+from shared.routing import EventRouter, decode
 from shared.telemetry import traced
 
 CONSUMER = "notify"
@@ -32,6 +32,10 @@ class Incoming:
     routed: RoutedData | None = None
     received: ReceivedData | None = None
 
+
+# The staff directory, learnt from intake (who may follow which team's stream).
+staff = EventRouter(CONSUMER, strict=True)
+directory.learn_staff(staff)
 
 # The events whose data notify reads (every other event goes to the stream as it is).
 MODELS: dict[str, type[BaseModel]] = {

@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from services.resolution import repository
-from shared import auth
+from shared import auth, directory
+from shared.db import Conn
+from shared.events import Role
 from shared.service import Service
 from shared.web import Problem, bearer
 
@@ -104,19 +106,38 @@ def install(service: Service, router: APIRouter) -> None:
     )
     async def get_complaint(complaint_id: str, request: Request) -> dict[str, Any]:
         token = bearer(request)
-        staff = True
-        try:
-            auth.verify_token(service.secret, token, kind=auth.STAFF)
-        except auth.InvalidToken:
-            staff = False
         async with service.pool.acquire() as conn:
-            channel = (
-                None if staff else await repository.channel_for_key(conn, auth.hash_key(token))
-            )
-            if not staff and channel is None:
-                raise Problem(401, "Unauthorized", "send a staff token or a live channel key")
+            member, channel = await _caller(service, conn, token)
             found = await repository.load_view(conn, complaint_id)
-        # a channel learns nothing of other channels' complaints, not even that they exist
-        if found is None or (channel is not None and found["case"]["channel"] != channel):
+        # nobody learns of complaints they may not see, not even that they exist
+        if found is None or not _may_read(found["case"], member, channel):
             raise Problem(404, "Not found", f"no complaint {complaint_id}")
-        return staff_view(found) if staff else channel_view(found)
+        return staff_view(found) if member is not None else channel_view(found)
+
+
+async def _caller(
+    service: Service, conn: Conn, token: str
+) -> tuple[directory.Member | None, str | None]:
+    """Who is asking: an active staff member, or the channel of a live key; else a 401."""
+    try:
+        return await service.staff_member(conn, token), None
+    except auth.InvalidToken as refused:
+        channel = await directory.channel_for_key(conn, auth.hash_key(token))
+        if channel is None:
+            raise Problem(
+                401,
+                "Unauthorized",
+                f"neither a live channel key nor a valid staff token ({refused})",
+            ) from None
+        return None, channel
+
+
+def _may_read(case: dict[str, Any], member: directory.Member | None, channel: str | None) -> bool:
+    """Staff read their team's cases (managers and directors every team's) and cases that name
+    them; a channel reads the complaints it submitted."""
+    if member is None:
+        return bool(case["channel"] == channel)
+    if member.role in (Role.MANAGER, Role.DIRECTOR) or member.team == case["team"]:
+        return True
+    named: list[dict[str, Any]] = case["staff_involved"] or []
+    return any(entry.get("staff_id") == member.staff_id for entry in named)

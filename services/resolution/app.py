@@ -18,6 +18,7 @@ class Resolution(Service):
         api.install(self, self.router)
         self.consume(topics.EVENTS, handlers.events)
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
+        self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

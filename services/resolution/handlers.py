@@ -5,8 +5,9 @@ from __future__ import annotations
 from opentelemetry import trace
 
 from services.resolution import domain, repository
+from shared import directory
 from shared.db import Conn
-from shared.events import ChannelKeyData, EventType, ReassignedData, ReceivedData, RoutedData
+from shared.events import EventType, ReassignedData, ReceivedData, RoutedData
 from shared.routing import AnyData, Delivery, EventRouter
 
 CONSUMER = "resolution"
@@ -49,11 +50,9 @@ async def on_timeline(conn: Conn, delivery: Delivery) -> None:
     await repository.append_timeline(conn, complaint_id, delivery.event.id, entry)
 
 
-# Channel keys' lifecycle, learnt from intake (hashes only): a topic of these two types only.
+# What resolution learns from intake, which owns them: channel keys (hashes only) and the
+# staff directory; topics of these types only.
 keys = EventRouter(CONSUMER, strict=True)
-
-
-@keys.on(EventType.CHANNEL_KEY_CREATED, EventType.CHANNEL_KEY_REVOKED, model=ChannelKeyData)
-async def key_changed(conn: Conn, key: ChannelKeyData, delivery: Delivery) -> None:
-    revoked = delivery.event.type == EventType.CHANNEL_KEY_REVOKED
-    await repository.learn_key(conn, key, revoked=revoked)
+directory.learn_keys(keys)
+staff = EventRouter(CONSUMER, strict=True)
+directory.learn_staff(staff)

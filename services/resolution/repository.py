@@ -6,7 +6,7 @@ from typing import Any
 
 from services.resolution.domain import OpenedCase, Status, TimelineEntry
 from shared.db import Conn
-from shared.events import ChannelKeyData, ReceivedData, RoutedData
+from shared.events import ReceivedData, RoutedData
 
 
 async def add_received(conn: Conn, data: ReceivedData) -> None:
@@ -68,24 +68,6 @@ async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
         routed.review_by,
         routed.customer_history,
     )
-
-
-async def learn_key(conn: Conn, key: ChannelKeyData, *, revoked: bool) -> None:
-    await conn.execute(
-        """INSERT INTO channel_keys (key_hash, key_id, channel, revoked_at) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (key_hash) DO UPDATE SET revoked_at = EXCLUDED.revoked_at""",
-        key.key_hash,
-        key.key_id,
-        key.channel.value,
-        key.at if revoked else None,
-    )
-
-
-async def channel_for_key(conn: Conn, key_hash: str) -> str | None:
-    found = await conn.fetchval(
-        "SELECT channel FROM channel_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
-    )
-    return None if found is None else str(found)
 
 
 async def set_assignee(conn: Conn, complaint_id: str, assignee: str | None) -> None:

@@ -120,7 +120,16 @@ async def test_staff_list_json_shape(running, team):
     assert code == 0, err
     rows = [r for r in json.loads(out) if r["team"] == name]
     assert [r["id"] for r in rows] == members
-    assert set(rows[0]) == {"id", "name", "team", "role", "languages", "capacity", "available"}
+    assert set(rows[0]) == {
+        "id",
+        "name",
+        "team",
+        "role",
+        "languages",
+        "capacity",
+        "available",
+        "active",
+    }
 
 
 async def test_a_channel_reads_only_its_own_complaints(running, team):

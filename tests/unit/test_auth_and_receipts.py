@@ -21,6 +21,30 @@ def test_a_staff_token_names_its_subject_until_it_expires():
         auth.verify_token(SECRET, token, kind=auth.STAFF, now=1061)
 
 
+def test_a_token_issued_for_longer_than_tokens_may_live_is_refused():
+    twelve_hours = 12 * 3600
+    fine = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=twelve_hours)
+    found = auth.verify_token(SECRET, fine, kind=auth.STAFF, max_lifetime_s=twelve_hours)
+    assert found.issued_at > 0
+    century = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=100 * 365 * 86400)
+    assert auth.verify_token(SECRET, century, kind=auth.STAFF).subject == "s-1"  # no limit asked
+    with pytest.raises(auth.InvalidToken, match="longer than tokens may live"):
+        auth.verify_token(SECRET, century, kind=auth.STAFF, max_lifetime_s=twelve_hours)
+
+
+def test_a_token_without_an_issue_time_cannot_be_revoked_so_it_is_refused():
+    body = auth._b64(b'{"k":"staff","s":"s-1","e":9999999999}')
+    sig = auth._b64(auth.hmac.new(SECRET, body.encode(), auth.hashlib.sha256).digest())
+    with pytest.raises(auth.InvalidToken, match="longer than tokens may live"):
+        auth.verify_token(SECRET, f"{body}.{sig}", kind=auth.STAFF, max_lifetime_s=3600)
+
+
+def test_two_tokens_issued_at_once_differ():
+    one = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=60, now=1000)
+    two = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=60, now=1000)
+    assert one != two
+
+
 @pytest.mark.parametrize(
     "mutate", [lambda t: t[:-2] + "xx", lambda t: "x" + t, lambda t: t.split(".")[0]]
 )
