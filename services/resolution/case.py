@@ -232,46 +232,58 @@ class RoutedFacts:
 
 @dataclass(frozen=True)
 class Open:
+    """Open a case on a routed complaint (system)."""
+
     facts: RoutedFacts
 
 
 @dataclass(frozen=True)
 class Acknowledge:
-    pass
+    """Acknowledge the complaint (stops the acknowledge clock)."""
 
 
 @dataclass(frozen=True)
 class Assign:
+    """Give the case to another active member of its team."""
+
     to: str
 
 
 @dataclass(frozen=True)
 class Claim:
-    pass
+    """Take the case oneself."""
 
 
 @dataclass(frozen=True)
 class RequestInformation:
+    """Ask the customer something; the resolve clock pauses."""
+
     question: str
 
 
 @dataclass(frozen=True)
 class CustomerReplied:
+    """The customer's answer (via their channel); the resolve clock resumes."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class RequestStaffResponse:
-    pass
+    """Ask again every named person without an answer or an open window."""
 
 
 @dataclass(frozen=True)
 class StaffRespond:
+    """A named staff member's account."""
+
     statement: str
 
 
 @dataclass(frozen=True)
 class ProposeRemedy:
+    """Propose a remedy: applied at once within authority, else sent for approval."""
+
     remedy: Remedy
     note: str = ""
     justification: str | None = None
@@ -279,46 +291,63 @@ class ProposeRemedy:
 
 @dataclass(frozen=True)
 class Withdraw:
-    pass
+    """The proposer withdraws what awaits approval."""
 
 
 @dataclass(frozen=True)
 class Approve:
+    """Approve what awaits approval (a remedy, or a not_upheld to confirm)."""
+
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Decline:
+    """Decline what awaits approval; the case returns to the team."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class Resolve:
+    """Decide the complaint."""
+
     outcome: Outcome
     message: str = ""
 
 
 @dataclass(frozen=True)
 class Reopen:
+    """Reopen a resolved or closed case within the reopen window (staff or appeal)."""
+
     reason: str
     by_customer: bool = False
 
 
 @dataclass(frozen=True)
 class Close:
-    pass
+    """Close a resolved case."""
 
 
 @dataclass(frozen=True)
 class Note:
+    """Add an internal note."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class ClockFired:
+    """A timer fired (system): `what` of clock (`kind`, `run`); call with now >= its due time."""
+
     kind: ClockKind
     run: int
     what: str
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ClockFired:
+        """The command a `TimerSpec.payload` stands for."""
+        return cls(ClockKind(payload["kind"]), int(payload["run"]), str(payload["what"]))
 
 
 Command: TypeAlias = (
@@ -1343,6 +1372,8 @@ def _clock_fired(state: CaseState, cmd: ClockFired, ctx: Context) -> Result:
     if clock is None or due is None or cmd.what in clock.fired or ctx.now < due:
         return []  # stale or early: a timer raced a pause, a resume or a decision
     if cmd.what.startswith("warning:"):
+        if END_OF[clock.kind] in clock.fired:
+            return []  # a late warning after the breach says nothing new
         return [_sla_event(Kind.SLA_WARNING, clock, cmd.what, due)]
     if clock.kind is ClockKind.APPROVAL:
         return _approval_timeout(state, clock, ctx)
@@ -1601,7 +1632,9 @@ def _on_resolved(s: CaseState, e: Event) -> CaseState:
         confirmed_by=_d(e, "confirmed_by"),
         confirmed_role=Role(confirmed_role) if confirmed_role else None,
     )
-    return replace(s, decision=decision, pending=None, reopened_to=None)
+    return replace(
+        s, decision=decision, pending=None, reopened_to=None, awaiting_customer_since=None
+    )
 
 
 def _on_reopened(s: CaseState, e: Event) -> CaseState:

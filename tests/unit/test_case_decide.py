@@ -695,3 +695,16 @@ def test_close_only_after_resolved_and_notes_any_time() -> None:
 
 def test_commands_before_opening_are_refused() -> None:
     assert refused(CaseState(), Note("x"), ctx(AGENT)).code == "not_open"
+
+
+def test_a_timer_payload_becomes_the_clock_fired_command() -> None:
+    state = opened()
+    timer = next(t for t in desired_timers(state) if t.what == "breach")
+    command = ClockFired.from_payload(timer.payload)
+    assert command == ClockFired(ClockKind.ACKNOWLEDGE, 1, "breach")
+    state, _ = step(state, command, ctx(SYSTEM, at=timedelta(hours=5)))
+    late_warning = ClockFired(ClockKind.ACKNOWLEDGE, 1, "warning:0.9")
+    assert decide(state, late_warning, ctx(SYSTEM, at=timedelta(hours=5))) == []
+    assert not [
+        t for t in desired_timers(state) if t.kind is ClockKind.ACKNOWLEDGE and t.what == "breach"
+    ]
