@@ -6,6 +6,8 @@ Design choices:
   the spring-forward night holds 5 hours). A local time inside a DST gap is read with the
   offset before the change (zoneinfo's `fold=0`).
 - A calendar without business hours is "always open": working time is wall time.
+- Clock targets are working time: under business hours `P3D` is 72 working hours (nine
+  8-hour days); a policy meaning three business days writes `PT24H`.
 - A `Clock` keeps its target, the working time accumulated before the current running stretch
   and when that stretch began (`running_since`, None while paused). Whenever a clock is
   started, paused or resumed it stores the times it will end (`deadline`) and warn

@@ -708,3 +708,42 @@ def test_a_timer_payload_becomes_the_clock_fired_command() -> None:
     assert not [
         t for t in desired_timers(state) if t.kind is ClockKind.ACKNOWLEDGE and t.what == "breach"
     ]
+
+
+def test_deadlines_follow_the_teams_business_hours_and_channel_overrides() -> None:
+    office = {
+        "time_zone": "Europe/Amsterdam",
+        "holidays": ["2026-11-10"],
+        "hours": [
+            {"day": d, "start": "09:00", "end": "17:00"}
+            for d in ("mon", "tue", "wed", "thu", "fri")
+        ],
+    }
+    policy = policy_with(
+        business_hours={TEAM: office},
+        clocks__channel_overrides={
+            "web": {"high": {"acknowledge_within": 60, "resolve_within": "PT2M"}}
+        },
+    )
+    friday_late = datetime(2026, 11, 6, 15, 30, tzinfo=UTC)  # 16:30 in Amsterdam
+    facts = RoutedFacts(
+        "c1", TEAM, Severity.HIGH, Category.PRODUCT, Channel.WEB, "cust1", friday_late
+    )
+    events = open_case(facts, Context(SYSTEM, policy, friday_late))
+    assert not isinstance(events, Refusal)
+    assert events[-1].data()["acknowledge_by"] == "2026-11-06T15:31:00Z"
+    phone = RoutedFacts(
+        "c2", TEAM, Severity.HIGH, Category.PRODUCT, Channel.PHONE, "cust1", friday_late
+    )
+    events = open_case(phone, Context(SYSTEM, policy, friday_late))
+    assert not isinstance(events, Refusal)
+    # 4 working hours: 30 minutes on Friday, then Monday 09:00-12:30 local (CET)
+    assert events[-1].data()["acknowledge_by"] == "2026-11-09T11:30:00Z"
+    # targets are working time: P3D is 72 working hours, nine 8-hour days, Tue 10 a holiday
+    assert events[-1].data()["resolve_by"] == "2026-11-20T15:30:00Z"
+
+
+def test_a_sample_of_amounts() -> None:
+    sample = Sample.of("EUR", [Decimal("10"), Decimal("30"), Decimal("40"), Decimal("90")])
+    assert (sample.count, sample.median) == (4, Decimal("35"))
+    assert Sample.of("EUR", []).median is None
