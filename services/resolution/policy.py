@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.events import Channel, Money, Severity
+from shared.events import MONEY_REMEDIES, Channel, Money, RemedyType, Role, Severity
 
 __all__ = [
     "MONEY_REMEDIES",
@@ -66,16 +66,6 @@ __all__ = [
 ]
 
 
-class Role(StrEnum):
-    """Staff roles, lowest first."""
-
-    AGENT = "agent"
-    SENIOR_AGENT = "senior_agent"
-    SUPERVISOR = "supervisor"
-    MANAGER = "manager"
-    DIRECTOR = "director"
-
-
 ROLES: tuple[Role, ...] = tuple(Role)
 
 
@@ -88,23 +78,6 @@ def next_role(role: Role) -> Role | None:
     """The role directly above `role`, None above director."""
     index = rank(role) + 1
     return ROLES[index] if index < len(ROLES) else None
-
-
-class RemedyType(StrEnum):
-    """The contract's remedy types."""
-
-    REFUND = "refund"
-    GOODWILL_CREDIT = "goodwill_credit"
-    REPLACEMENT = "replacement"
-    CANCEL_ORDER = "cancel_order"
-    DISCOUNT_NEXT_PURCHASE = "discount_next_purchase"
-    RESERVE_AND_NOTIFY = "reserve_and_notify"
-    APOLOGY_ONLY = "apology_only"
-
-
-MONEY_REMEDIES = frozenset(
-    {RemedyType.REFUND, RemedyType.GOODWILL_CREDIT, RemedyType.REPLACEMENT, RemedyType.CANCEL_ORDER}
-)
 
 
 @dataclass(frozen=True)
