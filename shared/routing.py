@@ -81,6 +81,7 @@ class EventRouter:
         self.strict = strict
         self._routes: dict[str, Route[Any]] = {}
         self._otherwise: Route[Any] | None = None
+        self._ignored: set[str] = set()
 
     def on(self, *types: str, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
         """Register the decorated handler for events of `types`, their data read as `model`."""
@@ -93,6 +94,10 @@ class EventRouter:
             return handle
 
         return register
+
+    def ignore(self, *types: str) -> None:
+        """Skip events of `types` (not even recorded in the inbox), `otherwise` or not."""
+        self._ignored.update(types)
 
     def otherwise(self, *, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
         """Register the decorated handler for every type without a route of its own."""
@@ -110,6 +115,8 @@ class EventRouter:
 
     def route(self, event: CloudEvent) -> Route[Any] | None:
         """The route for `event`'s type; None to skip it; `Rejected` on a strict router."""
+        if event.type in self._ignored:
+            return None
         found = self._routes.get(event.type, self._otherwise)
         if found is None and self.strict:
             raise Rejected("unknown_type", f"type {event.type!r} does not belong on this topic")

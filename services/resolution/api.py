@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 
-from services.resolution import repository
+from services.resolution import actions, cases, repository
+from services.resolution.case import Actor, ActorKind, CaseState, Claim, Refusal
+from services.resolution.policy import Policy, remaining
 from shared import auth, directory
 from shared.db import Conn
-from shared.events import Role
+from shared.events import Role, utcnow
 from shared.service import Service
 from shared.web import Problem, bearer
+
+PolicySource = Callable[[Conn], Awaitable[Policy]]
 
 # What a channel may see of its own complaint's timeline (no internal notes or assignments).
 CHANNEL_TIMELINE = {
     "complaint.received",
     "complaint.routed",
     "complaint.acknowledged",
+    "complaint.information_requested",
+    "complaint.customer_replied",
     "complaint.resolved",
     "complaint.reopened",
     "complaint.closed",
@@ -26,12 +34,15 @@ CHANNEL_TIMELINE = {
 }
 
 
-def _deadlines(case: dict[str, Any]) -> dict[str, str] | None:
-    if case["acknowledge_by"] is None:
+def _deadlines(case: dict[str, Any]) -> dict[str, str | None] | None:
+    """Acknowledge-by and resolve-by as resolution's clocks set them (resolve-by is null while
+    the clock is paused, waiting on the customer); None before the case is opened."""
+    ack, resolve = case["acknowledge_by"], case["resolve_by"]
+    if ack is None and resolve is None:
         return None
     return {
-        "acknowledge_by": case["acknowledge_by"].isoformat(),
-        "resolve_by": case["resolve_by"].isoformat(),
+        "acknowledge_by": ack.isoformat() if ack else None,
+        "resolve_by": resolve.isoformat() if resolve else None,
     }
 
 
@@ -66,6 +77,9 @@ def staff_view(found: dict[str, Any]) -> dict[str, Any]:
         "remedy": case["remedy"],
         "pending_approval": case["pending_approval"],
         "staff_involved": case["staff_involved"],
+        "outcome": case["decided_outcome"],
+        "breached": case["breached"],
+        "version": case["version"],
         "timeline": _timeline(found["timeline"]),
     }
 
@@ -78,7 +92,15 @@ CHANNEL_FIELDS = (
     "category",
     "deadlines",
     "remedy",
+    "outcome",
 )
+
+
+# What a channel sees of an entry's detail: what it must tell the customer, nothing more.
+CHANNEL_DETAIL = {
+    "complaint.information_requested": ("question",),
+    "complaint.resolved": ("outcome", "message", "remedy"),
+}
 
 
 def channel_view(found: dict[str, Any]) -> dict[str, Any]:
@@ -86,15 +108,22 @@ def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     full = staff_view(found)
     view = {name: full[name] for name in CHANNEL_FIELDS}
     view["timeline"] = [
-        {k: v for k, v in entry.items() if k != "detail"}
+        {
+            **{k: v for k, v in entry.items() if k != "detail"},
+            "detail": {
+                k: entry["detail"][k]
+                for k in CHANNEL_DETAIL.get(entry["type"], ())
+                if k in entry["detail"]
+            },
+        }
         for entry in full["timeline"]
         if entry["type"] in CHANNEL_TIMELINE
     ]
     return view
 
 
-def install(service: Service, router: APIRouter) -> None:
-    """Add resolution's routes to `router`."""
+def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
+    """Add resolution's routes to `router`; decisions use the active `policy`."""
 
     @router.get(
         "/v1/complaints/{complaint_id}",
@@ -113,6 +142,221 @@ def install(service: Service, router: APIRouter) -> None:
         if found is None or not _may_read(found["case"], member, channel):
             raise Problem(404, "Not found", f"no complaint {complaint_id}")
         return staff_view(found) if member is not None else channel_view(found)
+
+    @router.post(
+        "/v1/complaints/{complaint_id}/actions",
+        responses={
+            401: {"description": "no or bad staff token"},
+            403: {
+                "description": "the caller may not do this (`required_role` where a higher "
+                "role could)"
+            },
+            404: {"description": "no such complaint"},
+            409: {
+                "description": "the case's state does not allow it (`state`, `missing`), or "
+                "the `version` sent is stale (`current_version`)"
+            },
+            422: {"description": "a malformed action (the field is named)"},
+        },
+        summary="A staff action on a complaint; authority is checked here, never trusted",
+    )
+    async def post_action(
+        complaint_id: str,
+        action: actions.Action,
+        request: Request,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        async with service.pool.acquire() as conn, conn.transaction():
+            member = await _staff(service, conn, bearer(request))
+            if idempotency_key is not None:
+                saved = await repository.saved_answer(
+                    conn, complaint_id, member.staff_id, idempotency_key
+                )
+                if saved is not None:
+                    return _replayed(saved["status"], saved["body"], response)
+            found = await cases.load(conn, complaint_id)
+            if found is None:
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
+            result = await cases.act(
+                conn,
+                complaint_id,
+                actions.command(action),
+                cases.staff_actor(member, found.state),
+                policy=await policy(conn),
+                now=utcnow(),
+                expected_version=action.version,
+            )
+            status, body = await _answer(
+                conn, complaint_id, result, staff=True, instance=request.url.path
+            )
+            if idempotency_key is not None:
+                await repository.save_answer(
+                    conn, complaint_id, member.staff_id, idempotency_key, status, body
+                )
+        return _replayed(status, body, response)
+
+    @router.post(
+        "/v1/complaints/{complaint_id}/replies",
+        responses={
+            401: {"description": "no live channel key"},
+            404: {"description": "unknown, or not submitted by the calling channel"},
+            409: {"description": "nothing was asked of the customer, or the appeal window is over"},
+            422: {"description": "a malformed reply"},
+        },
+        summary="The customer's answer to a request for information, or an appeal",
+    )
+    async def post_reply(
+        complaint_id: str, reply: actions.Reply, request: Request, response: Response
+    ) -> Any:
+        async with service.pool.acquire() as conn, conn.transaction():
+            channel = await directory.channel_for_key(conn, auth.hash_key(bearer(request)))
+            if channel is None:
+                raise Problem(401, "Unauthorized", "send the submitting channel's live key")
+            found = await cases.load(conn, complaint_id)
+            if found is None or found.state.channel.value != channel:
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
+            result = await cases.act(
+                conn,
+                complaint_id,
+                actions.reply_command(reply),
+                Actor(id=f"customer:{channel}", kind=ActorKind.CUSTOMER),
+                policy=await policy(conn),
+                now=utcnow(),
+            )
+            status, body = await _answer(
+                conn, complaint_id, result, staff=False, instance=request.url.path
+            )
+        return _replayed(status, body, response)
+
+    @router.get(
+        "/v1/complaints/{complaint_id}/authority",
+        responses={401: {"description": "no or bad staff token"}, 404: {"description": "none"}},
+        summary="What the caller may still offer on this case, after limits and caps",
+    )
+    async def get_authority(complaint_id: str, request: Request) -> dict[str, Any]:
+        async with service.pool.acquire() as conn:
+            member = await _staff(service, conn, bearer(request))
+            found = await repository.load_view(conn, complaint_id)
+            if found is None or not _may_read(found["case"], member, None):
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
+            loaded = await cases.load(conn, complaint_id)
+            if loaded is None:
+                raise Problem(404, "Not found", f"complaint {complaint_id} has no case yet")
+            active = await policy(conn)
+            actor = cases.staff_actor(member, loaded.state)
+            ctx = await cases.context(
+                conn, loaded.state, Claim(), actor, policy=active, now=utcnow()
+            )
+        left = remaining(active, member.role, ctx.usage)
+        return {"role": member.role.value, "policy_version": active.version, **left.to_json()}
+
+    @router.get(
+        "/v1/complaints",
+        responses={401: {"description": "no or bad staff token"}},
+        summary="The queue: cases the caller may see, nearest deadline first, paged",
+    )
+    async def get_queue(
+        request: Request,
+        status: str | None = None,
+        team: str | None = None,
+        assignee: str | None = None,
+        breached: bool | None = None,
+        awaiting_approval_by: Annotated[str | None, Query(pattern="^me$")] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        after: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> dict[str, Any]:
+        async with service.pool.acquire() as conn:
+            member = await _staff(service, conn, bearer(request))
+            try:
+                cursor = repository.parse_cursor(after)
+            except ValueError:
+                raise Problem(
+                    422, "Invalid request", "after: not a cursor from this queue"
+                ) from None
+            rows = await repository.queue(
+                conn,
+                reader=member,
+                filters=repository.QueueFilters(
+                    status=status,
+                    team=team,
+                    assignee=assignee,
+                    breached=breached,
+                    waiting_for_me=awaiting_approval_by == "me",
+                ),
+                limit=limit,
+                after=cursor,
+            )
+        items = [_queue_item(r) for r in rows]
+        next_page = repository.queue_cursor(rows[-1]) if len(rows) == limit else None
+        return {"items": items, "next": next_page}
+
+
+async def _staff(service: Service, conn: Conn, token: str) -> directory.Member:
+    """The active member a staff token names, or a 401."""
+    try:
+        return await service.staff_member(conn, token)
+    except auth.InvalidToken as refused:
+        raise Problem(401, "Unauthorized", f"staff token rejected: {refused}") from None
+
+
+async def _answer(
+    conn: Conn,
+    complaint_id: str,
+    result: CaseState | Refusal | None,
+    *,
+    staff: bool,
+    instance: str,
+) -> tuple[int, dict[str, Any]]:
+    """The status and body an action's outcome answers with: the case's view, or the refusal
+    as a problem document."""
+    if result is None:
+        raise Problem(404, "Not found", f"no complaint {complaint_id}")
+    if isinstance(result, Refusal):
+        return result.status, _refusal_document(result, instance)
+    found = await repository.load_view(conn, complaint_id)
+    assert found is not None
+    return 200, staff_view(found) if staff else channel_view(found)
+
+
+TITLES = {403: "Forbidden", 409: "Conflict", 422: "Invalid action"}
+
+
+def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"code": refusal.code}
+    if refusal.required_role:
+        extra["required_role"] = refusal.required_role
+    if refusal.missing:
+        extra["missing"] = refusal.missing
+    if refusal.state:
+        extra["state"] = refusal.state
+    if refusal.current_version is not None:
+        extra["current_version"] = refusal.current_version
+    title = TITLES.get(refusal.status, "Refused")
+    return Problem(refusal.status, title, refusal.reason, **extra).document(instance)
+
+
+def _replayed(status: int, body: dict[str, Any], response: Response) -> Any:
+    """`body` with `status`: a view as is, a refusal as a problem document."""
+    if status == 200:
+        return body
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def _queue_item(row: Any) -> dict[str, Any]:
+    return {
+        "complaint_id": row["complaint_id"],
+        "status": row["status"],
+        "team": row["team"],
+        "assignee": row["assignee"],
+        "severity": row["severity"],
+        "category": row["category"],
+        "deadlines": _deadlines(dict(row)),
+        "next_due": row["next_due"].isoformat() if row["next_due"] else None,
+        "breached": row["breached"],
+        "waiting_role": row["waiting_role"],
+        "version": row["version"],
+    }
 
 
 async def _caller(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from services.resolution import api, handlers
-from shared import topics
+from services.resolution import api, cases, handlers
+from services.resolution.policy import Policy, default_policy
+from shared import timers, topics
+from shared.db import Conn
 from shared.service import Service
 from shared.settings import Settings
 
@@ -15,10 +18,21 @@ class Resolution(Service):
     migrations_package = "services.resolution.migrations"
 
     def register(self) -> None:
-        api.install(self, self.router)
-        self.consume(topics.EVENTS, handlers.events)
+        api.install(self, self.router, self.policy)
+        self.consume(topics.EVENTS, handlers.event_router(self.policy))
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
+
+    async def policy(self, conn: Conn) -> Policy:
+        """The authority and clock policy new decisions take."""
+        return default_policy().model_copy(update={"version": 1})
+
+    async def on_open(self) -> None:
+        worker = timers.TimerWorker(self.pool, {cases.CLOCK_TIMER: self._fire})
+        self.run_worker(timers.WORKER, worker)
+
+    async def _fire(self, conn: Conn, timer: timers.Timer, now: datetime) -> None:
+        await cases.fire(conn, timer, now, policy=await self.policy(conn))
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

@@ -30,6 +30,7 @@ from services.resolution.policy import (
     rank,
 )
 from shared.events import Category, Channel, Money, RoutedData, Severity
+from shared.events import Outcome as Outcome
 
 # --- vocabulary -------------------------------------------------------------------------------
 
@@ -47,12 +48,6 @@ class Status(StrEnum):
     RESOLVED = "resolved"
     CLOSED = "closed"
     REOPENED = "reopened"
-
-
-class Outcome(StrEnum):
-    UPHELD = "upheld"
-    PARTIALLY_UPHELD = "partially_upheld"
-    NOT_UPHELD = "not_upheld"
 
 
 class Kind(StrEnum):

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from services.resolution.domain import OpenedCase, Status, TimelineEntry
+import asyncpg
+
+from services.resolution.case import Event
+from services.resolution.domain import Status, TimelineEntry
+from shared import directory
 from shared.db import Conn
-from shared.events import ReceivedData, RoutedData
+from shared.events import ReceivedData, Role, RoutedData, parse_rfc3339
 
 
 async def add_received(conn: Conn, data: ReceivedData) -> None:
-    """A case row for a received complaint (no-op if routing got there first)."""
+    """A case row for a received complaint, with the customer and amount the case's caps and
+    samples need (no-op if routing got there first)."""
     await conn.execute(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category,
-               staff_involved, received_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (complaint_id) DO NOTHING""",
+               staff_involved, received_at, customer_id, amount_at_stake)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (complaint_id) DO UPDATE SET
+               customer_id = EXCLUDED.customer_id, amount_at_stake = EXCLUDED.amount_at_stake""",
         data.complaint_id,
         Status.RECEIVED.value,
         data.channel.value,
@@ -23,30 +33,31 @@ async def add_received(conn: Conn, data: ReceivedData) -> None:
         data.category.value if data.category else None,
         [{"staff_id": s, "responded_at": None} for s in data.staff_involved],
         data.received_at,
+        data.customer.id,
+        data.amount_at_stake.model_dump() if data.amount_at_stake else None,
     )
 
 
-async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
-    """Record where the complaint was routed and why, and start its clocks."""
+async def open_case(conn: Conn, routed: RoutedData) -> None:
+    """Record where the complaint was routed and why (its clocks are the decider's)."""
     await conn.execute(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category, severity,
                severity_reasons, team, assignee, language, staff_involved, received_at,
-               routed_at, acknowledge_by, resolve_by, category_reason, severity_score,
-               team_reason, assignment_reason, flags, review_by, customer_history)
+               routed_at, category_reason, severity_score, team_reason, assignment_reason,
+               flags, review_by, customer_history)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                   $18, $19, $20, $21, $22)
+                   $18, $19, $20)
            ON CONFLICT (complaint_id) DO UPDATE SET
                status = EXCLUDED.status, category = EXCLUDED.category,
                severity = EXCLUDED.severity, severity_reasons = EXCLUDED.severity_reasons,
                team = EXCLUDED.team, assignee = EXCLUDED.assignee, language = EXCLUDED.language,
-               routed_at = EXCLUDED.routed_at, acknowledge_by = EXCLUDED.acknowledge_by,
-               resolve_by = EXCLUDED.resolve_by, category_reason = EXCLUDED.category_reason,
+               routed_at = EXCLUDED.routed_at, category_reason = EXCLUDED.category_reason,
                severity_score = EXCLUDED.severity_score, team_reason = EXCLUDED.team_reason,
                assignment_reason = EXCLUDED.assignment_reason, flags = EXCLUDED.flags,
                review_by = EXCLUDED.review_by, customer_history = EXCLUDED.customer_history,
                updated_at = now()""",
         routed.complaint_id,
-        case.status.value,
+        Status.ROUTED.value,
         routed.channel.value,
         routed.external_id,
         routed.category.value,
@@ -58,8 +69,6 @@ async def open_case(conn: Conn, routed: RoutedData, case: OpenedCase) -> None:
         [{"staff_id": s, "responded_at": None} for s in routed.staff_involved],
         routed.received_at,
         routed.routed_at,
-        case.deadlines.acknowledge_by,
-        case.deadlines.resolve_by,
         routed.category_reason,
         routed.severity_score,
         routed.team_reason,
@@ -94,12 +103,270 @@ async def append_timeline(
 
 
 async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
-    """The case with its timeline, or None."""
+    """The case with its timeline (what other services said of it, and its decisions), or
+    None."""
     case = await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
     if case is None:
         return None
     entries = await conn.fetch(
-        "SELECT type, at, actor, detail FROM timeline WHERE complaint_id = $1 ORDER BY at, id",
+        """SELECT type, at, actor, detail FROM (
+               SELECT type, at, actor, detail, 0 AS source, id AS n
+               FROM timeline WHERE complaint_id = $1
+               UNION ALL
+               SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at',
+                      1, seq
+               FROM case_events WHERE complaint_id = $1) AS entries
+           ORDER BY at, source, n""",
         complaint_id,
     )
     return {"case": dict(case), "timeline": [dict(e) for e in entries]}
+
+
+# ---------------------------------------------------------------------- decided cases
+
+
+async def lock_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
+    """The case row, locked until the transaction ends (one decision at a time per case)."""
+    return await conn.fetchrow(
+        "SELECT * FROM cases WHERE complaint_id = $1 FOR UPDATE", complaint_id
+    )
+
+
+async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:
+    """The case's decided events in order (type, data, event_id)."""
+    return await conn.fetch(
+        "SELECT type, data, event_id FROM case_events WHERE complaint_id = $1 ORDER BY seq",
+        complaint_id,
+    )
+
+
+async def append_events(conn: Conn, events: Sequence[Event]) -> None:
+    """Add decided events to the decision log; a version decided twice fails on the key."""
+    await conn.executemany(
+        """INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
+               prev_hash, hash)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        [
+            (
+                e.complaint_id,
+                e.seq,
+                e.event_id,
+                str(e.type),
+                e.at,
+                e.actor,
+                e.data(),
+                e.prev_hash,
+                e.hash,
+            )
+            for e in events
+        ],
+    )
+
+
+async def save_case(conn: Conn, view: Mapping[str, Any]) -> None:
+    """Write the case's read model (what the view and the queue show) after a decision."""
+    await conn.execute(
+        """UPDATE cases SET status = $2, team = $3, assignee = $4,
+               acknowledge_by = coalesce($5, acknowledge_by), resolve_by = $6, remedy = $7,
+               pending_approval = $8, staff_involved = $9, waiting_role = $10,
+               breached = breached OR $11, decided_outcome = $12, version = $13,
+               chain_head = $14, policy_version = $15, next_due = $16, updated_at = now()
+           WHERE complaint_id = $1""",
+        view["complaint_id"],
+        view["status"],
+        view["team"],
+        view["assignee"],
+        view["acknowledge_by"],
+        view["resolve_by"],
+        view["remedy"],
+        view["pending_approval"],
+        view["staff_involved"],
+        view["waiting_role"],
+        view["breached"],
+        view["outcome"],
+        view["version"],
+        view["chain_head"],
+        view["policy_version"],
+        view["next_due"],
+    )
+
+
+async def add_remedies(conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record applied remedies (caps, consistency samples, the exceptions review)."""
+    columns = (
+        "event_id",
+        "complaint_id",
+        "customer_id",
+        "type",
+        "amount",
+        "currency",
+        "percent",
+        "category",
+        "severity",
+        "band",
+        "proposer",
+        "authorized_by",
+        "authorized_role",
+        "policy_exception",
+        "justification",
+        "policy_version",
+        "at",
+    )
+    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    await conn.executemany(
+        f"INSERT INTO remedies ({', '.join(columns)}) VALUES ({placeholders}) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        [tuple(row[c] for c in columns) for row in rows],
+    )
+
+
+async def held_roles(conn: Conn, team: str) -> frozenset[Role]:
+    """Roles someone active holds in the team's chain: its own members, and the managers and
+    directors who act on every team."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT role FROM staff_directory
+           WHERE active AND (team = $1 OR role IN ('manager', 'director'))""",
+        team,
+    )
+    return frozenset(Role(r["role"]) for r in rows)
+
+
+async def money_by_currency(
+    conn: Conn,
+    *,
+    customer_id: str | None = None,
+    authorized_by: str | None = None,
+    since: datetime,
+) -> dict[str, Decimal]:
+    """Money remedies applied since `since`, per currency: to one customer, or authorised by
+    one staff member."""
+    rows = await conn.fetch(
+        """SELECT currency, sum(amount) AS total FROM remedies
+           WHERE at >= $3 AND amount IS NOT NULL
+             AND ($1::text IS NULL OR customer_id = $1)
+             AND ($2::text IS NULL OR authorized_by = $2)
+           GROUP BY currency""",
+        customer_id,
+        authorized_by,
+        since,
+    )
+    return {r["currency"]: r["total"] for r in rows}
+
+
+async def similar_amounts(
+    conn: Conn,
+    *,
+    category: str,
+    severity: str,
+    band: str,
+    type_: str,
+    currency: str,
+    since: datetime,
+) -> list[Decimal]:
+    """Amounts of remedies of this type and currency granted for similar complaints."""
+    rows = await conn.fetch(
+        """SELECT amount FROM remedies
+           WHERE category = $1 AND severity = $2 AND band = $3 AND type = $4
+             AND currency = $5 AND at >= $6""",
+        category,
+        severity,
+        band,
+        type_,
+        currency,
+        since,
+    )
+    return [r["amount"] for r in rows]
+
+
+async def saved_answer(
+    conn: Conn, complaint_id: str, actor: str, key: str
+) -> asyncpg.Record | None:
+    """The answer given to an earlier action with this Idempotency-Key, if any."""
+    return await conn.fetchrow(
+        """SELECT status, body FROM action_requests
+           WHERE complaint_id = $1 AND actor = $2 AND idempotency_key = $3""",
+        complaint_id,
+        actor,
+        key,
+    )
+
+
+async def save_answer(
+    conn: Conn, complaint_id: str, actor: str, key: str, status: int, body: Any
+) -> None:
+    await conn.execute(
+        """INSERT INTO action_requests (complaint_id, actor, idempotency_key, status, body)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+        complaint_id,
+        actor,
+        key,
+        status,
+        body,
+    )
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    status: str | None = None
+    team: str | None = None
+    assignee: str | None = None
+    breached: bool | None = None
+    waiting_for_me: bool = False
+
+
+async def queue(
+    conn: Conn,
+    *,
+    reader: directory.Member,
+    filters: QueueFilters,
+    limit: int,
+    after: tuple[datetime, str],
+) -> list[asyncpg.Record]:
+    """The cases `reader` may see (their team's and those naming them; every team's for
+    managers and directors) matching `filters`, nearest deadline first, after the cursor."""
+    due_after, id_after = after
+    every_team = reader.role in (Role.MANAGER, Role.DIRECTOR)
+    return await conn.fetch(
+        """SELECT complaint_id, status, team, assignee, severity, category, acknowledge_by,
+                  resolve_by, next_due, breached, waiting_role, version
+           FROM cases
+           WHERE version > 0
+             AND ($1 OR team = $2 OR staff_involved @> jsonb_build_array(
+                      jsonb_build_object('staff_id', $3::text)))
+             AND ($4::text IS NULL OR status = $4)
+             AND ($5::text IS NULL OR team = $5)
+             AND ($6::text IS NULL OR assignee = $6)
+             AND ($7::boolean IS NULL OR breached = $7)
+             AND (NOT $8 OR (status = 'awaiting_approval' AND waiting_role = $9
+                             AND ($1 OR team = $2)))
+             AND (coalesce(next_due, 'infinity'), complaint_id) > ($10, $11)
+           ORDER BY coalesce(next_due, 'infinity'), complaint_id
+           LIMIT $12""",
+        every_team,
+        reader.team,
+        reader.staff_id,
+        filters.status,
+        filters.team,
+        filters.assignee,
+        filters.breached,
+        filters.waiting_for_me,
+        reader.role.value,
+        due_after,
+        id_after,
+        limit,
+    )
+
+
+def queue_cursor(row: Any) -> str:
+    """Where the next page starts: after this row."""
+    due = row["next_due"].isoformat() if row["next_due"] else "infinity"
+    return f"{due}|{row['complaint_id']}"
+
+
+def parse_cursor(after: str | None) -> tuple[datetime, str]:
+    """The position a `queue_cursor` names (the start for None); ValueError when malformed."""
+    if not after:
+        return datetime.min.replace(tzinfo=UTC), ""
+    due, _, complaint_id = after.partition("|")
+    at = datetime.max.replace(tzinfo=UTC) if due == "infinity" else parse_rfc3339(due)
+    return at, complaint_id

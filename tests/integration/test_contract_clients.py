@@ -20,6 +20,7 @@ from cloudevents.core.v1.event import CloudEvent as SdkEvent
 from cloudevents.v1 import kafka as ce_kafka_v1
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from services.resolution.case import Kind
 from shared import topics
 from tests.conftest import Running
 from tests.support import eventually, submission
@@ -191,6 +192,7 @@ EXPECTED_SOURCES = {
     "complaint.unassigned": "complaints/intake",
     "notification.sent": "complaints/notify",
     "notification.failed": "complaints/notify",
+    **{kind.value: "complaints/resolution" for kind in Kind},
 }
 
 

@@ -16,7 +16,7 @@ CREATE TABLE case_events (
     PRIMARY KEY (complaint_id, seq)                  -- two deciders on one version: one wins
 );
 
--- What the customer and staff asked and answered, learnt before a case opens.
+-- The case's read model grows what decisions change (the decision log is the truth).
 ALTER TABLE cases
     ADD COLUMN customer_id      text,
     ADD COLUMN amount_at_stake  jsonb,
@@ -25,7 +25,9 @@ ALTER TABLE cases
     ADD COLUMN waiting_role     text,                -- an approval waits for this role
     ADD COLUMN breached         boolean NOT NULL DEFAULT false,
     ADD COLUMN decided_outcome  text,
-    ADD COLUMN policy_version   integer;
+    ADD COLUMN policy_version   integer,
+    ADD COLUMN next_due         timestamptz;         -- the nearest running deadline: the queue's order
+CREATE INDEX cases_next_due ON cases (next_due, complaint_id);
 
 -- Remedies applied (an approval included), for the caps (a customer's last 30 days, an
 -- authoriser's day), the consistency samples and the review of policy exceptions.

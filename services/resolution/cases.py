@@ -1,0 +1,281 @@
+"""Resolution's case use cases: open a case, act on it, fire its clocks.
+
+Each reads: lock the case's row and replay its decided events → gather what the decision
+needs (`Context`: who acts, the roles held in the team's chain, usage against the caps, the
+consistency sample, `now`) → `decide` → one transaction writes the decision log, the read
+model, the remedies applied, the outbox and the clocks' timers. A refusal changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.resolution import domain, repository
+from services.resolution.case import (
+    EMPTY,
+    SYSTEM,
+    Actor,
+    ActorKind,
+    Assign,
+    CaseState,
+    ClockFired,
+    Command,
+    Context,
+    Event,
+    Kind,
+    Member,
+    ProposeRemedy,
+    Refusal,
+    RoutedFacts,
+    Sample,
+    decide,
+    open_case,
+    replay,
+)
+from services.resolution.clocks import desired_timers
+from services.resolution.policy import Policy, Usage, consistency_band
+from shared import directory, outbox, timers, topics
+from shared.db import Conn
+from shared.events import CloudEvent, Money, RoutedData
+
+log = logging.getLogger(__name__)
+
+SOURCE = "complaints/resolution"
+# The timer kind every case clock (warnings, breaches, approval and response windows) uses.
+CLOCK_TIMER = "case_clock"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A case as a decision sees it: its row (locked) and its state."""
+
+    row: asyncpg.Record
+    state: CaseState
+
+
+async def load(conn: Conn, complaint_id: str) -> Loaded | None:
+    """The case, its row locked until the transaction ends (one decision at a time per case);
+    None when no case has this id (or it is not opened yet)."""
+    row = await repository.lock_case(conn, complaint_id)
+    if row is None or row["version"] == 0:
+        return None
+    rows = await repository.case_events(conn, complaint_id)
+    events = [Event.from_data(r["type"], r["data"], r["event_id"]) for r in rows]
+    return Loaded(row, replay(events))
+
+
+async def open_routed(conn: Conn, routed: RoutedData, *, policy: Policy, now: datetime) -> None:
+    """Open the case of a routed complaint: its clocks, and a request to each named person."""
+    await repository.open_case(conn, routed)
+    row = await repository.lock_case(conn, routed.complaint_id)
+    if row is None or row["version"] > 0:
+        return  # opened already (routed twice)
+    stake = row["amount_at_stake"]
+    facts = RoutedFacts.from_routed(
+        routed,
+        customer_id=row["customer_id"] or "",
+        amount_at_stake=Money.model_validate(stake) if stake else None,
+    )
+    result = open_case(facts, Context(SYSTEM, policy, now))
+    if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
+        raise RuntimeError(f"opening refused: {result.code}")
+    await _commit(conn, EMPTY, result, policy=policy)
+
+
+async def act(
+    conn: Conn,
+    complaint_id: str,
+    command: Command,
+    actor: Actor,
+    *,
+    policy: Policy,
+    now: datetime,
+    expected_version: int | None = None,
+) -> CaseState | Refusal | None:
+    """Decide `command` by `actor` on the case and keep the outcome: the new state, the
+    refusal (nothing changed), or None when there is no such case."""
+    loaded = await load(conn, complaint_id)
+    if loaded is None:
+        return None
+    ctx = await context(
+        conn, loaded.state, command, actor, policy=policy, now=now, expected=expected_version
+    )
+    result = decide(loaded.state, command, ctx)
+    if isinstance(result, Refusal):
+        return result
+    return await _commit(conn, loaded.state, result, policy=policy)
+
+
+async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policy: Policy) -> None:
+    """A case clock's timer fired: warn, breach and escalate, climb an approval, or close a
+    response window (a stale timer decides nothing)."""
+    complaint_id = str(timer.payload["complaint_id"])
+    loaded = await load(conn, complaint_id)
+    if loaded is None:
+        return
+    command = ClockFired.from_payload(timer.payload)
+    ctx = await context(conn, loaded.state, command, SYSTEM, policy=policy, now=now)
+    result = decide(loaded.state, command, ctx)
+    if isinstance(result, Refusal):
+        log.debug("clock %s refused on %s: %s", timer.key, complaint_id, result.code)
+        return
+    await _commit(conn, loaded.state, result, policy=policy, firing=timer.key)
+
+
+def staff_actor(member: directory.Member, state: CaseState) -> Actor:
+    """The actor a directory member is on this case."""
+    return Actor(
+        id=member.staff_id,
+        kind=ActorKind.STAFF,
+        role=member.role,
+        team=member.team,
+        active=member.active,
+        named_in_case=state.named(member.staff_id),
+    )
+
+
+async def context(
+    conn: Conn,
+    state: CaseState,
+    command: Command,
+    actor: Actor,
+    *,
+    policy: Policy,
+    now: datetime,
+    expected: int | None = None,
+) -> Context:
+    """Everything `decide` needs besides the state and the command, read from the database;
+    `expected`: the case version the actor saw (None: not checked)."""
+    target = None
+    if isinstance(command, Assign):
+        found = await directory.find_member(conn, command.to)
+        if found is not None:
+            target = Member(found.staff_id, found.role, found.team, found.active)
+    assignee = await directory.find_member(conn, state.assignee) if state.assignee else None
+    return Context(
+        actor=actor,
+        policy=policy,
+        now=now,
+        held_roles=await repository.held_roles(conn, state.team),
+        target=target,
+        assignee_role=assignee.role if assignee else None,
+        usage=await _usage(conn, state, actor, policy, now),
+        sample=await _sample(conn, state, command, policy, now),
+        expected_version=expected,
+    )
+
+
+async def _usage(
+    conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime
+) -> Usage:
+    """Money applied to this customer in the caps' window, and by the actor today (UTC)."""
+    window = now - timedelta(days=policy.caps.customer_window_days)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    customer = await repository.money_by_currency(conn, customer_id=state.customer_id, since=window)
+    own = (
+        await repository.money_by_currency(conn, authorized_by=actor.id, since=today)
+        if actor.kind is ActorKind.STAFF
+        else {}
+    )
+    return Usage(customer_window=customer, staff_today=own)
+
+
+async def _sample(
+    conn: Conn, state: CaseState, command: Command, policy: Policy, now: datetime
+) -> Sample | None:
+    """Remedies of the same type and currency granted for similar complaints, for a money
+    proposal; None otherwise."""
+    if not isinstance(command, ProposeRemedy) or command.remedy.amount is None:
+        return None
+    currency = command.remedy.amount.currency
+    amounts = await repository.similar_amounts(
+        conn,
+        category=state.category.value,
+        severity=state.severity.value,
+        band=consistency_band(policy, state.amount_at_stake),
+        type_=command.remedy.type.value,
+        currency=currency,
+        since=now - timedelta(days=policy.consistency.window_days),
+    )
+    return Sample.of(currency, amounts)
+
+
+async def _commit(
+    conn: Conn,
+    before: CaseState,
+    events: Sequence[Event],
+    *,
+    policy: Policy,
+    firing: str | None = None,
+) -> CaseState:
+    """Keep decided events: log, read model, remedies, outbox, timers; the state after them."""
+    after = replay(events, before)
+    await repository.append_events(conn, events)
+    breached = any(e.type is Kind.SLA_BREACHED for e in events)
+    await repository.save_case(conn, domain.case_view(after, breached=breached))
+    await repository.add_remedies(
+        conn,
+        [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED],
+    )
+    await outbox.enqueue(conn, [_message(e) for e in events])
+    await _rearm(conn, before, after, firing=firing)
+    return after
+
+
+async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str | None) -> None:
+    """Make the armed timers match what the case wants: cancel what it no longer wants (not
+    the timer firing now: the worker marks it fired), arm what is new or moved."""
+    old = {t.key: t for t in desired_timers(before)}
+    new = {t.key: t for t in desired_timers(after)}
+    for key in old.keys() - new.keys() - {firing}:
+        await timers.cancel(conn, key)
+    for key, spec in new.items():
+        if key not in old or old[key].due_at != spec.due_at:
+            await timers.schedule(conn, key, spec.due_at, CLOCK_TIMER, spec.payload)
+
+
+def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any]:
+    """An applied remedy as the caps, samples and the exceptions review read it."""
+    detail = event.detail
+    remedy: dict[str, Any] = detail["remedy"]
+    amount = remedy.get("amount") or {}
+    return {
+        "event_id": event.event_id,
+        "complaint_id": event.complaint_id,
+        "customer_id": state.customer_id,
+        "type": remedy["type"],
+        "amount": amount.get("amount"),
+        "currency": amount.get("currency"),
+        "percent": remedy.get("percent"),
+        "category": state.category.value,
+        "severity": state.severity.value,
+        "band": consistency_band(policy, state.amount_at_stake),
+        "proposer": detail["proposer"],
+        "authorized_by": detail["authorized_by"],
+        "authorized_role": detail["authorized_role"],
+        "policy_exception": bool(detail.get("policy_exception")),
+        "justification": detail.get("justification"),
+        "policy_version": int(detail.get("policy_version") or policy.version),
+        "at": event.at,
+    }
+
+
+def _message(event: Event) -> outbox.Message:
+    """The decided event as its CloudEvent, under the id the decision log gave it."""
+    cloud = CloudEvent.model_construct(
+        specversion="1.0",
+        datacontenttype="application/json",
+        id=event.event_id,
+        source=SOURCE,
+        type=str(event.type),
+        subject=event.complaint_id,
+        time=event.at,
+        data=event.data(),
+    )
+    return outbox.Message(topics.EVENTS, topics.complaint_key(event.complaint_id), cloud)

@@ -1,0 +1,209 @@
+"""Staff actions over HTTP against the real broker and database: a routed complaint opens a case
+with resolution's clocks; authority is enforced on the server (at once within it, an approval
+above it, never one's own); stale versions, retried idempotency keys, malformed actions,
+outsiders and named staff get the contract's answers; the customer's reply resumes the clock."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.support import eventually, submission
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Case:
+    """One complaint's case, and a team of fresh members to act on it."""
+
+    def __init__(self, running, complaint_id: str, team: str) -> None:
+        self.running = running
+        self.id = complaint_id
+        self.team = team
+
+    async def member(self, role: str, *, team: str | None = None) -> str:
+        staff_id = f"{role}-{uuid.uuid4().hex[:6]}"
+        await self.running.add_member(staff_id, team=team or self.team, role=role)
+        return self.running.staff_token(staff_id)
+
+    async def act(self, token: str, body: dict[str, Any], **headers: str):
+        return await self.running.http.post(
+            f"/v1/complaints/{self.id}/actions", json=body, headers={**_auth(token), **headers}
+        )
+
+    async def view(self) -> dict[str, Any]:
+        answer = await self.running.http.get(
+            f"/v1/complaints/{self.id}", headers=_auth(self.running.staff_token())
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+async def _opened(running, **overrides: Any) -> Case:
+    answer = await running.http.post(
+        "/v1/complaints", json=submission("web", **overrides), headers=_auth(running.web_key)
+    )
+    assert answer.status_code == 202, answer.text
+    complaint_id = answer.json()["complaint_id"]
+
+    async def opened():
+        found = await running.http.get(
+            f"/v1/complaints/{complaint_id}", headers=_auth(running.staff_token())
+        )
+        return found.json() if found.status_code == 200 and found.json()["version"] else None
+
+    view = await eventually(opened, what="the case opened")
+    return Case(running, complaint_id, view["team"])
+
+
+async def test_a_routed_complaint_opens_a_case_with_resolutions_clocks(running) -> None:
+    case = await _opened(running)
+    view = await case.view()
+    assert view["status"] == "routed"
+    assert view["deadlines"]["acknowledge_by"] < view["deadlines"]["resolve_by"]
+    kinds = [e["type"] for e in view["timeline"]]
+    assert "complaint.case_opened" in kinds and "complaint.deadlines_set" in kinds
+
+
+async def test_within_authority_applies_at_once_and_resolves(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    assert (await case.act(agent, {"action": "acknowledge"})).status_code == 200
+    proposal = {
+        "action": "propose_remedy",
+        "remedy": {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}},
+        "note": "wrong delivery",
+    }
+    applied = await case.act(agent, proposal)
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["remedy"]["authorized_by"].startswith("agent-")
+    resolved = await case.act(
+        agent, {"action": "resolve", "outcome": "upheld", "message": "We refunded you."}
+    )
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["status"] == "resolved"
+    assert resolved.json()["outcome"] == "upheld"
+
+
+async def test_above_authority_waits_for_the_lowest_role_that_covers_it(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    senior = await case.member("senior_agent")
+    proposal = {
+        "action": "propose_remedy",
+        "remedy": {"type": "refund", "amount": {"amount": "120.00", "currency": "EUR"}},
+    }
+    pending = await case.act(agent, proposal)
+    assert pending.status_code == 200, pending.text
+    assert pending.json()["status"] == "awaiting_approval"
+    assert pending.json()["pending_approval"]["waiting_role"] == "senior_agent"
+    own = await case.act(agent, {"action": "approve"})
+    assert own.status_code == 403
+    assert own.headers["content-type"].startswith("application/problem+json")
+    approved = await case.act(senior, {"action": "approve", "note": "fair"})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["remedy"]["authorized_role"] == "senior_agent"
+    too_much = await case.act(
+        agent,
+        {
+            "action": "propose_remedy",
+            "remedy": {"type": "refund", "amount": {"amount": "99999.00", "currency": "EUR"}},
+        },
+    )
+    assert too_much.status_code in (403, 409), too_much.text
+
+
+async def test_stale_versions_retried_keys_and_malformed_actions(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    version = (await case.view())["version"]
+    note = {"action": "note", "text": "called the customer", "version": version}
+    first = await case.act(agent, note, **{"Idempotency-Key": "k-1"})
+    again = await case.act(agent, note, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert (await case.view())["version"] == version + 1  # applied once
+    stale = await case.act(agent, note)  # a new attempt against the old version
+    assert stale.status_code == 409
+    assert stale.json()["current_version"] == version + 1
+    malformed = await case.act(agent, {"action": "propose_remedy", "remedy": {"type": "refund"}})
+    assert malformed.status_code == 422
+    assert "remedy" in malformed.text
+    unknown = await case.act(agent, {"action": "teleport"})
+    assert unknown.status_code == 422
+
+
+async def test_outsiders_may_not_act_or_read(running) -> None:
+    case = await _opened(running)
+    outsider = await case.member("supervisor", team=f"elsewhere-{uuid.uuid4().hex[:4]}")
+    acted = await case.act(outsider, {"action": "acknowledge"})
+    assert acted.status_code == 403
+    read = await running.http.get(f"/v1/complaints/{case.id}", headers=_auth(outsider))
+    assert read.status_code == 404
+
+
+async def test_named_staff_are_heard_and_never_decide(running) -> None:
+    named_id = f"named-{uuid.uuid4().hex[:6]}"
+    await running.add_member(named_id, team=f"shop-{uuid.uuid4().hex[:4]}")
+    case = await _opened(running, staff_involved=[named_id])
+    named = running.staff_token(named_id)
+    agent = await case.member("agent")
+    view = await case.view()
+    assert [s["staff_id"] for s in view["staff_involved"]] == [named_id]
+    early = await case.act(agent, {"action": "resolve", "outcome": "upheld", "message": "ok"})
+    assert early.status_code == 409
+    assert early.json()["missing"] == [named_id]
+    proposal = {"action": "propose_remedy", "remedy": {"type": "apology_only"}}
+    assert (await case.act(named, proposal)).status_code == 403
+    read = await running.http.get(f"/v1/complaints/{case.id}", headers=_auth(named))
+    assert read.status_code == 200  # they read the case that names them
+    heard = await case.act(named, {"action": "staff_respond", "statement": "I was polite."})
+    assert heard.status_code == 200, heard.text
+    assert (await case.act(agent, proposal)).status_code == 200
+    done = await case.act(agent, {"action": "resolve", "outcome": "upheld", "message": "Sorry."})
+    assert done.status_code == 200, done.text
+
+
+async def test_the_customers_reply_resumes_the_resolve_clock(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    asked = await case.act(
+        agent, {"action": "request_information", "question": "Which order number?"}
+    )
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["status"] == "awaiting_customer"
+    assert asked.json()["deadlines"]["resolve_by"] is None  # paused
+    channel_view = await running.http.get(
+        f"/v1/complaints/{case.id}", headers=_auth(running.web_key)
+    )
+    questions = [
+        e["detail"].get("question")
+        for e in channel_view.json()["timeline"]
+        if e["type"] == "complaint.information_requested"
+    ]
+    assert questions == ["Which order number?"]
+    reply = await running.http.post(
+        f"/v1/complaints/{case.id}/replies",
+        json={"text": "Order 4411."},
+        headers=_auth(running.web_key),
+    )
+    assert reply.status_code == 200, reply.text
+    view = await case.view()
+    assert view["status"] != "awaiting_customer"
+    assert view["deadlines"]["resolve_by"] is not None
+
+
+async def test_the_queue_and_authority(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    queue = await running.http.get("/v1/complaints", headers=_auth(agent), params={"limit": 200})
+    assert queue.status_code == 200, queue.text
+    dues = [i["next_due"] for i in queue.json()["items"] if i["next_due"]]
+    assert dues == sorted(dues)
+    assert all(i["team"] == case.team for i in queue.json()["items"])
+    authority = await running.http.get(f"/v1/complaints/{case.id}/authority", headers=_auth(agent))
+    assert authority.status_code == 200, authority.text
+    assert authority.json()["role"] == "agent"
+    assert authority.json()["refund"]["EUR"] == "50"
