@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.resolution import api, handlers
+from services.resolution import api, handlers, review_api
 from shared import topics
 from shared.service import Service
 from shared.settings import Settings
@@ -16,6 +16,7 @@ class Resolution(Service):
 
     def register(self) -> None:
         api.install(self, self.router)
+        review_api.install(self, self.router)
         self.consume(topics.EVENTS, handlers.events)
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
