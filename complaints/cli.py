@@ -1,4 +1,5 @@
-"""`complaints`: run the system, one service, migrations, channel keys and staff tokens."""
+"""`complaints`: run the system, one service, migrations, channel keys and staff tokens, the
+policy, the audit of the decision log and the review of policy exceptions."""
 
 from __future__ import annotations
 

@@ -77,9 +77,14 @@ async def load_policy(
     as a new inactive version loaded by `loaded_by` (else the OS user)."""
     policy = read_policy(path)
     async with _transaction(settings) as conn:
-        return await policies.load(
-            conn, policy, loaded_by=loaded_by or getpass.getuser(), dry_run=dry_run
-        )
+        return await policies.load(conn, policy, loaded_by=loaded_by or _os_user(), dry_run=dry_run)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment nor the password database
+        return "unknown"
 
 
 async def activate_policy(settings: Settings, version: int) -> Policy:
