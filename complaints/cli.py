@@ -1,4 +1,5 @@
-"""`complaints`: run the system, one service, migrations, channel keys and staff tokens."""
+"""`complaints`: run the system, one service, migrations, channel keys and staff tokens, the
+policy, the audit of the decision log and the review of policy exceptions."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from complaints import system
+from complaints import summaries, system
 from services.intake import admin
+from services.resolution import admin as resolution_admin
 from shared import auth, deadletters, devinfra, kafka, outbox
 from shared.events import Channel
 from shared.settings import Settings
@@ -39,6 +44,17 @@ outbox_app = typer.Typer(
 )
 app.add_typer(deadletters_app, name="deadletters")
 app.add_typer(outbox_app, name="outbox")
+policy_app = typer.Typer(
+    help="The authority and clock policy: show, load a new version, activate one.",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The decision log's hash chains.", no_args_is_help=True)
+exceptions_app = typer.Typer(
+    help="Remedies granted as policy exceptions, for review.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+app.add_typer(exceptions_app, name="exceptions")
 
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -201,18 +217,18 @@ async def _settings_with_database() -> Settings:
     return settings.model_copy(update={"database_url": db.url})
 
 
-def _admin(call: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
-    """Run an intake administration use case against the configured (or local) database."""
+def _admin(call: Callable[[Settings], Coroutine[Any, Any, T]], service: str = "intake") -> T:
+    """Run a service's administration use case against the configured (or local) database."""
 
     async def main() -> T:
         settings = await _settings_with_database()
-        await system.migrate_all(settings, ["intake"])  # a fresh database works at once
+        await system.migrate_all(settings, [service])  # a fresh database works at once
         return await call(settings)
 
     try:
         return _run(main())
-    except admin.AdminError as exc:
-        err.print(f"[red]{exc}[/]")
+    except (admin.AdminError, resolution_admin.AdminError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
 
 
@@ -617,6 +633,96 @@ def outbox_release(
         err.print(f"[red]no parked row {row_id} in {service}'s outbox[/]")
         raise typer.Exit(1)
     err.print(f"released {service} outbox row {row_id}")
+
+
+def _resolution(call: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    return _admin(call, service="resolution")
+
+
+@policy_app.command("show")
+def policy_show(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Exactly the document `policy load` accepts.")
+    ] = False,
+    version: Annotated[
+        int | None, typer.Option("--version", help="A kept version (default: the active one).")
+    ] = None,
+) -> None:
+    """The active policy (or a kept version): a summary, or its JSON document."""
+    shown = _resolution(lambda s: resolution_admin.show_policy(s, version))
+    if as_json:
+        sys.stdout.write(shown.policy.to_json())
+        return
+    sys.stdout.write("".join(line + "\n" for line in summaries.policy_summary(shown)))
+
+
+@policy_app.command("load")
+def policy_load(
+    file: Annotated[
+        Path, typer.Argument(help="A policy JSON document (see `policy show --json`).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and compare only; store nothing.")
+    ] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who loads it (default: OS user).")] = None,
+) -> None:
+    """Validate a policy and compare it with the active one; unless a dry run, store it as a new
+    version (not active: see `policy activate`) and print its number alone on stdout."""
+    loaded = _resolution(
+        lambda s: resolution_admin.load_policy(s, file, dry_run=dry_run, loaded_by=by)
+    )
+    changes = "".join(line + "\n" for line in loaded.diff) or "no changes from the active policy\n"
+    if loaded.version is None:
+        sys.stdout.write(changes)
+        return
+    err.print(escape(changes), end="")
+    err.print(f"stored as version {loaded.version} (not active)")
+    sys.stdout.write(f"{loaded.version}\n")
+
+
+@policy_app.command("activate")
+def policy_activate(
+    version: Annotated[int, typer.Argument(help="The version to make active.")],
+) -> None:
+    """Make a kept version the active policy; every replica follows within seconds."""
+    _resolution(lambda s: resolution_admin.activate_policy(s, version))
+    err.print(f"policy version {version} is active")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    complaint: Annotated[str | None, typer.Option("--complaint", help="One case only.")] = None,
+) -> None:
+    """Recompute the decision log's hash chains, compare them with the published events, and
+    name each case's first broken entry (exit 1 when any is broken)."""
+    report = _resolution(lambda s: resolution_admin.verify_audit(s, complaint_id=complaint))
+    sys.stdout.write("".join(line + "\n" for line in summaries.audit_lines(report)))
+    broken = [case for case in report.cases if case.broken is not None]
+    err.print(
+        f"{len(report.cases)} case(s) checked against {report.heads} published head(s); "
+        f"{len(broken)} broken"
+    )
+    if broken:
+        first = broken[0]
+        assert first.broken is not None
+        err.print(
+            f"[red]{escape(first.complaint_id)}: first broken entry is event "
+            f"{first.broken.event_id}: {escape(first.broken.reason)}[/]"
+        )
+        raise typer.Exit(1)
+
+
+@exceptions_app.command("list")
+def exceptions_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only those granted at or after this time (UTC).")
+    ] = None,
+) -> None:
+    """Remedies granted as policy exceptions, newest first."""
+    when = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    rows = _resolution(lambda s: resolution_admin.list_exceptions(s, since=when))
+    _print_rows(rows, as_json, summaries.exception_line)
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.resolution import api, cases, handlers
-from services.resolution.policy import Policy, default_policy
+from services.resolution import api, cases, handlers, review_api
+from services.resolution.policies import PolicyCache
+from services.resolution.policy import Policy
 from shared import timers, topics
 from shared.db import Conn
 from shared.service import Service
@@ -18,14 +19,17 @@ class Resolution(Service):
     migrations_package = "services.resolution.migrations"
 
     def register(self) -> None:
+        self._policies = PolicyCache()
         api.install(self, self.router, self.policy)
+        review_api.install(self, self.router)
         self.consume(topics.EVENTS, handlers.event_router(self.policy))
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
 
     async def policy(self, conn: Conn) -> Policy:
-        """The authority and clock policy new decisions take."""
-        return default_policy().model_copy(update={"version": 1})
+        """The authority and clock policy new decisions take: the active version, as this
+        replica read it at most two seconds ago."""
+        return await self._policies.current(conn)
 
     async def on_open(self) -> None:
         worker = timers.TimerWorker(self.pool, {cases.CLOCK_TIMER: self._fire})
