@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -186,8 +187,10 @@ async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, v
     for letter, value in zip(letters, dead, strict=True):
         if b'"source":"fuzz/deep"' in value:
             assert letter["reason_code"] == "too_deep", letter["reason"]
+    # a letter carries the first 64 KiB of a value: whole values are known by their digest
+    dead_digests = {letter["value_sha256"] for letter in letters}
     for value in values:
-        if value in dead:
+        if hashlib.sha256(value).hexdigest() in dead_digests:
             continue
         # not dead-lettered: then it was a valid submission, now a complaint
         external_id = json.loads(value)["data"]["external_id"].strip()
@@ -232,4 +235,4 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(run
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     text = out.decode()
     assert proc.returncode == 0, text[-6000:]
-    assert "Tested: 5" in text, text[-3000:]  # every operation but the endless stream was hit
+    assert "Tested: 9" in text, text[-3000:]  # every operation but the endless stream was hit
