@@ -62,6 +62,9 @@ class EventType(StrEnum):
     CHANNEL_KEY_CREATED = "channel_key.created"
     CHANNEL_KEY_REVOKED = "channel_key.revoked"
     STAFF_CHANGED = "staff.changed"
+    # on complaints.commands.v1: a staff action sent over Kafka, and the answer to a refused one
+    COMMAND = "complaint.command"
+    ACTION_REFUSED = "complaint.action_refused"
 
 
 class Channel(StrEnum):

@@ -3,6 +3,9 @@
 SUBMITTED = "complaints.submitted.v1"
 EVENTS = "complaints.events.v1"
 DEADLETTER = "complaints.deadletter.v1"
+# Staff actions from consoles that speak Kafka (each with the member's bearer token in the
+# `authorization` header), keyed by complaint id.
+COMMANDS = "complaints.commands.v1"
 
 # Internal: channel key lifecycle, published by intake for the services that check keys.
 CHANNEL_KEYS = "complaints.internal.channel-keys.v1"
@@ -10,7 +13,7 @@ CHANNEL_KEYS = "complaints.internal.channel-keys.v1"
 # published by intake, which owns it, for the services that check tokens and authority.
 STAFF = "complaints.internal.staff.v1"
 
-ALL = (SUBMITTED, EVENTS, DEADLETTER, CHANNEL_KEYS, STAFF)
+ALL = (SUBMITTED, EVENTS, DEADLETTER, COMMANDS, CHANNEL_KEYS, STAFF)
 
 # The internal topics carry the latest state per key (a member, a key): compacted, so a
 # service started a year later still learns every member and key, while old states go.

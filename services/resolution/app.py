@@ -25,6 +25,11 @@ class Resolution(Service):
         self.consume(topics.EVENTS, handlers.event_router(self.policy))
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
+        self.consume(
+            topics.COMMANDS,
+            handlers.command_router(self.staff_member, self.policy),
+            group=f"{self.group_id}-commands",
+        )
 
     async def policy(self, conn: Conn) -> Policy:
         """The authority and clock policy new decisions take: the active version, as this

@@ -5,10 +5,16 @@ outsiders and named staff get the contract's answers; the customer's reply resum
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
-from tests.support import eventually, submission
+from aiokafka import AIOKafkaProducer
+
+from services.intake import admin
+from shared import auth, topics
+from shared.events import EventType, new_event
+from tests.support import eventually, read_topic, submission
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -207,3 +213,68 @@ async def test_the_queue_and_authority(running) -> None:
     assert authority.status_code == 200, authority.text
     assert authority.json()["role"] == "agent"
     assert authority.json()["refund"]["EUR"] == "50"
+
+
+async def _command(running, complaint_id: str, token: str | None, body: dict[str, Any]) -> str:
+    """Send a staff command over Kafka; its event id."""
+    event = new_event(
+        type=EventType.COMMAND, source="console/test", subject=complaint_id, data=body
+    )
+    headers = [("content-type", b"application/cloudevents+json")]
+    if token is not None:
+        headers.append(("authorization", f"Bearer {token}".encode()))
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.COMMANDS, event.to_bytes(), key=complaint_id.encode(), headers=headers
+        )
+    finally:
+        await producer.stop()
+    return event.id
+
+
+async def _refusal_of(running, command_id: str) -> dict[str, Any] | None:
+    for record in await read_topic(running.settings.kafka_bootstrap, topics.EVENTS, timeout_s=2):
+        if b"complaint.action_refused" in record.value and command_id.encode() in record.value:
+            data: dict[str, Any] = json.loads(record.value)["data"]
+            return data
+    return None
+
+
+async def test_commands_over_kafka_are_checked_and_decided_as_over_http(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    version = (await case.view())["version"]
+    await _command(running, case.id, agent, {"action": "acknowledge"})
+
+    async def acknowledged():
+        view = await case.view()
+        return view if view["version"] > version else None
+
+    assert (await eventually(acknowledged, what="the command decided"))["status"] == "acknowledged"
+
+    removed_id = f"gone-{uuid.uuid4().hex[:6]}"
+    await running.add_member(removed_id, team=case.team)
+    removed = running.staff_token(removed_id)
+    await admin.remove_staff(running.settings, removed_id)
+    await running.learnt(removed_id, "NOT active")
+    expired = auth.issue_token(running.secret, kind=auth.STAFF, subject="manager-1", ttl_s=1, now=1)
+    refusals = {
+        "no token": (None, {"action": "note", "text": "x"}, 401),
+        "unknown member": (running.staff_token("nobody"), {"action": "note", "text": "x"}, 401),
+        "removed member": (removed, {"action": "note", "text": "x"}, 401),
+        "expired token": (expired, {"action": "note", "text": "x"}, 401),
+        "malformed": (agent, {"action": "note"}, 422),
+        "no authority": (agent, {"action": "approve"}, 409),
+    }
+    sent = {
+        name: await _command(running, case.id, token, body)
+        for name, (token, body, _) in refusals.items()
+    }
+    for name, command_id in sent.items():
+        refusal = await eventually(
+            lambda command_id=command_id: _refusal_of(running, command_id), what=name
+        )
+        assert refusal["status"] == refusals[name][2], (name, refusal)
+        assert refusal["reason"], name
