@@ -80,6 +80,7 @@ def staff_view(found: dict[str, Any]) -> dict[str, Any]:
         "outcome": case["decided_outcome"],
         "breached": case["breached"],
         "version": case["version"],
+        "policy_version": case["policy_version"],
         "timeline": _timeline(found["timeline"]),
     }
 
