@@ -1,0 +1,200 @@
+"""Staff actions over HTTP: actions/s flat out, and latency per action at a steady rate.
+
+Runs `complaints up` in its own process (broker embedded unless COMPLAINTS_KAFKA_BOOTSTRAP is
+set, a fresh database on the local PostgreSQL), loads a policy whose daily caps no benchmark
+reaches (the default's would send most proposals for approval), submits the cases over HTTP
+and waits until resolution has opened each. Then every case goes acknowledge → propose_remedy
+(half within the agent's 50 EUR, half at 120 EUR: above it, waiting for a senior agent) →
+approve (the senior agent, for those) → resolve, first flat out with C connections, then paced
+at R actions a second. Each action's latency is from its request to its answer.
+
+    python -m bench.actions --cases 1000 --paced-cases 500 --rate 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.common import Bench, percentile, running_system
+from bench.httpclient import Connection
+from bench.intake import http_phase
+from services.intake import admin as intake_admin
+from services.resolution import admin as resolution_admin
+from services.resolution.policy import default_policy
+from shared import auth
+
+AGENT, SENIOR = "bench-0", "bench-senior"
+
+
+async def main(cases: int, paced_cases: int, rate: float, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_system(Path(tmp)) as bench:
+            tokens = await _staff_and_policy(bench, Path(tmp))
+            opened = await _opened_cases(bench, cases + paced_cases)
+            burst_ids, paced_ids = opened[:cases], opened[cases:]
+            print(f"`complaints up`, {cases} cases flat out ({concurrency} connections), then")
+            print(f"{paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
+            rate_all, burst = await _drive(bench, burst_ids, tokens, concurrency, None)
+            _report(f"flat out: {rate_all:,.0f} actions/s", burst)
+            paced_rate, paced = await _drive(bench, paced_ids, tokens, concurrency, rate)
+            _report(f"paced: {paced_rate:,.0f} actions/s", paced)
+    print("targets: >= 500 actions/s flat out; p99 < 50 ms at 250 actions/s")
+
+
+async def _staff_and_policy(bench: Bench, tmp: Path) -> dict[str, str]:
+    """A senior agent beside the bench's agents, a policy without reachable caps; tokens."""
+    settings = bench.settings
+    await intake_admin.add_staff(
+        settings,
+        staff_id=SENIOR,
+        name="Bench Senior",
+        team="customer-care",
+        role="senior_agent",
+        languages=["en"],
+        capacity=0,
+    )
+    document = json.loads(default_policy().to_json())
+    for caps in (document["caps"]["per_customer"], document["caps"]["per_staff_per_day"]):
+        for per_currency in caps.values():
+            per_currency.update({c: "100000000" for c in per_currency})
+    path = tmp / "bench-policy.json"
+    path.write_text(json.dumps(document))
+    loaded = await resolution_admin.load_policy(settings, path, dry_run=False, loaded_by="bench")
+    assert loaded.version is not None
+    await resolution_admin.activate_policy(settings, loaded.version)
+    secret = auth.resolve_secret(settings, tmp)
+    tokens = {
+        who: await intake_admin.token_for(settings, secret, who, ttl_s=3600)
+        for who in (AGENT, SENIOR)
+    }
+    await _until_learnt(settings.require_database_url(), [AGENT, SENIOR])
+    await asyncio.sleep(2.5)  # replicas re-read the active policy at most every 2 s
+    return tokens
+
+
+async def _until_learnt(dsn: str, staff: list[str], timeout_s: float = 60) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while await conn.fetchval(
+            "SELECT count(*) FROM resolution.staff_directory WHERE staff_id = ANY($1)", staff
+        ) < len(staff):
+            if time.monotonic() > deadline:
+                raise TimeoutError("resolution never learnt the bench's staff")
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def _opened_cases(bench: Bench, count: int) -> list[str]:
+    """Submit `count` complaints over HTTP; their ids once resolution opened every case."""
+    await http_phase(bench, count, 32, None)
+    conn = await asyncpg.connect(bench.settings.require_database_url())
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            ids = await conn.fetch(
+                "SELECT complaint_id FROM resolution.cases WHERE version > 0 AND status = 'routed'"
+            )
+            if len(ids) >= count or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        return [r["complaint_id"] for r in ids][:count]
+    finally:
+        await conn.close()
+
+
+def _steps(n: int) -> list[tuple[str, dict[str, Any]]]:
+    """The actions for case number `n`: half the proposals above the agent's authority."""
+    amount = "120.00" if n % 2 else "40.00"
+    steps: list[tuple[str, dict[str, Any]]] = [
+        (AGENT, {"action": "acknowledge"}),
+        (
+            AGENT,
+            {
+                "action": "propose_remedy",
+                "remedy": {"type": "refund", "amount": {"amount": amount, "currency": "EUR"}},
+            },
+        ),
+    ]
+    if n % 2:
+        steps.append((SENIOR, {"action": "approve", "note": "within policy"}))
+    steps.append((AGENT, {"action": "resolve", "outcome": "upheld", "message": "Refunded."}))
+    return steps
+
+
+async def _drive(
+    bench: Bench,
+    case_ids: list[str],
+    tokens: dict[str, str],
+    concurrency: int,
+    rate: float | None,
+) -> tuple[float, dict[str, list[float]]]:
+    """Every case through its steps (each case's in order); actions/s and latencies (ms) by
+    action."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    queue = list(enumerate(case_ids))
+    slots = itertools.count()
+    total = 0
+    t0 = time.perf_counter()
+
+    async def client() -> None:
+        nonlocal total
+        conn = Connection(bench.base_url)
+        try:
+            while queue:
+                n, complaint_id = queue.pop()
+                for who, body in _steps(n):
+                    if rate:
+                        delay = t0 + next(slots) / rate - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    began = time.perf_counter()
+                    status, answer = await conn.post_json(
+                        f"/v1/complaints/{complaint_id}/actions",
+                        body,
+                        {"Authorization": f"Bearer {tokens[who]}"},
+                    )
+                    if status != 200:
+                        raise RuntimeError(f"{body['action']} answered {status}: {answer}")
+                    latencies[body["action"]].append((time.perf_counter() - began) * 1000)
+                    total += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0), latencies
+
+
+def _report(title: str, latencies: dict[str, list[float]]) -> None:
+    print(title)
+    every = [ms for values in latencies.values() for ms in values]
+    for action, values in [*latencies.items(), ("all", every)]:
+        print(
+            f"  {action:<15} n={len(values):<5} p50 {statistics.median(values):6.1f} ms   "
+            f"p99 {percentile(values, 0.99):6.1f} ms   max {max(values):6.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--paced-cases", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=250.0, help="actions a second, paced")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    asyncio.run(main(args.cases, args.paced_cases, args.rate, args.concurrency))
