@@ -26,8 +26,9 @@ Scheduling rules (`schedule(conn, key, ...)`):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,6 +96,39 @@ async def schedule(
         SCHEDULE_SQL, key, kind, {} if payload is None else payload, due_at, rearm
     )
     return bool(done)
+
+
+async def schedule_many(conn: Conn, armed: Sequence[tuple[str, datetime, str, Any]]) -> None:
+    """`schedule` (without `rearm`) for each `(key, due_at, kind, payload)`, in one statement:
+    a timer that already fired or failed stays as it is."""
+    if not armed:
+        return
+    if any(due.tzinfo is None for _, due, _, _ in armed):
+        raise ValueError("due_at must be timezone-aware")
+    wake_after_commit(conn, WORKER)
+    await conn.execute(
+        """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
+           SELECT k, kind, p::jsonb, d, d
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS s(k, kind, p, d)
+           ON CONFLICT (key) DO UPDATE SET
+               kind = excluded.kind, payload = excluded.payload, due_at = excluded.due_at,
+               run_at = excluded.run_at, scheduled_at = now(), cancelled_at = NULL,
+               attempts = 0, last_error = NULL
+           WHERE t.fired_at IS NULL AND t.failed_at IS NULL""",
+        [key for key, _, _, _ in armed],
+        [kind for _, _, kind, _ in armed],
+        [json.dumps({} if payload is None else payload) for _, _, _, payload in armed],
+        [due for _, due, _, _ in armed],
+    )
+
+
+async def cancel_many(conn: Conn, keys: Sequence[str]) -> None:
+    """`cancel` for each of `keys`, in one statement."""
+    if keys:
+        await conn.execute(
+            f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING}",
+            list(keys),
+        )
 
 
 async def cancel(conn: Conn, key: str) -> bool:

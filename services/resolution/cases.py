@@ -219,10 +219,9 @@ async def _commit(
     await repository.append_events(conn, events)
     breached = any(e.type is Kind.SLA_BREACHED for e in events)
     await repository.save_case(conn, domain.case_view(after, breached=breached))
-    await repository.add_remedies(
-        conn,
-        [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED],
-    )
+    applied = [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED]
+    if applied:
+        await repository.add_remedies(conn, applied)
     await outbox.enqueue(conn, [_message(e) for e in events])
     await _rearm(conn, before, after, firing=firing)
     return after
@@ -233,11 +232,15 @@ async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str
     the timer firing now: the worker marks it fired), arm what is new or moved."""
     old = {t.key: t for t in desired_timers(before)}
     new = {t.key: t for t in desired_timers(after)}
-    for key in old.keys() - new.keys() - {firing}:
-        await timers.cancel(conn, key)
-    for key, spec in new.items():
-        if key not in old or old[key].due_at != spec.due_at:
-            await timers.schedule(conn, key, spec.due_at, CLOCK_TIMER, spec.payload)
+    await timers.cancel_many(conn, sorted(old.keys() - new.keys() - {firing}))
+    await timers.schedule_many(
+        conn,
+        [
+            (key, spec.due_at, CLOCK_TIMER, spec.payload)
+            for key, spec in sorted(new.items())
+            if key not in old or old[key].due_at != spec.due_at
+        ],
+    )
 
 
 def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any]:

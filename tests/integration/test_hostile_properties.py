@@ -69,11 +69,13 @@ def _good_submission(headers: list[tuple[str, bytes]]) -> Planned:
 
 def _good_event(headers: list[tuple[str, bytes]]) -> Planned:
     complaint_id = str(uuid.uuid4())
+    # a type resolution keeps on its timeline (it skips its own decisions, such as
+    # complaint.acknowledged, whoever claims to send them) and notify on its stream
     event = new_event(
-        type=EventType.ACKNOWLEDGED,
+        type=EventType.NOTIFICATION_SENT,
         source="fuzz",
         subject=complaint_id,
-        data={"complaint_id": complaint_id, "actor": "fuzz"},
+        data={"complaint_id": complaint_id, "actor": "fuzz", "kind": "receipt"},
     )
     headers = [(n, v) for n, v in headers if n != "event-type"]
     return Planned(True, complaint_id.encode(), event.to_bytes(), headers, event.id)

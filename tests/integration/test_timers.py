@@ -105,6 +105,27 @@ async def test_schedule_moves_a_pending_timer_but_rearms_a_fired_one_only_when_a
         assert (row["due_at"], row["fired_at"], row["payload"]) == (soon, None, {"v": 4})
 
 
+async def test_schedule_many_and_cancel_many_follow_the_single_rules(schema: Schema):
+    soon = await schema.now() + timedelta(hours=1)
+    later = soon + timedelta(hours=1)
+    async with schema.pool.acquire() as conn:
+        await timers.schedule_many(
+            conn, [("m:a", soon, "tick", {"n": "a"}), ("m:b", soon, "tick", None)]
+        )
+        await conn.execute("UPDATE timers SET fired_at = now() WHERE key = 'm:b'")
+        # moving both: the pending one moves, the fired one stays as it is
+        await timers.schedule_many(
+            conn, [("m:a", later, "tick", {"n": 1}), ("m:b", later, "tick", {})]
+        )
+        a, b = await timers.state(conn, "m:a"), await timers.state(conn, "m:b")
+        assert a is not None and (a["due_at"], a["payload"]) == (later, {"n": 1})
+        assert b is not None and b["due_at"] == soon and b["fired_at"] is not None
+        await timers.cancel_many(conn, ["m:a", "m:b", "m:none"])
+        a, b = await timers.state(conn, "m:a"), await timers.state(conn, "m:b")
+        assert a is not None and a["cancelled_at"] is not None
+        assert b is not None and b["cancelled_at"] is None  # fired: not cancellable
+
+
 async def test_cancel_is_idempotent_and_a_cancelled_timer_is_armed_again_by_schedule(
     schema: Schema,
 ):
