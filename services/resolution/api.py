@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.resolution import actions, cases, repository
-from services.resolution.case import Actor, ActorKind, CaseState, Claim, Refusal
+from services.resolution.case import Actor, ActorKind, CaseState, Refusal
 from services.resolution.policy import Policy, remaining
 from shared import auth, directory
 from shared.db import Conn
@@ -181,7 +181,7 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             result = await cases.act(
                 conn,
-                complaint_id,
+                found,
                 actions.command(action),
                 cases.staff_actor(member, found.state),
                 policy=await policy(conn),
@@ -219,7 +219,7 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             result = await cases.act(
                 conn,
-                complaint_id,
+                found,
                 actions.reply_command(reply),
                 Actor(id=f"customer:{channel}", kind=ActorKind.CUSTOMER),
                 policy=await policy(conn),
@@ -246,10 +246,8 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
                 raise Problem(404, "Not found", f"complaint {complaint_id} has no case yet")
             active = await policy(conn)
             actor = cases.staff_actor(member, loaded.state)
-            ctx = await cases.context(
-                conn, loaded.state, Claim(), actor, policy=active, now=utcnow()
-            )
-        left = remaining(active, member.role, ctx.usage)
+            usage = await cases.usage(conn, loaded.state, actor, active, utcnow())
+        left = remaining(active, member.role, usage)
         return {"role": member.role.value, "policy_version": active.version, **left.to_json()}
 
     @router.get(

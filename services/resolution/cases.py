@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from services.resolution.case import (
     SYSTEM,
     Actor,
     ActorKind,
+    Approve,
     Assign,
     CaseState,
     ClockFired,
@@ -32,6 +33,8 @@ from services.resolution.case import (
     Member,
     ProposeRemedy,
     Refusal,
+    Reopen,
+    Resolve,
     RoutedFacts,
     Sample,
     decide,
@@ -90,19 +93,16 @@ async def open_routed(conn: Conn, routed: RoutedData, *, policy: Policy, now: da
 
 async def act(
     conn: Conn,
-    complaint_id: str,
+    loaded: Loaded,
     command: Command,
     actor: Actor,
     *,
     policy: Policy,
     now: datetime,
     expected_version: int | None = None,
-) -> CaseState | Refusal | None:
-    """Decide `command` by `actor` on the case and keep the outcome: the new state, the
-    refusal (nothing changed), or None when there is no such case."""
-    loaded = await load(conn, complaint_id)
-    if loaded is None:
-        return None
+) -> CaseState | Refusal:
+    """Decide `command` by `actor` on the `load`ed case and keep the outcome: the new state,
+    or the refusal (nothing changed)."""
     ctx = await context(
         conn, loaded.state, command, actor, policy=policy, now=now, expected=expected_version
     )
@@ -150,30 +150,27 @@ async def context(
     now: datetime,
     expected: int | None = None,
 ) -> Context:
-    """Everything `decide` needs besides the state and the command, read from the database;
-    `expected`: the case version the actor saw (None: not checked)."""
-    target = None
+    """Everything `decide` needs besides the state and the command, read from the database
+    (only what this command's rules read); `expected`: the case version the actor saw (None:
+    not checked)."""
+    ctx = Context(actor=actor, policy=policy, now=now, expected_version=expected)
     if isinstance(command, Assign):
         found = await directory.find_member(conn, command.to)
         if found is not None:
-            target = Member(found.staff_id, found.role, found.team, found.active)
-    assignee = await directory.find_member(conn, state.assignee) if state.assignee else None
-    return Context(
-        actor=actor,
-        policy=policy,
-        now=now,
-        held_roles=await repository.held_roles(conn, state.team),
-        target=target,
-        assignee_role=assignee.role if assignee else None,
-        usage=await _usage(conn, state, actor, policy, now),
-        sample=await _sample(conn, state, command, policy, now),
-        expected_version=expected,
-    )
+            ctx = replace(ctx, target=Member(found.staff_id, found.role, found.team, found.active))
+    if isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired):
+        ctx = replace(ctx, held_roles=await repository.held_roles(conn, state.team))
+    if isinstance(command, ProposeRemedy | Approve):
+        ctx = replace(ctx, usage=await usage(conn, state, actor, policy, now))
+    if isinstance(command, ProposeRemedy):
+        ctx = replace(ctx, sample=await _sample(conn, state, command, policy, now))
+    if isinstance(command, ClockFired) and state.assignee:
+        assignee = await directory.find_member(conn, state.assignee)
+        ctx = replace(ctx, assignee_role=assignee.role if assignee else None)
+    return ctx
 
 
-async def _usage(
-    conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime
-) -> Usage:
+async def usage(conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime) -> Usage:
     """Money applied to this customer in the caps' window, and by the actor today (UTC)."""
     window = now - timedelta(days=policy.caps.customer_window_days)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)

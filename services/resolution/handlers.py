@@ -113,7 +113,7 @@ async def _run_command(
         return Refusal(404, f"no complaint {complaint_id}", "not_found")
     result = await cases.act(
         conn,
-        complaint_id,
+        loaded,
         actions.command(action),
         cases.staff_actor(member, loaded.state),
         policy=await policy(conn),
