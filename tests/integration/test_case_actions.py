@@ -5,6 +5,7 @@ outsiders and named staff get the contract's answers; the customer's reply resum
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -111,14 +112,34 @@ async def test_above_authority_waits_for_the_lowest_role_that_covers_it(running)
     approved = await case.act(senior, {"action": "approve", "note": "fair"})
     assert approved.status_code == 200, approved.text
     assert approved.json()["remedy"]["authorized_role"] == "senior_agent"
-    too_much = await case.act(
-        agent,
+    fresh = await _opened(running)
+    too_much = await fresh.act(
+        await fresh.member("agent"),
         {
             "action": "propose_remedy",
             "remedy": {"type": "refund", "amount": {"amount": "99999.00", "currency": "EUR"}},
         },
     )
-    assert too_much.status_code in (403, 409), too_much.text
+    assert too_much.status_code == 403, too_much.text  # above a director's limit
+    assert too_much.json()["code"] == "above_director"
+
+
+async def test_an_approver_below_the_required_role_gets_403_naming_it(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    senior = await case.member("senior_agent")
+    await case.member("supervisor")
+    proposal = {
+        "action": "propose_remedy",
+        "remedy": {"type": "refund", "amount": {"amount": "300.00", "currency": "EUR"}},
+    }
+    pending = await case.act(agent, proposal)
+    assert pending.json()["pending_approval"]["waiting_role"] == "supervisor"
+    refused = await case.act(senior, {"action": "approve"})
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["required_role"] == "supervisor"
+    assert refused.json()["detail"]
 
 
 async def test_stale_versions_retried_keys_and_malformed_actions(running) -> None:
@@ -260,11 +281,18 @@ async def test_commands_over_kafka_are_checked_and_decided_as_over_http(running)
     await admin.remove_staff(running.settings, removed_id)
     await running.learnt(removed_id, "NOT active")
     expired = auth.issue_token(running.secret, kind=auth.STAFF, subject="manager-1", ttl_s=1, now=1)
+    revoked_id = f"rev-{uuid.uuid4().hex[:6]}"
+    await running.add_member(revoked_id, team=case.team)
+    revoked = running.staff_token(revoked_id)
+    await asyncio.sleep(0.01)
+    await admin.revoke_tokens(running.settings, revoked_id)
+    await running.learnt(revoked_id, "tokens_valid_after IS NOT NULL")
     refusals = {
         "no token": (None, {"action": "note", "text": "x"}, 401),
         "unknown member": (running.staff_token("nobody"), {"action": "note", "text": "x"}, 401),
         "removed member": (removed, {"action": "note", "text": "x"}, 401),
         "expired token": (expired, {"action": "note", "text": "x"}, 401),
+        "revoked token": (revoked, {"action": "note", "text": "x"}, 401),
         "malformed": (agent, {"action": "note"}, 422),
         "no authority": (agent, {"action": "approve"}, 409),
     }
