@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -10,14 +9,12 @@ from fastapi.responses import JSONResponse
 
 from services.resolution import actions, cases, repository
 from services.resolution.case import Actor, ActorKind, CaseState, Refusal
-from services.resolution.policy import Policy, remaining
+from services.resolution.policy import remaining
 from shared import auth, directory
 from shared.db import Conn
 from shared.events import Role, utcnow
 from shared.service import Service
 from shared.web import Problem, bearer
-
-PolicySource = Callable[[Conn], Awaitable[Policy]]
 
 # What a channel may see of its own complaint's timeline (no internal notes or assignments).
 CHANNEL_TIMELINE = {
@@ -123,7 +120,7 @@ def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
+def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> None:
     """Add resolution's routes to `router`; decisions use the active `policy`."""
 
     @router.get(
@@ -179,12 +176,13 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
             found = await cases.load(conn, complaint_id)
             if found is None:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
+            command = actions.command(action)
             result = await cases.act(
                 conn,
                 found,
-                actions.command(action),
+                command,
                 cases.staff_actor(member, found.state),
-                policy=await policy(conn),
+                policy=await policy(conn, cases.pinned_version(found.state, command)),
                 now=utcnow(),
                 expected_version=action.version,
             )
@@ -222,7 +220,7 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
                 found,
                 actions.reply_command(reply),
                 Actor(id=f"customer:{channel}", kind=ActorKind.CUSTOMER),
-                policy=await policy(conn),
+                policy=await policy(conn, None),
                 now=utcnow(),
             )
             status, body = await _answer(
@@ -244,7 +242,7 @@ def install(service: Service, router: APIRouter, policy: PolicySource) -> None:
             loaded = await cases.load(conn, complaint_id)
             if loaded is None:
                 raise Problem(404, "Not found", f"complaint {complaint_id} has no case yet")
-            active = await policy(conn)
+            active = await policy(conn, None)
             actor = cases.staff_actor(member, loaded.state)
             usage = await cases.usage(conn, loaded.state, actor, active, utcnow())
         left = remaining(active, member.role, usage)

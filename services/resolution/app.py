@@ -31,9 +31,11 @@ class Resolution(Service):
             group=f"{self.group_id}-commands",
         )
 
-    async def policy(self, conn: Conn) -> Policy:
-        """The authority and clock policy new decisions take: the active version, as this
-        replica read it at most two seconds ago."""
+    async def policy(self, conn: Conn, version: int | None = None) -> Policy:
+        """The authority and clock policy a decision takes: `version`, else the active one as
+        this replica read it at most two seconds ago."""
+        if version is not None:
+            return await self._policies.version(conn, version)
         return await self._policies.current(conn)
 
     async def on_open(self) -> None:
@@ -41,7 +43,7 @@ class Resolution(Service):
         self.run_worker(timers.WORKER, worker)
 
     async def _fire(self, conn: Conn, timer: timers.Timer, now: datetime) -> None:
-        await cases.fire(conn, timer, now, policy=await self.policy(conn))
+        await cases.fire(conn, timer, now, policies=self.policy)
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

@@ -9,7 +9,7 @@ model, the remedies applied, the outbox and the clocks' timers. A refusal change
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from services.resolution.case import (
     ClockFired,
     Command,
     Context,
+    Decline,
     Event,
     Kind,
     Member,
@@ -41,7 +42,7 @@ from services.resolution.case import (
     open_case,
     replay,
 )
-from services.resolution.clocks import desired_timers
+from services.resolution.clocks import ClockKind, desired_timers
 from services.resolution.policy import Policy, Usage, consistency_band
 from shared import directory, outbox, timers, topics
 from shared.db import Conn
@@ -50,6 +51,8 @@ from shared.events import CloudEvent, Money, RoutedData
 log = logging.getLogger(__name__)
 
 SOURCE = "complaints/resolution"
+# The active policy (version None) or a given version of it.
+PolicySource = Callable[[Conn, int | None], Awaitable[Policy]]
 # The timer kind every case clock (warnings, breaches, approval and response windows) uses.
 CLOCK_TIMER = "case_clock"
 
@@ -112,7 +115,7 @@ async def act(
     return await _commit(conn, loaded.state, result, policy=policy)
 
 
-async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policy: Policy) -> None:
+async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: PolicySource) -> None:
     """A case clock's timer fired: warn, breach and escalate, climb an approval, or close a
     response window (a stale timer decides nothing)."""
     complaint_id = str(timer.payload["complaint_id"])
@@ -120,12 +123,25 @@ async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policy: Policy
     if loaded is None:
         return
     command = ClockFired.from_payload(timer.payload)
+    policy = await policies(conn, pinned_version(loaded.state, command))
     ctx = await context(conn, loaded.state, command, SYSTEM, policy=policy, now=now)
     result = decide(loaded.state, command, ctx)
     if isinstance(result, Refusal):
         log.debug("clock %s refused on %s: %s", timer.key, complaint_id, result.code)
         return
     await _commit(conn, loaded.state, result, policy=policy, firing=timer.key)
+
+
+def pinned_version(state: CaseState, command: Command) -> int | None:
+    """The policy version a decision on a pending approval takes: the one the proposal was
+    made under (approving, declining, or its approval clock firing); None: the active one."""
+    if state.pending is None:
+        return None
+    if isinstance(command, Approve | Decline) or (
+        isinstance(command, ClockFired) and command.kind is ClockKind.APPROVAL
+    ):
+        return state.pending.policy_version
+    return None
 
 
 def staff_actor(member: directory.Member, state: CaseState) -> Actor:

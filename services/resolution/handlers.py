@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from services.resolution import actions, cases, domain, repository
 from services.resolution.case import Kind, Refusal
-from services.resolution.policy import Policy
 from shared import auth, directory, outbox
 from shared.db import Conn
 from shared.events import EventType, ReassignedData, ReceivedData, RoutedData
@@ -21,10 +20,8 @@ from shared.web import field_errors, summarise
 
 CONSUMER = "resolution"
 
-PolicySource = Callable[[Conn], Awaitable[Policy]]
 
-
-def event_router(policy: PolicySource) -> EventRouter:
+def event_router(policy: cases.PolicySource) -> EventRouter:
     """Every event of a complaint lands on its case's timeline; a routed complaint opens its
     case under the active `policy`. Resolution's own decisions (its case events) are already
     in its decision log: skipped."""
@@ -39,7 +36,7 @@ def event_router(policy: PolicySource) -> EventRouter:
     @events.on(EventType.ROUTED, model=RoutedData)
     async def routed(conn: Conn, data: RoutedData, delivery: Delivery) -> None:
         await on_timeline(conn, delivery)
-        await cases.open_routed(conn, data, policy=await policy(conn), now=delivery.now)
+        await cases.open_routed(conn, data, policy=await policy(conn, None), now=delivery.now)
 
     @events.on(EventType.REASSIGNED, model=ReassignedData)
     async def reassigned(conn: Conn, data: ReassignedData, delivery: Delivery) -> None:
@@ -75,7 +72,7 @@ directory.learn_staff(staff)
 Verify = Callable[[Conn, str], Awaitable[directory.Member]]
 
 
-def command_router(verify: Verify, policy: PolicySource) -> EventRouter:
+def command_router(verify: Verify, policy: cases.PolicySource) -> EventRouter:
     """Staff actions from `complaints.commands.v1`: the bearer token in the `authorization`
     header is checked exactly as over HTTP, the action decided as over HTTP; a refused command
     (token, form, authority, state) yields `complaint.action_refused`, never silence. The
@@ -95,7 +92,7 @@ def command_router(verify: Verify, policy: PolicySource) -> EventRouter:
 
 
 async def _run_command(
-    conn: Conn, body: Any, delivery: Delivery, verify: Verify, policy: PolicySource
+    conn: Conn, body: Any, delivery: Delivery, verify: Verify, policy: cases.PolicySource
 ) -> Refusal | None:
     """Check, decide and keep one command; the refusal, if any."""
     token = _bearer(delivery.record.headers)
@@ -111,12 +108,13 @@ async def _run_command(
     loaded = await cases.load(conn, complaint_id)
     if loaded is None:
         return Refusal(404, f"no complaint {complaint_id}", "not_found")
+    command = actions.command(action)
     result = await cases.act(
         conn,
         loaded,
-        actions.command(action),
+        command,
         cases.staff_actor(member, loaded.state),
-        policy=await policy(conn),
+        policy=await policy(conn, cases.pinned_version(loaded.state, command)),
         now=delivery.now,
         expected_version=action.version,
     )

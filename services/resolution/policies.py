@@ -131,6 +131,7 @@ class PolicyCache:
         self._clock = clock
         self._policy: Policy | None = None
         self._read_at = -math.inf
+        self._versions: dict[int, Policy] = {}  # versions never change once stored
 
     async def current(self, conn: Conn) -> Policy:
         """The active policy as of at most `ttl_s` seconds ago (read on `conn` when stale: a
@@ -140,3 +141,16 @@ class PolicyCache:
             self._policy = await active(conn)
             self._read_at = now
         return self._policy
+
+    async def version(self, conn: Conn, number: int) -> Policy:
+        """Version `number` (what a pending approval started under); the active one when that
+        version is unknown (a database restored without it)."""
+        found = self._versions.get(number)
+        if found is None:
+            found = await get(conn, number)
+            if found is None:
+                return await self.current(conn)
+            if len(self._versions) > 100:
+                self._versions.clear()
+            self._versions[number] = found
+        return found

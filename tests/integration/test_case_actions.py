@@ -13,6 +13,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from services.intake import admin
+from services.resolution import admin as resolution_admin
+from services.resolution.policy import default_policy
 from shared import auth, topics
 from shared.events import EventType, new_event
 from tests.support import eventually, read_topic, submission
@@ -306,3 +308,38 @@ async def test_commands_over_kafka_are_checked_and_decided_as_over_http(running)
         )
         assert refusal["status"] == refusals[name][2], (name, refusal)
         assert refusal["reason"], name
+
+
+async def test_a_pending_approval_keeps_the_policy_version_it_started_under(
+    running, tmp_path
+) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    senior = await case.member("senior_agent")
+    proposal = {
+        "action": "propose_remedy",
+        "remedy": {"type": "refund", "amount": {"amount": "120.00", "currency": "EUR"}},
+    }
+    pending = await case.act(agent, proposal)
+    assert pending.json()["pending_approval"]["waiting_role"] == "senior_agent"
+    # a stricter version becomes active: a senior agent may refund 100 EUR at most
+    before = (await resolution_admin.show_policy(running.settings)).policy.version
+    document = json.loads(default_policy().to_json())
+    document["limits"]["senior_agent"]["refund"]["EUR"] = "100"
+    path = tmp_path / "strict.json"
+    path.write_text(json.dumps(document))
+    loaded = await resolution_admin.load_policy(
+        running.settings, path, dry_run=False, loaded_by="test"
+    )
+    assert loaded.version is not None
+    await resolution_admin.activate_policy(running.settings, loaded.version)
+    try:
+        await asyncio.sleep(2.5)  # every replica follows within 2 s
+        approved = await case.act(senior, {"action": "approve"})
+        assert approved.status_code == 200, approved.text  # under the version it started in
+        fresh = await _opened(running)
+        new = await fresh.act(await fresh.member("agent"), proposal)
+        assert new.json()["pending_approval"]["waiting_role"] == "supervisor"  # the new one
+    finally:
+        await resolution_admin.activate_policy(running.settings, before)
+        await asyncio.sleep(2.5)
