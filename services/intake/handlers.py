@@ -343,8 +343,9 @@ async def closed(conn: Conn, data: CaseEventData, _: Delivery) -> None:
 
 
 @cases.on(EventType.REOPENED, model=CaseEventData)
-async def reopened(conn: Conn, data: CaseEventData, _: Delivery) -> None:
+async def reopened(conn: Conn, data: CaseEventData, delivery: Delivery) -> None:
     await repository.case_update(conn, data.complaint_id, open=True)
+    await repository.record_reopen(conn, data.complaint_id, data.at or delivery.now)
 
 
 @cases.on(EventType.RESOLVED, model=ResolvedData)

@@ -107,7 +107,9 @@ async def histories(conn: Conn, customer_ids: Sequence[str], now: datetime) -> d
     """Each customer's earlier complaints, as routing and flags need them (one query)."""
     rows = await conn.fetch(
         f"""SELECT customer_id,
-                   count(*) FILTER (WHERE received_at >= $2)            AS recent,
+                   count(*) FILTER (WHERE received_at >= $2)
+                     + coalesce(sum(reopens) FILTER (WHERE last_reopened_at >= $2), 0)
+                                                                        AS recent,
                    count(*)                                             AS total,
                    count(*) FILTER (WHERE received_at >= $3 AND ({_HIGH_CLAIM_SQL})) AS high_claims,
                    count(*) FILTER (WHERE outcome IN ('upheld', 'partially_upheld')) AS upheld,
@@ -281,6 +283,17 @@ async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
         await conn.execute(
             f"UPDATE complaints SET {sets} WHERE complaint_id = $1", complaint_id, *record.values()
         )
+
+
+async def record_reopen(conn: Conn, complaint_id: str, at: datetime) -> None:
+    """A reopened case counts as the customer's contact again (their repeat-contact history)."""
+    await conn.execute(
+        """UPDATE complaints SET reopens = reopens + 1,
+               last_reopened_at = greatest(last_reopened_at, $2)
+           WHERE complaint_id = $1""",
+        complaint_id,
+        at,
+    )
 
 
 # ---------------------------------------------------------------------- staff directory

@@ -305,3 +305,53 @@ async def test_remedies_far_above_what_was_at_stake_flag_the_next_complaint(runn
     assert "remedies_above_spend" in codes, latest["flags"]
     assert latest["customer_history"]["remedies_above_spend_365d"] == 2
     assert latest["assignee"] is not None  # flagged, never refused
+
+
+async def test_a_reopened_case_counts_as_a_repeat_contact(running):
+    """A customer whose earlier case was reopened has contacted us twice: their next
+    complaint scores two repeat contacts, not one."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared import topics
+    from shared.events import EventType, new_event
+
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+
+    async def submit() -> dict:
+        data = submission("web", category="service")
+        data["customer"] = {**data["customer"], "id": customer}
+        answer = await running.http.post(
+            "/v1/complaints", json=data, headers={"Authorization": f"Bearer {running.web_key}"}
+        )
+        assert answer.status_code == 202, answer.text
+        complaint_id = answer.json()["complaint_id"]
+        return await eventually(lambda: _view(running, complaint_id), what="routed")
+
+    first = await submit()
+    reopened = new_event(
+        type=EventType.REOPENED,
+        source="complaints/resolution",
+        subject=first["complaint_id"],
+        data={"complaint_id": first["complaint_id"], "actor": "manager-1", "reason": "appeal"},
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.EVENTS, reopened.to_bytes(), key=first["complaint_id"].encode()
+        )
+    finally:
+        await producer.stop()
+
+    async def counted() -> bool:
+        rows = await running.sql(
+            "SELECT reopens FROM intake.complaints WHERE complaint_id = $1",
+            first["complaint_id"],
+        )
+        return bool(rows and rows[0]["reopens"] == 1)
+
+    await eventually(counted, what="the reopen counted")
+    second = await submit()
+    assert any(r.startswith("+2 repeat contact") for r in second["severity_reasons"]), second[
+        "severity_reasons"
+    ]
