@@ -109,6 +109,11 @@ class EventRouter:
         return register
 
     @property
+    def ignored(self) -> frozenset[str]:
+        """The types this router skips (see `ignore`)."""
+        return frozenset(self._ignored)
+
+    @property
     def types(self) -> frozenset[str] | None:
         """The types this router acts on; None when it acts on every type (`otherwise`)."""
         return None if self._otherwise is not None else frozenset(self._routes)

@@ -86,20 +86,22 @@ class Service:
         after: Callable[[], None] | None = None,
         group: str | None = None,
         types: Collection[str] | None = None,
+        skip: Collection[str] = (),
         follower: bool = False,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
 
         With `types`, records whose type header (`event-type`) names another type are skipped
-        unread (no transaction, no span); records without the header still reach `handle`.
+        unread (no transaction, no span), and so are those whose header names one of `skip`;
+        records without the header still reach `handle`.
         A `follower` is off every latency path and fetches less often (see
         `kafka.consumer_options`).
         """
         consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
-            records = [r for r in records if r.may_be(types)]
+            records = [r for r in records if r.may_be(types) and r.event_type() not in skip]
             if not records:
                 return
 

@@ -22,7 +22,8 @@ class Resolution(Service):
         self._policies = PolicyCache()
         api.install(self, self.router, self.policy)
         review_api.install(self, self.router)
-        self.consume(topics.EVENTS, handlers.event_router(self.policy))
+        events = handlers.event_router(self.policy)
+        self.consume(topics.EVENTS, events, skip=events.ignored)
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
         self.consume(
