@@ -137,6 +137,9 @@ async def _up(demo: bool) -> None:
                 tasks.append(
                     asyncio.create_task(demo_traffic.follow(settings, token=token, say=out.print))
                 )
+                tasks.append(
+                    asyncio.create_task(demo_traffic.staff(settings, token=token, say=out.print))
+                )
 
         async def stopping() -> None:
             if tasks:

@@ -171,3 +171,43 @@ async def follow(settings: Settings, *, token: str, say: Callable[[str], None] =
                         )
                         say(f"  event {kind:<24} {event.get('subject', '')[:8]} {extra}")
             await asyncio.sleep(0.5)
+
+
+async def staff(settings: Settings, *, token: str, say: Callable[[str], None] = print) -> None:
+    """A simulated manager working the queue until cancelled: acknowledges each new case, and
+    resolves it with an apology or a small refund (cases naming staff wait for them to be
+    heard, or for their window to close)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    rng = random.Random(7)
+    async with httpx.AsyncClient(base_url=settings.base_url(), headers=headers) as http:
+        while True:
+            await asyncio.sleep(2.0)
+            answer = await http.get("/v1/complaints", params={"limit": 20})
+            if answer.status_code != 200:
+                continue  # the directory may not know the member yet
+            for case in answer.json()["items"]:
+                await _work(http, case, rng, say)
+
+
+async def _work(
+    http: httpx.AsyncClient, case: dict[str, Any], rng: random.Random, say: Callable[[str], None]
+) -> None:
+    """The next step on one case, as a busy but fair manager takes it."""
+    path = f"/v1/complaints/{case['complaint_id']}/actions"
+    short = case["complaint_id"][:8]
+    if case["status"] == "routed":
+        if (await http.post(path, json={"action": "acknowledge"})).status_code == 200:
+            say(f"  staff  acknowledged {short}")
+    elif case["status"] == "acknowledged":
+        remedy: dict[str, Any] = (
+            {"type": "apology_only"}
+            if rng.random() < 0.5
+            else {"type": "goodwill_credit", "amount": {"amount": "15.00", "currency": "EUR"}}
+        )
+        await http.post(path, json={"action": "propose_remedy", "remedy": remedy})
+        done = await http.post(
+            path,
+            json={"action": "resolve", "outcome": "upheld", "message": "We are sorry."},
+        )
+        if done.status_code == 200:
+            say(f"  staff  resolved {short} with {remedy['type']}")

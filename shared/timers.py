@@ -57,6 +57,16 @@ class Timer:
 Handler = Callable[[Conn, Timer, datetime], Awaitable[None]]
 
 
+class Later(Exception):
+    """Raised by a handler that cannot act now (what it needs is held by someone else): the
+    timer stays pending and runs again after `delay_s`, no attempt counted. A handler never
+    waits for a lock while its worker holds the batch's timers."""
+
+    def __init__(self, delay_s: float = 0.2) -> None:
+        super().__init__(f"later ({delay_s}s)")
+        self.delay_s = delay_s
+
+
 class HandlerTimeout(Exception):
     """A handler ran longer than the worker allows: counted as a failed attempt."""
 
@@ -310,6 +320,14 @@ class TimerWorker:
         return fired
 
     async def _record_failure(self, conn: Conn, timer: Timer, exc: Exception) -> None:
+        if isinstance(exc, Later):  # not a failure: the same attempt, a moment later
+            await conn.execute(
+                "UPDATE timers SET run_at = statement_timestamp() + make_interval(secs => $2) "
+                "WHERE key = $1",
+                timer.key,
+                exc.delay_s,
+            )
+            return
         attempts = timer.attempts + 1
         error = type(exc).__name__
         if gives_up(attempts, self._max_attempts):

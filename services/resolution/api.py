@@ -167,15 +167,16 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
     ) -> Any:
         async with service.pool.acquire() as conn, conn.transaction():
             member = await _staff(service, conn, bearer(request))
+            found = await cases.load(conn, complaint_id)
+            if found is None:
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
             if idempotency_key is not None:
+                # under the case's lock: a retry racing the first attempt waits for its answer
                 saved = await repository.saved_answer(
                     conn, complaint_id, member.staff_id, idempotency_key
                 )
                 if saved is not None:
                     return _replayed(saved["status"], saved["body"], response)
-            found = await cases.load(conn, complaint_id)
-            if found is None:
-                raise Problem(404, "Not found", f"no complaint {complaint_id}")
             command = actions.command(action)
             result = await cases.act(
                 conn,

@@ -65,10 +65,13 @@ class Loaded:
     state: CaseState
 
 
-async def load(conn: Conn, complaint_id: str) -> Loaded | None:
+async def load(conn: Conn, complaint_id: str, *, wait: bool = True) -> Loaded | None:
     """The case, its row locked until the transaction ends (one decision at a time per case);
-    None when no case has this id (or it is not opened yet)."""
-    row = await repository.lock_case(conn, complaint_id)
+    None when no case has this id (or it is not opened yet). With `wait=False`, a case another
+    transaction holds raises `timers.Later` instead of waiting."""
+    row = await repository.lock_case(conn, complaint_id, wait=wait)
+    if row is None and not wait and await repository.case_exists(conn, complaint_id):
+        raise timers.Later()
     if row is None or row["version"] == 0:
         return None
     rows = await repository.case_events(conn, complaint_id)
@@ -119,7 +122,9 @@ async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: Poli
     """A case clock's timer fired: warn, breach and escalate, climb an approval, or close a
     response window (a stale timer decides nothing)."""
     complaint_id = str(timer.payload["complaint_id"])
-    loaded = await load(conn, complaint_id)
+    # never wait for a case while the worker holds this batch's timers: a decision holding the
+    # case may be arming or cancelling them (a deadlock); try again a moment later instead
+    loaded = await load(conn, complaint_id, wait=False)
     if loaded is None:
         return
     command = ClockFired.from_payload(timer.payload)
@@ -129,6 +134,8 @@ async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: Poli
     if isinstance(result, Refusal):
         log.debug("clock %s refused on %s: %s", timer.key, complaint_id, result.code)
         return
+    if not result:
+        return  # a stale or early timer: nothing to decide
     await _commit(conn, loaded.state, result, policy=policy, firing=timer.key)
 
 
@@ -187,7 +194,11 @@ async def context(
 
 
 async def usage(conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime) -> Usage:
-    """Money applied to this customer in the caps' window, and by the actor today (UTC)."""
+    """Money applied to this customer in the caps' window, and by the actor today (UTC).
+
+    The customer's and then the actor's totals are locked until the transaction ends, so two
+    decisions on different cases cannot both spend the same room under a cap."""
+    await repository.lock_totals(conn, customer_id=state.customer_id, staff_id=actor.id)
     window = now - timedelta(days=policy.caps.customer_window_days)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     customer = await repository.money_by_currency(conn, customer_id=state.customer_id, since=window)

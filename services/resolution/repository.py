@@ -125,11 +125,17 @@ async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------- decided cases
 
 
-async def lock_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
-    """The case row, locked until the transaction ends (one decision at a time per case)."""
+async def lock_case(conn: Conn, complaint_id: str, *, wait: bool = True) -> asyncpg.Record | None:
+    """The case row, locked until the transaction ends (one decision at a time per case); with
+    `wait=False`, None at once when another transaction holds it."""
     return await conn.fetchrow(
-        "SELECT * FROM cases WHERE complaint_id = $1 FOR UPDATE", complaint_id
+        "SELECT * FROM cases WHERE complaint_id = $1 FOR UPDATE" + ("" if wait else " SKIP LOCKED"),
+        complaint_id,
     )
+
+
+async def case_exists(conn: Conn, complaint_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM cases WHERE complaint_id = $1", complaint_id))
 
 
 async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:
@@ -229,6 +235,17 @@ async def held_roles(conn: Conn, team: str) -> frozenset[Role]:
         team,
     )
     return frozenset(Role(r["role"]) for r in rows)
+
+
+async def lock_totals(conn: Conn, *, customer_id: str, staff_id: str) -> None:
+    """Serialise decisions that spend under the same customer's or staff member's caps (the
+    customer first, then the staff member: one order, no deadlock)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('cap:customer:' || $1)), "
+        "pg_advisory_xact_lock(hashtext('cap:staff:' || $2))",
+        customer_id,
+        staff_id,
+    )
 
 
 async def money_by_currency(

@@ -343,3 +343,37 @@ async def test_a_pending_approval_keeps_the_policy_version_it_started_under(
     finally:
         await resolution_admin.activate_policy(running.settings, before)
         await asyncio.sleep(2.5)
+
+
+async def test_a_retry_racing_the_first_attempt_applies_once(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    version = (await case.view())["version"]
+    note = {"action": "note", "text": "called back"}
+    key = {"Idempotency-Key": f"race-{uuid.uuid4().hex[:6]}"}
+    first, second = await asyncio.gather(case.act(agent, note, **key), case.act(agent, note, **key))
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert (await case.view())["version"] == version + 1
+
+
+async def test_refunds_at_once_cannot_spend_a_customers_cap_twice(running) -> None:
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+
+    async def customers_case() -> Case:
+        data = submission("web")
+        return await _opened(running, customer={**data["customer"], "id": customer})
+
+    cases = [await customers_case() for _ in range(3)]
+    teams = {c.team for c in cases}
+    assert len(teams) == 1, teams  # the same kind of complaint goes to the same team
+    agent = await cases[0].member("agent")
+    refund = {
+        "action": "propose_remedy",
+        "remedy": {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}},
+    }
+    answers = await asyncio.gather(*(c.act(agent, refund) for c in cases))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    statuses = sorted(a.json()["status"] for a in answers)
+    # an agent may refund one customer 100 EUR in 30 days: two refunds apply, the third waits
+    assert statuses == ["awaiting_approval", "remedy_proposed", "remedy_proposed"], statuses

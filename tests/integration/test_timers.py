@@ -338,6 +338,25 @@ async def test_a_handler_running_too_long_counts_as_a_failed_attempt(schema: Sch
         )
 
 
+async def test_a_handler_that_says_later_is_tried_again_soon_without_an_attempt(
+    schema: Schema,
+):
+    await schema.schedule(["busy", "free"], [await schema.now()] * 2)
+    tries: dict[str, int] = {}
+
+    async def busy_once(conn: db.Conn, timer: Timer, at: datetime) -> None:
+        tries[timer.key] = tries.get(timer.key, 0) + 1
+        if timer.key == "busy" and tries[timer.key] == 1:
+            raise timers.Later(0.1)
+        await _record_effect(conn, timer, at)
+
+    worker = TimerWorker(schema.pool, {"tick": busy_once}, retry_base_s=60, max_wait_s=0.1)
+    async with _running(worker):
+        await _until(lambda: _row_matches(schema, "busy", "fired_at IS NOT NULL"), timeout=10)
+    assert await _effects(schema) == {"busy": 1, "free": 1}
+    assert await _row_matches(schema, "busy", "attempts = 0 AND last_error IS NULL")
+
+
 async def _row_matches(schema: Schema, key: str, condition: str) -> bool:
     return bool(await schema.sql(f"SELECT 1 FROM timers WHERE key = $1 AND {condition}", key))
 

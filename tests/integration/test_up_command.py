@@ -94,6 +94,8 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
 
         await asyncio.wait_for(read_until("complaints is up"), 90)
         await asyncio.wait_for(read_until("notification.sent", 2), 90)
+        # the simulated staff take cases to an outcome
+        await asyncio.wait_for(read_until("staff  resolved"), 90)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert any("tansu" in " ".join(c.cmdline()) for c in children)
 
