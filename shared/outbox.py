@@ -7,19 +7,22 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import pydantic_core
 from aiokafka import errors as kafka_errors
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import BaseModel
 
 from shared import topics
 from shared.db import Conn
-from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent, new_event
+from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -49,15 +52,57 @@ PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A new event already written as the contract's structured JSON: what the outbox needs."""
+
+    id: str
+    type: str
+    value: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Message:
     """One event bound for a topic, keyed for ordering."""
 
     topic: str
     key: str | None
-    event: CloudEvent
+    event: CloudEvent | Encoded
     # W3C headers of the trace this event continues; None: the current context's
     trace: dict[str, str] | None = None
+
+
+def json_time(at: datetime) -> str:
+    """`at` as the contract writes times (pydantic's RFC 3339 form, `Z` for UTC)."""
+    return str(pydantic_core.to_json(at)[1:-1], "ascii")
+
+
+def encode(
+    type_: str, *, source: str, subject: str | None, time: str, data: dict[str, Any]
+) -> Encoded:
+    """A new event with a fresh id, serialised in one call; `data` holds JSON values only.
+
+    The bytes are `new_event(...).to_bytes()`'s: the envelope's fields in `CloudEvent`'s
+    order, `subject` left out when None (the unit tests compare the two).
+    """
+    event_id = str(uuid.uuid4())
+    envelope: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source}
+    envelope["type"] = type_
+    if subject is not None:
+        envelope["subject"] = subject
+    envelope["time"] = time
+    envelope["datacontenttype"] = "application/json"
+    envelope["data"] = data
+    return Encoded(event_id, type_, pydantic_core.to_json(envelope))
+
+
+def contract_data(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as `model.model_dump(mode="json", exclude_none=True)` writes them: in the
+    model's field order, None fields left out (the values must already be JSON values)."""
+    return {name: values[name] for name in model.model_fields if values.get(name) is not None}
 
 
 def complaint_event(
@@ -65,12 +110,16 @@ def complaint_event(
     *,
     source: str,
     complaint_id: str,
-    data: Any,
-    at: datetime,
+    data: BaseModel | dict[str, Any],
+    at: datetime | str,
     trace: dict[str, str] | None = None,
 ) -> Message:
-    """A domain event about one complaint, on `complaints.events.v1` keyed by it."""
-    event = new_event(type=type_, source=source, subject=complaint_id, data=data, time=at)
+    """A domain event about one complaint, on `complaints.events.v1` keyed by it; `data` a
+    contract model or its JSON values, `at` a time or its `json_time`."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json", exclude_none=True)
+    time = at if isinstance(at, str) else json_time(at)
+    event = encode(str(type_), source=source, subject=complaint_id, time=time, data=data)
     return Message(topics.EVENTS, topics.complaint_key(complaint_id), event, trace)
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pydantic_core
 
 from services.intake.domain import (
     AMOUNT_STEPS,
@@ -30,6 +31,8 @@ class NewComplaint:
     data: SubmittedData
     decision: Decision
     source: str
+    # `data` as JSON values: `data.model_dump(mode="json", exclude_none=True)`
+    submitted: dict[str, Any]
 
 
 async def insert_complaints(
@@ -56,7 +59,7 @@ async def insert_complaints(
             decision.team,
             decision.language,
             row.source,
-            json.dumps(data.model_dump(mode="json", exclude_none=True)),
+            pydantic_core.to_json(row.submitted).decode(),
             money.decimal() if money else None,
             money.currency if money else None,
         )
