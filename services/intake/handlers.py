@@ -82,12 +82,13 @@ async def accept_many(
         # a customer's earlier submissions in this same batch count as history too
         earlier = seen_in_batch.get(data.customer.id, 0)
         seen_in_batch[data.customer.id] = earlier + 1
-        known = history[data.customer.id]
-        own = replace(
-            known,
-            complaints_30d=known.complaints_30d + earlier,
-            complaints_total=known.complaints_total + earlier,
-        )
+        own = history[data.customer.id]
+        if earlier:
+            own = replace(
+                own,
+                complaints_30d=own.complaints_30d + earlier,
+                complaints_total=own.complaints_total + earlier,
+            )
         decision = domain.decide(data, history=own, routing_rules=rules, received_at=now)
         submitted = data.model_dump(mode="json", exclude_none=True)
         rows.append(
