@@ -72,10 +72,11 @@ def build_tracer_provider(name: str, *, processors: Sequence[SpanProcessor] = ()
     return provider
 
 
-def inject_headers() -> dict[str, str]:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`)."""
+def inject_headers(context: otel_context.Context | None = None) -> dict[str, str]:
+    """The trace context (default: the current one) as W3C headers (`traceparent`,
+    `tracestate`)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 
