@@ -79,11 +79,16 @@ async def apply_events(
         conn, {i.routed.complaint_id: i.routed.team for i, _ in fresh if i.routed is not None}
     )
     await repository.add_many_to_stream(conn, [(i.event, i.raw) for i, _ in fresh])
-    for incoming, headers in fresh:
-        if incoming.received is not None:
-            # in the event's own trace, which the receipt's delivery continues
-            with traced(headers):
-                await plan_receipt(conn, incoming.received, now=now, policy=policy, trace=headers)
+    received = [(i.received, headers) for i, headers in fresh if i.received is not None]
+    # every address's window locked and stored once per batch; receipts plan in event order
+    windows = await repository.lock_windows(
+        conn, [domain.address_key(d.customer.email) for d, _ in received if d.customer.email]
+    )
+    for data, headers in received:
+        # in the event's own trace, which the receipt's delivery continues
+        with traced(headers):
+            await plan_receipt(conn, data, now=now, policy=policy, trace=headers, windows=windows)
+    await repository.save_windows(conn, windows)
 
 
 async def plan_receipt(
@@ -93,9 +98,11 @@ async def plan_receipt(
     now: datetime,
     policy: domain.ReceiptPolicy,
     trace: dict[str, str],
+    windows: dict[str, domain.Window],
 ) -> None:
     """Queue the customer's receipt (held for a digest when the address is flooded), or record
-    why none can be sent; `trace` is the event's trace context, which delivery continues."""
+    why none can be sent; `trace` is the event's trace context, which delivery continues.
+    `windows` holds the locked window of the receipt's address, updated here."""
     message = domain.receipt(data)
     notification_id = str(uuid.uuid4())
     if message is None:
@@ -113,14 +120,14 @@ async def plan_receipt(
         )
         return
     address = domain.address_key(message.recipient)
-    window = await repository.lock_window(conn, address)
+    window = windows[address]
     decision = domain.route_receipt(window, now=now, policy=policy)
     held_for = None
     if isinstance(decision, domain.HoldReceipt):
         held_for = window.digest_id
         if held_for is None or not await repository.digest_open(conn, held_for):
             held_for = await _open_digest(conn, data, message, due=decision.digest_due, trace=trace)
-    await repository.save_window(conn, address, replace(decision.window, digest_id=held_for))
+    windows[address] = replace(decision.window, digest_id=held_for)
     await repository.plan(
         conn,
         notification_id=notification_id,

@@ -48,26 +48,38 @@ async def plan(
     return inserted is not None
 
 
-async def lock_window(conn: Conn, address: str) -> Window:
-    """The address's receipt window, locked until the transaction ends (created when new)."""
-    row = await conn.fetchrow(
-        """INSERT INTO receipt_windows (address) VALUES ($1)
+async def lock_windows(conn: Conn, addresses: Sequence[str]) -> dict[str, Window]:
+    """The addresses' receipt windows, locked until the transaction ends (created when new);
+    locked in address order, so two batches sharing addresses cannot deadlock."""
+    if not addresses:
+        return {}
+    rows = await conn.fetch(
+        """INSERT INTO receipt_windows (address)
+           SELECT a FROM unnest($1::text[]) AS u(a) ORDER BY a
            ON CONFLICT (address) DO UPDATE SET address = EXCLUDED.address
-           RETURNING window_start, receipts, digest_id""",
-        address,
+           RETURNING address, window_start, receipts, digest_id""",
+        sorted(set(addresses)),
     )
-    assert row is not None
-    return Window(start=row["window_start"], receipts=row["receipts"], digest_id=row["digest_id"])
+    return {
+        r["address"]: Window(
+            start=r["window_start"], receipts=r["receipts"], digest_id=r["digest_id"]
+        )
+        for r in rows
+    }
 
 
-async def save_window(conn: Conn, address: str, window: Window) -> None:
+async def save_windows(conn: Conn, windows: dict[str, Window]) -> None:
+    """Store the windows (`address -> window`) of addresses `lock_windows` locked."""
+    if not windows:
+        return
     await conn.execute(
-        "UPDATE receipt_windows SET window_start = $2, receipts = $3, digest_id = $4 "
-        "WHERE address = $1",
-        address,
-        window.start,
-        window.receipts,
-        window.digest_id,
+        """UPDATE receipt_windows w SET window_start = u.s, receipts = u.r, digest_id = u.d
+           FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::text[]) AS u(a, s, r, d)
+           WHERE w.address = u.a""",
+        list(windows),
+        [w.start for w in windows.values()],
+        [w.receipts for w in windows.values()],
+        [w.digest_id for w in windows.values()],
     )
 
 
