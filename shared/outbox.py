@@ -8,7 +8,6 @@ import functools
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
-from shared import topics
+from shared import ids, topics
 from shared.db import Conn
 from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.telemetry import extract_context, inject_headers
@@ -91,7 +90,7 @@ def encode(
     The bytes are `new_event(...).to_bytes()`'s: the envelope's fields in `CloudEvent`'s
     order, `subject` left out when None (the unit tests compare the two).
     """
-    event_id = str(uuid.uuid4())
+    event_id = ids.new_uuid()
     envelope: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source}
     envelope["type"] = type_
     if subject is not None:

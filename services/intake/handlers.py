@@ -5,7 +5,6 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.intake import domain, repository
-from shared import inbox, jsonsafe, outbox, topics
+from shared import ids, inbox, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
     Channel,
@@ -37,7 +36,7 @@ REVIEWER_ROLE = "senior_agent"
 
 
 def new_complaint_id() -> str:
-    return str(uuid.uuid4())
+    return ids.new_uuid()
 
 
 def _message(

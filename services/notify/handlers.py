@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -11,7 +10,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from services.notify import domain, repository
-from shared import inbox, outbox
+from shared import ids, inbox, outbox
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, NotificationData, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected, parse_event
@@ -104,7 +103,7 @@ async def plan_receipt(
     why none can be sent; `trace` is the event's trace context, which delivery continues.
     `windows` holds the locked window of the receipt's address, updated here."""
     message = domain.receipt(data)
-    notification_id = str(uuid.uuid4())
+    notification_id = ids.new_uuid()
     if message is None:
         failed = NotificationData(
             complaint_id=data.complaint_id,
@@ -147,7 +146,7 @@ async def _open_digest(
     trace: dict[str, str],
 ) -> str:
     """Plan a digest for the receipt's address, due when its interval ends; return its id."""
-    digest_id = str(uuid.uuid4())
+    digest_id = ids.new_uuid()
     await repository.plan(
         conn,
         notification_id=digest_id,
