@@ -118,7 +118,7 @@ def complaint_event(
 ) -> Message:
     """A domain event about one complaint, on `complaints.events.v1` keyed by it; `data` a
     contract model or its JSON values, `at` a time or its `json_time`."""
-    if isinstance(data, BaseModel):
+    if not isinstance(data, dict):  # (a dict is told apart faster than a model)
         data = data.model_dump(mode="json", exclude_none=True)
     time = at if isinstance(at, str) else json_time(at)
     event = encode(str(type_), source=source, subject=complaint_id, time=time, data=data)
