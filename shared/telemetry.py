@@ -95,6 +95,11 @@ def tracer(provider: trace.TracerProvider) -> trace.Tracer:
     return provider.get_tracer(INSTRUMENTATION)
 
 
+def sampled() -> bool:
+    """Whether the current trace is sampled (its spans are recorded)."""
+    return bool(trace.get_current_span().get_span_context().trace_flags.sampled)
+
+
 @contextlib.contextmanager
 def traced(headers: Mapping[str, str]) -> Iterator[None]:
     """Make the trace context in `headers` current (work done in a batch on behalf of one

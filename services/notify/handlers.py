@@ -14,7 +14,7 @@ from shared import ids, inbox, outbox
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, NotificationData, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected, parse_event
-from shared.telemetry import traced
+from shared.telemetry import sampled, traced
 
 CONSUMER = "notify"
 SOURCE = "complaints/notify"
@@ -83,10 +83,18 @@ async def apply_events(
     windows = await repository.lock_windows(
         conn, [domain.address_key(d.customer.email) for d, _ in received if d.customer.email]
     )
+    unsampled: list[repository.Planned] = []
     for data, headers in received:
         # in the event's own trace, which the receipt's delivery continues
         with traced(headers):
-            await plan_receipt(conn, data, now=now, policy=policy, trace=headers, windows=windows)
+            planned = await plan_receipt(
+                conn, data, now=now, policy=policy, trace=headers, windows=windows
+            )
+            if planned is not None and sampled():
+                await repository.plan_many(conn, [planned])  # its statement shows in its trace
+            elif planned is not None:
+                unsampled.append(planned)  # no span would be recorded: planned together
+    await repository.plan_many(conn, unsampled)
     await repository.save_windows(conn, windows)
 
 
@@ -98,10 +106,11 @@ async def plan_receipt(
     policy: domain.ReceiptPolicy,
     trace: dict[str, str],
     windows: dict[str, domain.Window],
-) -> None:
-    """Queue the customer's receipt (held for a digest when the address is flooded), or record
-    why none can be sent; `trace` is the event's trace context, which delivery continues.
-    `windows` holds the locked window of the receipt's address, updated here."""
+) -> repository.Planned | None:
+    """The customer's receipt to queue (held for a digest when the address is flooded, the
+    digest planned here when it is new), or None with why none can be sent recorded; `trace` is
+    the event's trace context, which delivery continues. `windows` holds the locked window of
+    the receipt's address, updated here."""
     message = domain.receipt(data)
     notification_id = ids.new_uuid()
     if message is None:
@@ -117,7 +126,7 @@ async def plan_receipt(
         await outbox.enqueue(
             conn, [notification_event(EventType.NOTIFICATION_FAILED, failed, trace)]
         )
-        return
+        return None
     address = domain.address_key(message.recipient)
     window = windows[address]
     decision = domain.route_receipt(window, now=now, policy=policy)
@@ -127,14 +136,7 @@ async def plan_receipt(
         if held_for is None or not await repository.digest_open(conn, held_for):
             held_for = await _open_digest(conn, data, message, due=decision.digest_due, trace=trace)
     windows[address] = replace(decision.window, digest_id=held_for)
-    await repository.plan(
-        conn,
-        notification_id=notification_id,
-        complaint_id=data.complaint_id,
-        message=message,
-        trace_headers=trace,
-        held_for=held_for,
-    )
+    return repository.Planned(notification_id, data.complaint_id, message, trace, held_for)
 
 
 async def _open_digest(

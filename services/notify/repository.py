@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +48,45 @@ async def plan(
         due,
     )
     return inserted is not None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A message to queue (see `plan`)."""
+
+    notification_id: str
+    complaint_id: str
+    message: Message
+    trace_headers: dict[str, str]
+    held_for: str | None = None
+
+
+async def plan_many(conn: Conn, plans: Sequence[Planned]) -> None:
+    """Queue messages due now, in one statement (`plan` for each; a complaint that already has
+    a message of that kind keeps it)."""
+    if not plans:
+        return
+    await conn.execute(
+        """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
+               language, subject, body, trace_headers, status, digest_id, next_attempt_at)
+           SELECT id, c, k, m, r, l, s, b, t::jsonb,
+                  CASE WHEN d IS NULL THEN 'pending' ELSE 'held' END, d, now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::text[], $10::text[])
+                WITH ORDINALITY AS p(id, c, k, m, r, l, s, b, t, d, n)
+           ORDER BY n
+           ON CONFLICT (complaint_id, kind) DO NOTHING""",
+        [p.notification_id for p in plans],
+        [p.complaint_id for p in plans],
+        [p.message.kind for p in plans],
+        [p.message.medium for p in plans],
+        [p.message.recipient for p in plans],
+        [p.message.language for p in plans],
+        [p.message.subject for p in plans],
+        [p.message.body for p in plans],
+        [json.dumps(p.trace_headers) for p in plans],
+        [p.held_for for p in plans],
+    )
 
 
 async def lock_windows(conn: Conn, addresses: Sequence[str]) -> dict[str, Window]:
