@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -13,13 +14,17 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import pydantic_core
 from aiokafka import errors as kafka_errors
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import BaseModel
 
-from shared import db, topics
+from shared import db, ids, topics
 from shared.db import Conn
-from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent, new_event
+from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.telemetry import extract_context, inject_headers
 from shared.workers import Loop
 
@@ -50,8 +55,20 @@ PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
-# The name the relay is woken by after a commit that wrote outbox rows (`db.on_commit`).
+# The name the relay is woken by after a commit that wrote outbox rows (`db.wake_after_commit`).
 WORKER = "outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A new event already written as the contract's structured JSON: what the outbox needs."""
+
+    id: str
+    type: str
+    value: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -60,9 +77,39 @@ class Message:
 
     topic: str
     key: str | None
-    event: CloudEvent
+    event: CloudEvent | Encoded
     # W3C headers of the trace this event continues; None: the current context's
     trace: dict[str, str] | None = None
+
+
+def json_time(at: datetime) -> str:
+    """`at` as the contract writes times (pydantic's RFC 3339 form, `Z` for UTC)."""
+    return str(pydantic_core.to_json(at)[1:-1], "ascii")
+
+
+def encode(
+    type_: str, *, source: str, subject: str | None, time: str, data: dict[str, Any]
+) -> Encoded:
+    """A new event with a fresh id, serialised in one call; `data` holds JSON values only.
+
+    The bytes are `new_event(...).to_bytes()`'s: the envelope's fields in `CloudEvent`'s
+    order, `subject` left out when None (the unit tests compare the two).
+    """
+    event_id = ids.new_uuid()
+    envelope: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source}
+    envelope["type"] = type_
+    if subject is not None:
+        envelope["subject"] = subject
+    envelope["time"] = time
+    envelope["datacontenttype"] = "application/json"
+    envelope["data"] = data
+    return Encoded(event_id, type_, pydantic_core.to_json(envelope))
+
+
+def contract_data(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as `model.model_dump(mode="json", exclude_none=True)` writes them: in the
+    model's field order, None fields left out (the values must already be JSON values)."""
+    return {name: values[name] for name in model.model_fields if values.get(name) is not None}
 
 
 def complaint_event(
@@ -70,12 +117,16 @@ def complaint_event(
     *,
     source: str,
     complaint_id: str,
-    data: Any,
-    at: datetime,
+    data: BaseModel | dict[str, Any],
+    at: datetime | str,
     trace: dict[str, str] | None = None,
 ) -> Message:
-    """A domain event about one complaint, on `complaints.events.v1` keyed by it."""
-    event = new_event(type=type_, source=source, subject=complaint_id, data=data, time=at)
+    """A domain event about one complaint, on `complaints.events.v1` keyed by it; `data` a
+    contract model or its JSON values, `at` a time or its `json_time`."""
+    if not isinstance(data, dict):  # (a dict is told apart faster than a model)
+        data = data.model_dump(mode="json", exclude_none=True)
+    time = at if isinstance(at, str) else json_time(at)
+    event = encode(str(type_), source=source, subject=complaint_id, time=time, data=data)
     return Message(topics.EVENTS, topics.complaint_key(complaint_id), event, trace)
 
 
@@ -95,17 +146,15 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
         [m.topic for m in messages],
         [m.key.encode() if m.key is not None else None for m in messages],
         [m.event.to_bytes() for m in messages],
-        [
-            json.dumps(
-                {
-                    **(current if m.trace is None else m.trace),
-                    "content-type": CONTENT_TYPE,
-                    TYPE_HEADER: m.event.type,
-                }
-            )
-            for m in messages
-        ],
+        [_stored_headers(current if m.trace is None else m.trace, m.event.type) for m in messages],
     )
+
+
+def _stored_headers(trace: dict[str, str], type_: str) -> str:
+    """The JSON of a row's headers: its trace context, the content type, the event type."""
+    return pydantic_core.to_json(
+        {**trace, "content-type": CONTENT_TYPE, TYPE_HEADER: type_}
+    ).decode()
 
 
 @dataclass(frozen=True)
@@ -145,6 +194,7 @@ class OutboxRelay:
         self._lag_alarm = lag_alarm_s
         self._acked: set[int] = set()  # acknowledged by the broker, not yet recorded
         self._alarm_logged_at = 0.0
+        self._unsampled = drops_unsampled_children(tracer)
         self._loop = Loop("outbox relay", self._step, backoff_s=poll_interval_s)
 
     def wake(self) -> None:
@@ -224,20 +274,20 @@ class OutboxRelay:
         outcomes: dict[int, Outcome] = {}
         try:
             for row in rows:
-                span = self._tracer.start_span(
-                    f"{row['topic']} publish",
-                    context=extract_context(row["headers"]),
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.system": "kafka",
-                        "messaging.operation": "publish",
-                        "messaging.destination.name": row["topic"],
-                    },
-                )
-                spans.append(span)
+                headers = self._unsampled and sampled_out_headers(row["headers"])
+                span: trace.Span = trace.INVALID_SPAN  # sampled out: the context travels as is
+                if not headers:
+                    span = self._tracer.start_span(
+                        f"{row['topic']} publish",
+                        context=extract_context(row["headers"]),
+                        kind=SpanKind.PRODUCER,
+                        attributes=_publish_attributes(row["topic"]),
+                    )
+                    spans.append(span)
                 try:
-                    with trace.use_span(span, end_on_exit=False):
-                        headers = wire_headers(row["headers"])
+                    headers = headers or wire_headers(
+                        row["headers"], trace.set_span_in_context(span)
+                    )
                     future = await self._send(
                         row["topic"],
                         bytes(row["value"]),
@@ -274,9 +324,28 @@ class OutboxRelay:
         return [outcomes.get(row["id"], Outcome(row["id"])) for row in rows]
 
 
-def wire_headers(stored: dict[str, str]) -> list[tuple[str, bytes]]:
-    """The Kafka headers for a stored row: its own, the current trace context, and the type
-    header under its current name (rows stored before the rename carry the old one)."""
+@functools.cache
+def _publish_attributes(topic: str) -> dict[str, str]:
+    """A publish span's attributes (shared, never changed: the SDK copies them)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation": "publish",
+        "messaging.destination.name": topic,
+    }
+
+
+def wire_headers(
+    stored: dict[str, str], context: otel_context.Context | None = None
+) -> list[tuple[str, bytes]]:
+    """The Kafka headers for a stored row: its own, the trace `context` (default: the current
+    one), and the type header under its current name (rows stored before the rename carry the
+    old one)."""
+    headers = _own_headers(stored)
+    headers.update(inject_headers(context))
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+def _own_headers(stored: dict[str, str]) -> dict[str, str]:
     headers = {
         k: v
         for k, v in stored.items()
@@ -284,7 +353,34 @@ def wire_headers(stored: dict[str, str]) -> list[tuple[str, bytes]]:
     }
     if LEGACY_TYPE_HEADER in stored:
         headers.setdefault(TYPE_HEADER, stored[LEGACY_TYPE_HEADER])
-    headers.update(inject_headers())
+    return headers
+
+
+# A W3C `traceparent` (version 00) whose sampled flag (bit 0 of the last byte) is clear.
+_UNSAMPLED_PARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
+
+
+def drops_unsampled_children(tracer: trace.Tracer) -> bool:
+    """Whether `tracer` never records a span whose (remote) parent is not sampled: a
+    parent-based sampler as `OTEL_TRACES_SAMPLER=parentbased_*` and `build_tracer_provider`
+    configure it (`ParentBased`'s default for unsampled remote parents is always-off)."""
+    sampler = getattr(tracer, "sampler", None)
+    if not isinstance(sampler, ParentBased):
+        return False
+    description: str = sampler.get_description()  # type: ignore[no-untyped-call]
+    return "remoteParentNotSampled:AlwaysOffSampler" in description
+
+
+def sampled_out_headers(stored: dict[str, str]) -> list[tuple[str, bytes]] | None:
+    """The Kafka headers for a row whose trace is not sampled, for a relay whose tracer
+    `drops_unsampled_children`: its publish span would record nothing, so none is started and
+    the stored context travels unchanged (same trace, still unsampled). None when the row
+    needs its span: no well-formed unsampled `traceparent`, or a `tracestate` to carry."""
+    parent = stored.get("traceparent")
+    if parent is None or "tracestate" in stored or not _UNSAMPLED_PARENT.fullmatch(parent):
+        return None
+    headers = _own_headers(stored)
+    headers["traceparent"] = parent
     return [(k, v.encode()) for k, v in headers.items()]
 
 

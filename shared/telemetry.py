@@ -72,10 +72,11 @@ def build_tracer_provider(name: str, *, processors: Sequence[SpanProcessor] = ()
     return provider
 
 
-def inject_headers() -> dict[str, str]:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`)."""
+def inject_headers(context: otel_context.Context | None = None) -> dict[str, str]:
+    """The trace context (default: the current one) as W3C headers (`traceparent`,
+    `tracestate`)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 
@@ -92,6 +93,11 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
 
 def tracer(provider: trace.TracerProvider) -> trace.Tracer:
     return provider.get_tracer(INSTRUMENTATION)
+
+
+def sampled() -> bool:
+    """Whether the current trace is sampled (its spans are recorded)."""
+    return bool(trace.get_current_span().get_span_context().trace_flags.sampled)
 
 
 @contextlib.contextmanager

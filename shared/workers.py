@@ -8,7 +8,7 @@ failing step is logged on one line (its type: the text may quote data) and retri
 doubling back-off.
 
 Wake-ups after commit: `db.wake_after_commit(conn, name)` inside a transaction asks for the
-worker registered under `name` on the pool (`db.on_commit`) to be woken once the outermost
+worker registered under `name` (`Service.run_worker`) to be woken once the outermost
 transaction commits, so no caller wakes a worker by hand.
 """
 

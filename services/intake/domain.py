@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, cached_property, lru_cache
 from importlib import resources
+from operator import attrgetter
 
 from shared import sla
 from shared.events import Category, Channel, Deadlines, Severity, SubmittedData
@@ -101,6 +102,16 @@ class Rules:
 
     classification: dict[str, list[tuple[Category, TermList]]]
     signals: dict[str, dict[str, TermList]]
+    # per language, every signal's terms in one list: a text it finds nothing in has no signal
+    any_signal: dict[str, TermList] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        terms: dict[str, list[str]] = {}
+        for by_language in self.signals.values():
+            for language, listed in by_language.items():
+                terms.setdefault(language, []).extend(listed.terms)
+        union = {language: TermList.of(t, language) for language, t in terms.items()}
+        object.__setattr__(self, "any_signal", union)
 
     def languages(self) -> list[str]:
         return list(self.classification)
@@ -138,6 +149,7 @@ def default_rules() -> Rules:
     return parse_rules(_load_json("classification.json"), _load_json("signals.json"))
 
 
+@lru_cache(maxsize=16)  # classify and signals fold the same description
 def normalise(text: str, language: str) -> str:
     """Case-folded text with collapsed spaces; Turkish dotted and dotless i kept apart."""
     if language == "tr":
@@ -198,11 +210,16 @@ def signals(data: SubmittedData, rules: Rules) -> dict[str, list[str]]:
     """Signal words found in the text (safety, legal, vulnerability, abusive), by signal."""
     language = data.customer.language()
     found: dict[str, list[str]] = {}
+    quiet: dict[str, bool] = {}  # per language: no signal word in the text at all
     for signal, by_language in rules.signals.items():
         languages = [language] if language in by_language else list(by_language)
         hits = []
         for lang in languages:
-            hits += by_language[lang].found(normalise(data.description, lang))
+            text = normalise(data.description, lang)
+            if lang not in quiet:
+                quiet[lang] = rules.any_signal[lang].pattern.search(text) is None
+            if not quiet[lang]:
+                hits += by_language[lang].found(text)
         if hits:
             found[signal] = hits
     return found
@@ -307,15 +324,12 @@ class RoutingRule:
     tier: str | None = None
 
     def matches(self, facts: dict[str, str | None]) -> bool:
-        return all(
-            want is None or want == facts.get(name)
-            for name, want in (
-                ("category", self.category),
-                ("channel", self.channel),
-                ("language", self.language),
-                ("severity", self.severity),
-                ("tier", self.tier),
-            )
+        return (
+            (self.category is None or self.category == facts.get("category"))
+            and (self.channel is None or self.channel == facts.get("channel"))
+            and (self.language is None or self.language == facts.get("language"))
+            and (self.severity is None or self.severity == facts.get("severity"))
+            and (self.tier is None or self.tier == facts.get("tier"))
         )
 
     @property
@@ -323,10 +337,15 @@ class RoutingRule:
         fields = (self.category, self.channel, self.language, self.severity, self.tier)
         return sum(f is not None for f in fields)
 
+    @cached_property
+    def precedence(self) -> tuple[int, int, int]:
+        """The sort key of the routing table: priority, then most specific, then oldest."""
+        return (self.priority, -self.specificity, self.rule_id)
+
 
 def pick_team(rules: Sequence[RoutingRule], facts: dict[str, str | None]) -> tuple[str, str]:
     """The team of the first matching rule (priority, then most specific), else the default."""
-    ordered = sorted(rules, key=lambda r: (r.priority, -r.specificity, r.rule_id))
+    ordered = sorted(rules, key=attrgetter("precedence"))
     for rule in ordered:
         if rule.matches(facts):
             return rule.team, f"routing rule {rule.rule_id}"
@@ -351,6 +370,16 @@ class Assignment:
     reason: str
 
 
+_NEVER = datetime.min
+
+
+def _rank(s: StaffLoad) -> tuple[int, datetime, str]:
+    """Most spare capacity first, then least recently assigned (wall clock), then by id (the
+    first part decides alone unless there is a tie)."""
+    last = s.last_assigned_at.replace(tzinfo=None) if s.last_assigned_at else _NEVER
+    return (-(s.capacity - s.load), last, s.staff_id)
+
+
 def choose_assignee(
     staff: Sequence[StaffLoad], *, language: str, weight: int, excluded: Iterable[str] = ()
 ) -> Assignment:
@@ -367,13 +396,9 @@ def choose_assignee(
         return Assignment(None, why + ": left in the team queue")
     speakers = [s for s in fits if language in s.languages]
     pool = speakers or fits
-    never = datetime.min.replace(tzinfo=None)
-
-    def rank(s: StaffLoad) -> tuple[int, datetime, str]:
-        last = s.last_assigned_at.replace(tzinfo=None) if s.last_assigned_at else never
-        return (-(s.capacity - s.load), last, s.staff_id)
-
-    chosen = min(pool, key=rank)
+    most = max(s.capacity - s.load for s in pool)
+    tied = [s for s in pool if s.capacity - s.load == most]
+    chosen = tied[0] if len(tied) == 1 else min(tied, key=_rank)
     spare = chosen.capacity - chosen.load
     speaks = f"speaks {language}" if speakers else f"nobody speaks {language}"
     return Assignment(chosen.staff_id, f"most spare capacity ({spare}), {speaks}")

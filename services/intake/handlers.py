@@ -5,16 +5,15 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from services.intake import domain, repository
-from shared import jsonsafe, outbox, topics
+from shared import ids, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
     CaseEventData,
@@ -41,14 +40,14 @@ REVIEWER_ROLE = "senior_agent"
 
 
 def new_complaint_id() -> str:
-    return str(uuid.uuid4())
+    return ids.new_uuid()
 
 
 def _message(
     type_: EventType,
     complaint_id: str,
     data: Any,
-    at: datetime,
+    at: datetime | str,
     trace: dict[str, str] | None = None,
 ) -> outbox.Message:
     return outbox.complaint_event(
@@ -86,14 +85,18 @@ async def accept_many(
         # a customer's earlier submissions in this same batch count as history too
         earlier = seen_in_batch.get(data.customer.id, 0)
         seen_in_batch[data.customer.id] = earlier + 1
-        known = history[data.customer.id]
-        own = replace(
-            known,
-            complaints_30d=known.complaints_30d + earlier,
-            complaints_total=known.complaints_total + earlier,
-        )
+        own = history[data.customer.id]
+        if earlier:
+            own = replace(
+                own,
+                complaints_30d=own.complaints_30d + earlier,
+                complaints_total=own.complaints_total + earlier,
+            )
         decision = domain.decide(data, history=own, routing_rules=rules, received_at=now)
-        rows.append(repository.NewComplaint(new_complaint_id(), data, decision, items[n].source))
+        submitted = data.model_dump(mode="json", exclude_none=True)
+        rows.append(
+            repository.NewComplaint(new_complaint_id(), data, decision, items[n].source, submitted)
+        )
         histories.append(own)
     created = await repository.insert_complaints(conn, rows, received_at=now)
     existing = await repository.find_complaint_ids(
@@ -105,6 +108,7 @@ async def accept_many(
     )
     holders: list[repository.Holder] = []
     messages: list[outbox.Message] = []
+    at = outbox.json_time(now)
     ids: dict[tuple[str, str], tuple[str, bool]] = {}
     for n, row, own in zip(fresh, rows, histories, strict=True):
         pair = (row.data.channel.value, row.data.external_id)
@@ -126,9 +130,7 @@ async def accept_many(
         holders.append(
             repository.Holder(row.complaint_id, decision.team, choice.staff_id, decision.weight)
         )
-        messages += accepted_events(
-            row.complaint_id, data, decision, choice, own, now, items[n].trace
-        )
+        messages += accepted_events(row, choice, own, at, items[n].trace)
     await repository.assign(conn, holders, now=now)
     await outbox.enqueue(conn, messages)
     results = []
@@ -141,67 +143,65 @@ async def accept_many(
 
 
 def accepted_events(
-    complaint_id: str,
-    data: SubmittedData,
-    decision: domain.Decision,
+    row: repository.NewComplaint,
     choice: domain.Assignment,
     history: domain.History,
-    now: datetime,
+    at: str,
     trace_headers: dict[str, str],
 ) -> list[outbox.Message]:
     """`complaint.received`, `complaint.routed`, and `complaint.unassigned` when nobody could
-    take it, all continuing the submission's trace."""
-    # built from already-validated values: no second validation pass
-    received = ReceivedData.model_construct(
-        complaint_id=complaint_id,
-        actor="system",
-        received_at=now,
-        **{name: getattr(data, name) for name in SubmittedData.model_fields},
+    take it, all continuing the submission's trace; `at` is when it was received, as written
+    (`outbox.json_time`)."""
+    complaint_id, decision = row.complaint_id, row.decision
+    # written from already-validated values: no model built, no second validation pass
+    received = outbox.contract_data(
+        ReceivedData,
+        {"complaint_id": complaint_id, "actor": "system", "received_at": at, **row.submitted},
     )
-    routed = routed_data(complaint_id, data, decision, choice, history, now)
+    routed = routed_data(row, choice, history, at)
     messages = [
-        _message(EventType.RECEIVED, complaint_id, received, now, trace_headers),
-        _message(EventType.ROUTED, complaint_id, routed, now, trace_headers),
+        _message(EventType.RECEIVED, complaint_id, received, at, trace_headers),
+        _message(EventType.ROUTED, complaint_id, routed, at, trace_headers),
     ]
     if choice.staff_id is None:
-        alert = ReassignedData(
-            complaint_id=complaint_id, at=now, team=decision.team, reason=choice.reason
-        )
-        messages.append(_message(EventType.UNASSIGNED, complaint_id, alert, now, trace_headers))
+        alert = {"complaint_id": complaint_id, "actor": "system", "at": at}
+        alert |= {"team": decision.team, "reason": choice.reason}
+        unassigned = outbox.contract_data(ReassignedData, alert)
+        messages.append(_message(EventType.UNASSIGNED, complaint_id, unassigned, at, trace_headers))
     return messages
 
 
 def routed_data(
-    complaint_id: str,
-    data: SubmittedData,
-    decision: domain.Decision,
-    assignment: domain.Assignment,
-    history: domain.History,
-    now: datetime,
-) -> RoutedData:
-    """`complaint.routed`: team, assignee, severity with reasons, flags and the history."""
-    return RoutedData.model_construct(
-        actor="system",
-        complaint_id=complaint_id,
-        routed_at=now,
-        received_at=now,
-        channel=data.channel,
-        external_id=data.external_id,
-        category=decision.category,
-        category_reason=decision.category_reason,
-        severity=decision.severity,
-        severity_score=decision.severity_score,
-        severity_reasons=decision.severity_reasons,
-        team=decision.team,
-        team_reason=decision.team_reason,
-        assignee=assignment.staff_id,
-        assignment_reason=assignment.reason,
-        language=decision.language,
-        staff_involved=data.staff_involved,
-        deadlines=decision.deadlines,
-        flags=[asdict(f) for f in decision.flags],
-        review_by=REVIEWER_ROLE if decision.flags else None,
-        customer_history=asdict(history),
+    row: repository.NewComplaint, assignment: domain.Assignment, history: domain.History, at: str
+) -> dict[str, Any]:
+    """`complaint.routed`'s JSON values: team, assignee, severity with reasons, flags and the
+    history."""
+    decision, submitted = row.decision, row.submitted
+    return outbox.contract_data(
+        RoutedData,
+        {
+            "actor": "system",
+            "complaint_id": row.complaint_id,
+            "routed_at": at,
+            "received_at": at,
+            "channel": submitted["channel"],
+            "external_id": submitted["external_id"],
+            "category": decision.category.value,
+            "category_reason": decision.category_reason,
+            "severity": decision.severity.value,
+            "severity_score": decision.severity_score,
+            "severity_reasons": decision.severity_reasons,
+            "team": decision.team,
+            "team_reason": decision.team_reason,
+            "assignee": assignment.staff_id,
+            "assignment_reason": assignment.reason,
+            "language": decision.language,
+            "staff_involved": submitted["staff_involved"],
+            "deadlines": decision.deadlines.model_dump(mode="json"),
+            "flags": [{"code": f.code, "reason": f.reason} for f in decision.flags],
+            "review_by": REVIEWER_ROLE if decision.flags else None,
+            "customer_history": dict(vars(history)),
+        },
     )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pydantic_core
 
 from services.intake.domain import (
     AMOUNT_STEPS,
@@ -30,6 +30,8 @@ class NewComplaint:
     data: SubmittedData
     decision: Decision
     source: str
+    # `data` as JSON values: `data.model_dump(mode="json", exclude_none=True)`
+    submitted: dict[str, Any]
 
 
 async def insert_complaints(
@@ -39,38 +41,17 @@ async def insert_complaints(
     (channel, external_id) was already known)."""
     if not rows:
         return set()
-    columns: list[list[Any]] = [[] for _ in range(16)]
-    for row in rows:
-        data, decision, money = row.data, row.decision, row.data.amount_at_stake
-        values = (
-            row.complaint_id,
-            data.channel.value,
-            data.external_id,
-            data.customer.id,
-            decision.category.value,
-            decision.category_reason,
-            decision.severity.value,
-            json.dumps(decision.severity_reasons),
-            decision.severity_score,
-            json.dumps([{"code": f.code, "reason": f.reason} for f in decision.flags]),
-            decision.team,
-            decision.language,
-            row.source,
-            json.dumps(data.model_dump(mode="json", exclude_none=True)),
-            money.decimal() if money else None,
-            money.currency if money else None,
-        )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
+    values = [_complaint_row(row) for row in rows]
+    columns = [list(column) for column in zip(*values, strict=True)]
     inserted = await conn.fetch(
         """INSERT INTO complaints (complaint_id, channel, external_id, customer_id, category,
                category_reason, severity, severity_reasons, severity_score, flags, team,
                language, source, submission, amount_at_stake, currency, received_at)
            SELECT id, ch, ext, cust, cat, cat_r, sev, sev_r::jsonb, score, flags::jsonb, team,
-                  lang, src, sub::jsonb, amount, currency, $17
+                  lang, src, sub::jsonb, amount::numeric, currency, $17
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
-                       $13::text[], $14::text[], $15::numeric[], $16::text[])
+                       $13::text[], $14::text[], $15::text[], $16::text[])
                 AS t(id, ch, ext, cust, cat, cat_r, sev, sev_r, score, flags, team, lang, src,
                      sub, amount, currency)
            ON CONFLICT (channel, external_id) DO NOTHING
@@ -79,6 +60,30 @@ async def insert_complaints(
         received_at,
     )
     return {r["complaint_id"] for r in inserted}
+
+
+def _complaint_row(row: NewComplaint) -> tuple[Any, ...]:
+    """A new complaint's values in the order of `insert_complaints`' columns."""
+    data, decision, money = row.data, row.decision, row.data.amount_at_stake
+    flags = [{"code": f.code, "reason": f.reason} for f in decision.flags]
+    return (
+        row.complaint_id,
+        data.channel.value,
+        data.external_id,
+        data.customer.id,
+        decision.category.value,
+        decision.category_reason,
+        decision.severity.value,
+        pydantic_core.to_json(decision.severity_reasons).decode(),
+        decision.severity_score,
+        pydantic_core.to_json(flags).decode(),
+        decision.team,
+        decision.language,
+        row.source,
+        pydantic_core.to_json(row.submitted).decode(),
+        money.amount if money else None,  # a decimal string: PostgreSQL reads it exactly
+        money.currency if money else None,
+    )
 
 
 async def find_complaint_ids(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -11,12 +10,12 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from services.notify import domain, repository
-from shared import directory, inbox, outbox
+from shared import directory, ids, inbox, outbox
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, NotificationData, ReceivedData, RoutedData
 from shared.kafka import Record
 from shared.routing import EventRouter, decode
-from shared.telemetry import traced
+from shared.telemetry import sampled, traced
 
 CONSUMER = "notify"
 SOURCE = "complaints/notify"
@@ -88,11 +87,24 @@ async def apply_events(
         conn, {i.routed.complaint_id: i.routed.team for i, _ in fresh if i.routed is not None}
     )
     await repository.add_many_to_stream(conn, [(i.event, i.raw) for i, _ in fresh])
-    for incoming, headers in fresh:
-        if incoming.received is not None:
-            # in the event's own trace, which the receipt's delivery continues
-            with traced(headers):
-                await plan_receipt(conn, incoming.received, now=now, policy=policy, trace=headers)
+    received = [(i.received, headers) for i, headers in fresh if i.received is not None]
+    # every address's window locked and stored once per batch; receipts plan in event order
+    windows = await repository.lock_windows(
+        conn, [domain.address_key(d.customer.email) for d, _ in received if d.customer.email]
+    )
+    unsampled: list[repository.Planned] = []
+    for data, headers in received:
+        # in the event's own trace, which the receipt's delivery continues
+        with traced(headers):
+            planned = await plan_receipt(
+                conn, data, now=now, policy=policy, trace=headers, windows=windows
+            )
+            if planned is not None and sampled():
+                await repository.plan_many(conn, [planned])  # its statement shows in its trace
+            elif planned is not None:
+                unsampled.append(planned)  # no span would be recorded: planned together
+    await repository.plan_many(conn, unsampled)
+    await repository.save_windows(conn, windows)
 
 
 async def plan_receipt(
@@ -102,11 +114,14 @@ async def plan_receipt(
     now: datetime,
     policy: domain.ReceiptPolicy,
     trace: dict[str, str],
-) -> None:
-    """Queue the customer's receipt (held for a digest when the address is flooded), or record
-    why none can be sent; `trace` is the event's trace context, which delivery continues."""
+    windows: dict[str, domain.Window],
+) -> repository.Planned | None:
+    """The customer's receipt to queue (held for a digest when the address is flooded, the
+    digest planned here when it is new), or None with why none can be sent recorded; `trace` is
+    the event's trace context, which delivery continues. `windows` holds the locked window of
+    the receipt's address, updated here."""
     message = domain.receipt(data)
-    notification_id = str(uuid.uuid4())
+    notification_id = ids.new_uuid()
     if message is None:
         failed = NotificationData(
             complaint_id=data.complaint_id,
@@ -120,24 +135,17 @@ async def plan_receipt(
         await outbox.enqueue(
             conn, [notification_event(EventType.NOTIFICATION_FAILED, failed, trace)]
         )
-        return
+        return None
     address = domain.address_key(message.recipient)
-    window = await repository.lock_window(conn, address)
+    window = windows[address]
     decision = domain.route_receipt(window, now=now, policy=policy)
     held_for = None
     if isinstance(decision, domain.HoldReceipt):
         held_for = window.digest_id
         if held_for is None or not await repository.digest_open(conn, held_for):
             held_for = await _open_digest(conn, data, message, due=decision.digest_due, trace=trace)
-    await repository.save_window(conn, address, replace(decision.window, digest_id=held_for))
-    await repository.plan(
-        conn,
-        notification_id=notification_id,
-        complaint_id=data.complaint_id,
-        message=message,
-        trace_headers=trace,
-        held_for=held_for,
-    )
+    windows[address] = replace(decision.window, digest_id=held_for)
+    return repository.Planned(notification_id, data.complaint_id, message, trace, held_for)
 
 
 async def _open_digest(
@@ -149,7 +157,7 @@ async def _open_digest(
     trace: dict[str, str],
 ) -> str:
     """Plan a digest for the receipt's address, due when its interval ends; return its id."""
-    digest_id = str(uuid.uuid4())
+    digest_id = ids.new_uuid()
     await repository.plan(
         conn,
         notification_id=digest_id,

@@ -72,6 +72,7 @@ class Mailer:
         poll_interval_s: float = 1.0,
         max_attempts: int = domain.MAX_ATTEMPTS,
         retry_delay_s: Callable[[int], float] = domain.retry_delay_s,
+        record_delay_s: float = 0.01,
     ) -> None:
         self._pool = pool
         self._smtp = smtp
@@ -82,6 +83,7 @@ class Mailer:
         self._poll = poll_interval_s
         self._max_attempts = max_attempts
         self._retry_delay = retry_delay_s
+        self._record_delay = record_delay_s
         self.owner = uuid.uuid4()
         self._jobs: dict[str, _Job] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -216,6 +218,8 @@ class Mailer:
     async def _record_loop(self) -> None:
         while True:
             await self._have_outcomes.wait()
+            # outcomes that arrive meanwhile share the transaction (and free their slots together)
+            await asyncio.sleep(self._record_delay)
             self._have_outcomes.clear()
             try:
                 await self._flush()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,26 +54,77 @@ async def plan(
     return inserted is not None
 
 
-async def lock_window(conn: Conn, address: str) -> Window:
-    """The address's receipt window, locked until the transaction ends (created when new)."""
-    row = await conn.fetchrow(
-        """INSERT INTO receipt_windows (address) VALUES ($1)
-           ON CONFLICT (address) DO UPDATE SET address = EXCLUDED.address
-           RETURNING window_start, receipts, digest_id""",
-        address,
-    )
-    assert row is not None
-    return Window(start=row["window_start"], receipts=row["receipts"], digest_id=row["digest_id"])
+@dataclass(frozen=True)
+class Planned:
+    """A message to queue (see `plan`)."""
+
+    notification_id: str
+    complaint_id: str
+    message: Message
+    trace_headers: dict[str, str]
+    held_for: str | None = None
 
 
-async def save_window(conn: Conn, address: str, window: Window) -> None:
+async def plan_many(conn: Conn, plans: Sequence[Planned]) -> None:
+    """Queue messages due now, in one statement (`plan` for each; a complaint that already has
+    a message of that kind keeps it)."""
+    if not plans:
+        return
     await conn.execute(
-        "UPDATE receipt_windows SET window_start = $2, receipts = $3, digest_id = $4 "
-        "WHERE address = $1",
-        address,
-        window.start,
-        window.receipts,
-        window.digest_id,
+        """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
+               language, subject, body, trace_headers, status, digest_id, next_attempt_at)
+           SELECT id, c, k, m, r, l, s, b, t::jsonb,
+                  CASE WHEN d IS NULL THEN 'pending' ELSE 'held' END, d, now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::text[], $10::text[])
+                WITH ORDINALITY AS p(id, c, k, m, r, l, s, b, t, d, n)
+           ORDER BY n
+           ON CONFLICT (complaint_id, kind) DO NOTHING""",
+        [p.notification_id for p in plans],
+        [p.complaint_id for p in plans],
+        [p.message.kind for p in plans],
+        [p.message.medium for p in plans],
+        [p.message.recipient for p in plans],
+        [p.message.language for p in plans],
+        [p.message.subject for p in plans],
+        [p.message.body for p in plans],
+        [json.dumps(p.trace_headers) for p in plans],
+        [p.held_for for p in plans],
+    )
+
+
+async def lock_windows(conn: Conn, addresses: Sequence[str]) -> dict[str, Window]:
+    """The addresses' receipt windows, locked until the transaction ends (created when new);
+    locked in address order, so two batches sharing addresses cannot deadlock."""
+    if not addresses:
+        return {}
+    rows = await conn.fetch(
+        """INSERT INTO receipt_windows (address)
+           SELECT a FROM unnest($1::text[]) AS u(a) ORDER BY a
+           ON CONFLICT (address) DO UPDATE SET address = EXCLUDED.address
+           RETURNING address, window_start, receipts, digest_id""",
+        sorted(set(addresses)),
+    )
+    return {
+        r["address"]: Window(
+            start=r["window_start"], receipts=r["receipts"], digest_id=r["digest_id"]
+        )
+        for r in rows
+    }
+
+
+async def save_windows(conn: Conn, windows: dict[str, Window]) -> None:
+    """Store the windows (`address -> window`) of addresses `lock_windows` locked."""
+    if not windows:
+        return
+    await conn.execute(
+        """UPDATE receipt_windows w SET window_start = u.s, receipts = u.r, digest_id = u.d
+           FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::text[]) AS u(a, s, r, d)
+           WHERE w.address = u.a""",
+        list(windows),
+        [w.start for w in windows.values()],
+        [w.receipts for w in windows.values()],
+        [w.digest_id for w in windows.values()],
     )
 
 

@@ -1,14 +1,20 @@
-"""The relay loop: a wake-up that arrives while it is draining is not lost."""
+"""The relay loop: a wake-up that arrives while it is draining is not lost; each row's outcome
+is its own; the trace context each message carries."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer
 
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, drops_unsampled_children, sampled_out_headers, wire_headers
+from shared.telemetry import build_tracer_provider, extract_context, tracer
 
 
 class ScriptedRelay(OutboxRelay):
@@ -81,3 +87,75 @@ async def test_a_send_that_raises_stops_the_pass_but_keeps_what_was_acknowledged
     outcomes = await relay._publish(_rows("a", "b", "c", "d"))  # type: ignore[arg-type]
     assert [o.sent for o in outcomes] == [True, True, False, False]
     assert producer.sent == [1, 2, 3]  # nothing handed over after the failure
+
+
+UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class HeaderProducer(FakeProducer):
+    def __init__(self) -> None:
+        super().__init__({})
+        self.headers: list[dict[str, str]] = []
+
+    async def send(self, topic, value, key, headers):
+        self.headers.append({k: v.decode() for k, v in headers})
+        return await super().send(topic, value, key, headers)
+
+
+def _traced_row(traceparent: str, **more: str) -> dict:
+    stored = {"traceparent": traceparent, **more, "content-type": "ct", "event-type": "e.t"}
+    return {"id": 1, "topic": "t", "key": b"k", "value": b"1", "headers": stored}
+
+
+async def _published(tracer, row: dict) -> dict[str, str]:
+    producer = HeaderProducer()
+    relay = OutboxRelay(pool=None, send=producer.send, tracer=tracer)  # type: ignore[arg-type]
+    (outcome,) = await relay._publish([row])  # type: ignore[arg-type]
+    assert outcome.sent
+    return producer.headers[0]
+
+
+async def test_an_unsampled_row_keeps_its_trace_as_a_sampled_out_publish_span_would():
+    sampled_out = tracer(build_tracer_provider("relay"))  # nothing to export: parent-based off
+    assert drops_unsampled_children(sampled_out)
+    sent = await _published(sampled_out, _traced_row(UNSAMPLED))
+    assert sent == {"content-type": "ct", "event-type": "e.t", "traceparent": UNSAMPLED}
+    # what the SDK's publish span would have sent: the same trace, unsampled, nothing recorded
+    exporter = InMemorySpanExporter()
+    recording = tracer(build_tracer_provider("relay", processors=[SimpleSpanProcessor(exporter)]))
+    span = recording.start_span("t publish", context=extract_context({"traceparent": UNSAMPLED}))
+    by_span = dict(wire_headers({}, trace.set_span_in_context(span)))["traceparent"].decode()
+    assert by_span.split("-")[1] == UNSAMPLED.split("-")[1]
+    assert by_span.endswith("-00") and not span.is_recording()
+    await _published(recording, _traced_row(UNSAMPLED))
+    assert not exporter.get_finished_spans()
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "more"),
+    [
+        (SAMPLED, {}),
+        (UNSAMPLED, {"tracestate": "vendor=1"}),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-00", {}),
+        ("garbage", {}),
+    ],
+)
+async def test_other_rows_get_a_publish_span_of_their_own(traceparent, more):
+    exporter = InMemorySpanExporter()
+    recording = tracer(build_tracer_provider("relay", processors=[SimpleSpanProcessor(exporter)]))
+    sent = await _published(recording, _traced_row(traceparent, **more))
+    assert sampled_out_headers(_traced_row(traceparent, **more)["headers"]) is None
+    assert sent["traceparent"] != traceparent  # the publish span's own context
+    if traceparent == SAMPLED:
+        (span,) = exporter.get_finished_spans()
+        assert span.name == "t publish"
+        assert sent["traceparent"].split("-")[1] == SAMPLED.split("-")[1]
+
+
+def test_a_legacy_type_header_is_renamed_on_the_sampled_out_path_too():
+    stored = {"traceparent": UNSAMPLED, "ce_type": "e.t"}
+    assert sampled_out_headers(stored) == [
+        ("event-type", b"e.t"),
+        ("traceparent", UNSAMPLED.encode()),
+    ]
