@@ -41,6 +41,7 @@ class EventType(StrEnum):
     REJECTED = "complaint.rejected"
     ROUTED = "complaint.routed"
     ACKNOWLEDGED = "complaint.acknowledged"
+    ASSIGNED = "complaint.assigned"
     STAFF_RESPONSE_REQUESTED = "complaint.staff_response_requested"
     STAFF_RESPONDED = "complaint.staff_responded"
     REMEDY_PROPOSED = "complaint.remedy_proposed"
@@ -433,6 +434,13 @@ class CaseEventData(BaseModel):
     complaint_id: str
     actor: str = "system"
     at: datetime | None = None
+
+
+class AssignedData(CaseEventData):
+    """`complaint.assigned`: resolution gave the case to another holder (None: the queue)."""
+
+    from_assignee: str | None = None
+    to_assignee: str | None = None
 
 
 class ResolvedData(CaseEventData):

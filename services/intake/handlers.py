@@ -16,6 +16,7 @@ from services.intake import domain, repository
 from shared import ids, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
+    AssignedData,
     CaseEventData,
     Channel,
     CloudEvent,
@@ -346,6 +347,11 @@ async def closed(conn: Conn, data: CaseEventData, _: Delivery) -> None:
 async def reopened(conn: Conn, data: CaseEventData, delivery: Delivery) -> None:
     await repository.case_update(conn, data.complaint_id, open=True)
     await repository.record_reopen(conn, data.complaint_id, data.at or delivery.now)
+
+
+@cases.on(EventType.ASSIGNED, model=AssignedData)
+async def assigned(conn: Conn, data: AssignedData, _: Delivery) -> None:
+    await repository.move_holder(conn, data.complaint_id, data.to_assignee)
 
 
 @cases.on(EventType.RESOLVED, model=ResolvedData)

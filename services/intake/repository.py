@@ -290,6 +290,25 @@ async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
         )
 
 
+async def move_holder(conn: Conn, complaint_id: str, to: str | None) -> None:
+    """Resolution gave the case to `to` (a claim, an assignment): the holder and both
+    members' open load follow (nothing changes when `to` holds it already)."""
+    await conn.execute(
+        """WITH before AS (
+               SELECT staff_id, weight, open FROM assignments WHERE complaint_id = $1
+               FOR UPDATE),
+           moved AS (
+               UPDATE assignments a SET staff_id = $2 FROM before b
+               WHERE a.complaint_id = $1 AND b.staff_id IS DISTINCT FROM $2
+               RETURNING b.staff_id AS released, a.weight, a.open)
+           UPDATE staff s
+           SET open_load = s.open_load + CASE WHEN s.staff_id = $2 THEN m.weight ELSE -m.weight END
+           FROM moved m WHERE m.open AND s.staff_id IN (m.released, $2)""",
+        complaint_id,
+        to,
+    )
+
+
 async def record_reopen(conn: Conn, complaint_id: str, at: datetime) -> None:
     """A reopened case counts as the customer's contact again (their repeat-contact history)."""
     await conn.execute(

@@ -72,6 +72,7 @@ from services.resolution.case_model import (
     Pending,
     PendingKind,
     ProposeRemedy,
+    Reassigned,
     Refusal,
     Reopen,
     RequestInformation,
@@ -132,6 +133,7 @@ __all__ = [
     "Pending",
     "PendingKind",
     "ProposeRemedy",
+    "Reassigned",
     "Refusal",
     "Reopen",
     "RequestInformation",
@@ -363,6 +365,15 @@ def _assign(state: CaseState, cmd: Assign, ctx: Context) -> Result:
     return [_assigned(state, target.id, claimed=False)]
 
 
+def _reassigned(state: CaseState, cmd: Reassigned, ctx: Context) -> Result:
+    # intake keeps who holds what in step with the directory; only the system relays it
+    if ctx.actor.kind is not ActorKind.SYSTEM:
+        return _forbidden("only the system relays intake's reassignments", "system_only")
+    if state.assignee == cmd.to or state.status in (Status.RESOLVED, Status.CLOSED):
+        return []
+    return [(Kind.ASSIGNED, {**_assigned(state, cmd.to, claimed=False)[1], "reason": cmd.reason})]
+
+
 def _claim(state: CaseState, cmd: Claim, ctx: Context) -> Result:
     refused = _staff_check(state, ctx.actor) or _closed_check(state)
     if refused:
@@ -372,7 +383,7 @@ def _claim(state: CaseState, cmd: Claim, ctx: Context) -> Result:
     return [_assigned(state, ctx.actor.id, claimed=True)]
 
 
-def _assigned(state: CaseState, to: str, *, claimed: bool) -> Draft:
+def _assigned(state: CaseState, to: str | None, *, claimed: bool) -> Draft:
     return Kind.ASSIGNED, {"from_assignee": state.assignee, "to_assignee": to, "claimed": claimed}
 
 
@@ -1023,6 +1034,7 @@ _HANDLERS: dict[type, Callable[[CaseState, Any, Context], Result]] = {
     Close: _close,
     Note: _note,
     ClockFired: _clock_fired,
+    Reassigned: _reassigned,
 }
 
 

@@ -305,6 +305,15 @@ class ClockFired:
         return cls(ClockKind(payload["kind"]), int(payload["run"]), str(payload["what"]))
 
 
+@dataclass(frozen=True)
+class Reassigned:
+    """Intake moved the case to another holder (or to the team queue: None) because its holder
+    left, changed team or went off shift (system)."""
+
+    to: str | None
+    reason: str
+
+
 Command: TypeAlias = (
     Open
     | Acknowledge
@@ -323,6 +332,7 @@ Command: TypeAlias = (
     | Close
     | Note
     | ClockFired
+    | Reassigned
 )
 
 

@@ -115,6 +115,8 @@ async def act(
     result = decide(loaded.state, command, ctx)
     if isinstance(result, Refusal):
         return result
+    if not result:
+        return loaded.state  # nothing to decide (a move to where the case already is)
     return await _commit(conn, loaded.state, result, policy=policy)
 
 

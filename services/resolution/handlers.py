@@ -10,7 +10,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.resolution import actions, cases, domain, repository
-from services.resolution.case import Kind, Refusal
+from services.resolution.case import SYSTEM, Kind, Reassigned, Refusal
 from shared import auth, directory, outbox
 from shared.db import Conn
 from shared.events import EventType, ReassignedData, ReceivedData, RoutedData
@@ -40,8 +40,17 @@ def event_router(policy: cases.PolicySource) -> EventRouter:
 
     @events.on(EventType.REASSIGNED, model=ReassignedData)
     async def reassigned(conn: Conn, data: ReassignedData, delivery: Delivery) -> None:
-        await repository.set_assignee(conn, data.complaint_id, data.to_assignee)
         await on_timeline(conn, delivery)
+        loaded = await cases.load(conn, data.complaint_id)
+        if loaded is not None:  # a case not opened yet keeps routing's holder until it opens
+            await cases.act(
+                conn,
+                loaded,
+                Reassigned(data.to_assignee, data.reason),
+                SYSTEM,
+                policy=await policy(conn, None),
+                now=delivery.now,
+            )
 
     @events.otherwise(model=AnyData)
     async def other(conn: Conn, _: AnyData, delivery: Delivery) -> None:

@@ -79,14 +79,6 @@ async def open_case(conn: Conn, routed: RoutedData) -> None:
     )
 
 
-async def set_assignee(conn: Conn, complaint_id: str, assignee: str | None) -> None:
-    await conn.execute(
-        "UPDATE cases SET assignee = $2, updated_at = now() WHERE complaint_id = $1",
-        complaint_id,
-        assignee,
-    )
-
-
 async def append_timeline(
     conn: Conn, complaint_id: str, event_id: str, entry: TimelineEntry
 ) -> None:

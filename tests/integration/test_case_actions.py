@@ -377,3 +377,22 @@ async def test_refunds_at_once_cannot_spend_a_customers_cap_twice(running) -> No
     statuses = sorted(a.json()["status"] for a in answers)
     # an agent may refund one customer 100 EUR in 30 days: two refunds apply, the third waits
     assert statuses == ["awaiting_approval", "remedy_proposed", "remedy_proposed"], statuses
+
+
+async def test_a_claim_moves_the_case_and_its_load_in_intake_too(running) -> None:
+    case = await _opened(running)
+    claimer_id = f"claimer-{uuid.uuid4().hex[:6]}"
+    await running.add_member(claimer_id, team=case.team, capacity=50)
+    claimed = await case.act(running.staff_token(claimer_id), {"action": "claim"})
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["assignee"] == claimer_id
+
+    async def followed() -> bool:
+        rows = await running.sql(
+            "SELECT a.staff_id, s.open_load FROM intake.assignments a "
+            "JOIN intake.staff s ON s.staff_id = a.staff_id WHERE a.complaint_id = $1",
+            case.id,
+        )
+        return bool(rows and rows[0]["staff_id"] == claimer_id and rows[0]["open_load"] > 0)
+
+    await eventually(followed, what="intake following the claim")
