@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import time
@@ -58,7 +59,7 @@ def issue_token(
 ) -> str:
     """A signed token naming `subject`, valid for `ttl_s` seconds from its issue time."""
     # the issue time to the millisecond: a revocation refuses what was issued before it
-    issued = round(now if now is not None else time.time(), 3)
+    issued = math.floor((now if now is not None else time.time()) * 1000) / 1000
     claims = {
         "k": kind,
         "s": subject,
@@ -87,6 +88,8 @@ def verify_token(
     (`shared.directory.check_staff`)."""
     body, _, sig = token.partition(".")
     if not body or not sig:
+        raise InvalidToken("malformed token")
+    if not token.isascii():
         raise InvalidToken("malformed token")
     expected = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(expected, sig):

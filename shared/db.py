@@ -49,6 +49,11 @@ class HookedConnection(asyncpg.Connection):
         return _Transaction(self, super().transaction(**options))
 
     def wake_after_commit(self, worker: str) -> None:
+        if not self._depth:  # no transaction: the statement committed on its own
+            waker = self.wakers.get(worker)
+            if waker is not None:
+                waker()
+            return
         self._pending = self._pending | {worker}
 
     def _entered(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,24 @@ class Letter:
     source: str = "complaints"  # the refusing service, as its own events name it
 
 
+# Headers that carry credentials (a staff command's bearer token): never kept or announced;
+# a dead letter keeps a digest that tells two tokens apart without revealing either.
+SECRET_HEADERS = frozenset({"authorization"})
+
+
+def redacted(record: Record) -> Record:
+    """`record` with its credential headers replaced by a digest."""
+    if not any(name.lower() in SECRET_HEADERS for name, _ in record.headers):
+        return record
+    headers = tuple(
+        (name, b"redacted sha256:" + hashlib.sha256(value or b"").hexdigest()[:16].encode())
+        if name.lower() in SECRET_HEADERS
+        else (name, value)
+        for name, value in record.headers
+    )
+    return replace(record, headers=headers)
+
+
 def _preview(data: bytes | None, limit: int) -> dict[str, Any]:
     """The first `limit` bytes of `data` (base64) with its full length and sha256."""
     data = data or b""
@@ -51,7 +69,7 @@ def _preview(data: bytes | None, limit: int) -> dict[str, Any]:
 def event_message(letter: Letter, *, at: datetime, preview_bytes: int) -> outbox.Message:
     """The dead-letter CloudEvent: the original's first bytes, its length and sha256, where it
     came from, the reason in words, and the time."""
-    record = letter.original
+    record = redacted(letter.original)
     value = _preview(record.value, preview_bytes)
     key = _preview(record.key, KEY_PREVIEW) if record.key is not None else None
     headers = record.headers[:MAX_HEADERS]
@@ -114,8 +132,8 @@ async def store(
                 x.original.offset,
                 x.original.key,
                 x.original.value,
-                [n.encode("utf-8", "surrogateescape") for n, _ in x.original.headers],
-                [v for _, v in x.original.headers],
+                [n.encode("utf-8", "surrogateescape") for n, _ in redacted(x.original).headers],
+                [v for _, v in redacted(x.original).headers],
                 x.code,
                 x.reason.replace("\x00", ""),
                 now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.resolution import actions, cases, repository
 from services.resolution.case import Actor, ActorKind, CaseState, Refusal
-from services.resolution.policy import remaining
+from services.resolution.policy import Remaining, remaining
 from shared import auth, directory
 from shared.db import Conn
 from shared.events import Role, utcnow
@@ -101,13 +102,19 @@ CHANNEL_DETAIL = {
 }
 
 
+def _public_actor(actor: str) -> str:
+    """Who acted, as the customer's channel may know it: the system, the customer, or staff."""
+    return actor if actor == "system" or actor.startswith("customer:") else "staff"
+
+
 def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     """What the submitting channel sees: state and clocks, no staff-only detail."""
     full = staff_view(found)
     view = {name: full[name] for name in CHANNEL_FIELDS}
     view["timeline"] = [
         {
-            **{k: v for k, v in entry.items() if k != "detail"},
+            **{k: v for k, v in entry.items() if k not in ("detail", "actor")},
+            "actor": _public_actor(entry["actor"]),
             "detail": {
                 k: entry["detail"][k]
                 for k in CHANNEL_DETAIL.get(entry["type"], ())
@@ -246,7 +253,8 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
             active = await policy(conn, None)
             actor = cases.staff_actor(member, loaded.state)
             usage = await cases.usage(conn, loaded.state, actor, active, utcnow())
-        left = remaining(active, member.role, usage)
+        # staff the complaint names may only give their account: they may offer nothing
+        left = NOTHING if actor.named_in_case else remaining(active, member.role, usage)
         return {"role": member.role.value, "policy_version": active.version, **left.to_json()}
 
     @router.get(
@@ -318,6 +326,13 @@ async def _answer(
 
 
 TITLES = {403: "Forbidden", 409: "Conflict", 422: "Invalid action"}
+NOTHING = Remaining(
+    money={},
+    any_other_currency=False,
+    discount_percent=Decimal(0),
+    reserve_and_notify=False,
+    apology_only=False,
+)
 
 
 def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.resolution import api, cases, handlers, review_api
 from services.resolution.policies import PolicyCache
 from services.resolution.policy import Policy
-from shared import timers, topics
+from shared import retention, timers, topics
 from shared.db import Conn
 from shared.service import Service
 from shared.settings import Settings
@@ -38,6 +38,13 @@ class Resolution(Service):
         if version is not None:
             return await self._policies.version(conn, version)
         return await self._policies.current(conn)
+
+    def retention_rules(self) -> list[retention.Rule]:
+        # an Idempotency-Key answers its retries for a day
+        return [
+            *super().retention_rules(),
+            retention.Rule("action_requests", "at", timedelta(days=1)),
+        ]
 
     async def on_open(self) -> None:
         worker = timers.TimerWorker(self.pool, {cases.CLOCK_TIMER: self._fire})

@@ -184,7 +184,8 @@ async def context(
         if found is not None:
             ctx = replace(ctx, target=Member(found.staff_id, found.role, found.team, found.active))
     if isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired):
-        ctx = replace(ctx, held_roles=await repository.held_roles(conn, state.team))
+        named = [h.staff_id for h in state.staff]
+        ctx = replace(ctx, held_roles=await repository.held_roles(conn, state.team, named))
     if isinstance(command, ProposeRemedy | Approve):
         ctx = replace(ctx, usage=await usage(conn, state, actor, policy, now))
     if isinstance(command, ProposeRemedy):

@@ -26,7 +26,7 @@ def event_router(policy: cases.PolicySource) -> EventRouter:
     case under the active `policy`. Resolution's own decisions (its case events) are already
     in its decision log: skipped."""
     events = EventRouter(CONSUMER)
-    events.ignore(*Kind)
+    events.ignore(*Kind, EventType.ACTION_REFUSED)
 
     @events.on(EventType.RECEIVED, model=ReceivedData)
     async def received(conn: Conn, data: ReceivedData, delivery: Delivery) -> None:
@@ -86,7 +86,7 @@ def command_router(verify: Verify, policy: cases.PolicySource) -> EventRouter:
     header is checked exactly as over HTTP, the action decided as over HTTP; a refused command
     (token, form, authority, state) yields `complaint.action_refused`, never silence. The
     command's event id makes it idempotent (the inbox)."""
-    commands = EventRouter(CONSUMER, strict=True)
+    commands = EventRouter(f"{CONSUMER}-commands", strict=True)
 
     @commands.on(EventType.COMMAND, model=AnyData)
     async def command(conn: Conn, data: AnyData, delivery: Delivery) -> None:

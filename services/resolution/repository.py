@@ -55,7 +55,8 @@ async def open_case(conn: Conn, routed: RoutedData) -> None:
                severity_score = EXCLUDED.severity_score, team_reason = EXCLUDED.team_reason,
                assignment_reason = EXCLUDED.assignment_reason, flags = EXCLUDED.flags,
                review_by = EXCLUDED.review_by, customer_history = EXCLUDED.customer_history,
-               updated_at = now()""",
+               updated_at = now()
+           WHERE cases.version = 0""",
         routed.complaint_id,
         Status.ROUTED.value,
         routed.channel.value,
@@ -218,13 +219,15 @@ async def add_remedies(conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
     )
 
 
-async def held_roles(conn: Conn, team: str) -> frozenset[Role]:
-    """Roles someone active holds in the team's chain: its own members, and the managers and
-    directors who act on every team."""
+async def held_roles(conn: Conn, team: str, named: Sequence[str] = ()) -> frozenset[Role]:
+    """Roles someone active holds in the team's chain (its own members, and the managers and
+    directors who act on every team), leaving out the staff the complaint names."""
     rows = await conn.fetch(
         """SELECT DISTINCT role FROM staff_directory
-           WHERE active AND (team = $1 OR role IN ('manager', 'director'))""",
+           WHERE active AND (team = $1 OR role IN ('manager', 'director'))
+             AND staff_id <> ALL($2::text[])""",
         team,
+        list(named),
     )
     return frozenset(Role(r["role"]) for r in rows)
 

@@ -103,3 +103,14 @@ def test_receipt_without_a_name_or_address():
 def test_retry_backoff_grows_and_is_capped():
     assert [retry_delay_s(n) for n in (1, 2, 3)] == [5, 10, 20]
     assert retry_delay_s(50) == 600
+
+
+@pytest.mark.parametrize("token", ["a.é", "a.b\ufffd", "é.é"])
+def test_a_token_with_non_ascii_characters_is_refused_as_malformed(token):
+    with pytest.raises(auth.InvalidToken, match="malformed"):
+        auth.verify_token(SECRET, token, kind=auth.STAFF)
+
+
+def test_an_issue_time_is_never_rounded_up_past_a_revocation():
+    token = auth.issue_token(SECRET, kind=auth.STAFF, subject="s-1", ttl_s=60, now=1000.0009)
+    assert auth.verify_token(SECRET, token, kind=auth.STAFF, now=1001).issued_at == 1000.0
