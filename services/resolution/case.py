@@ -92,6 +92,7 @@ from services.resolution.clocks import (
     ClockKind,
     calendar_for,
     rfc3339,
+    warning_what,
 )
 from services.resolution.policy import (
     ROLES,
@@ -961,7 +962,18 @@ def _clock_fired(state: CaseState, cmd: ClockFired, ctx: Context) -> Result:
                 drop=lambda c: (c.kind, c.run) == (clock.kind, clock.run),
             ),
         ]
-    return [_sla_event(Kind.SLA_BREACHED, clock, cmd.what, due), *_escalation(state, clock, ctx)]
+    # a warning whose timer has not fired yet (a lagging or busy replica) goes out first: each
+    # warning of a running clock is said once, before its breach, whatever order timers fire in
+    missed = [
+        _sla_event(Kind.SLA_WARNING, clock, warning_what(fraction), at)
+        for fraction, at in sorted(clock.warn_times)
+        if warning_what(fraction) not in clock.fired
+    ]
+    return [
+        *missed,
+        _sla_event(Kind.SLA_BREACHED, clock, cmd.what, due),
+        *_escalation(state, clock, ctx),
+    ]
 
 
 def _sla_event(kind: Kind, clock: Clock, what: str, due: datetime) -> Draft:

@@ -647,13 +647,22 @@ def test_a_warning_fires_once_and_a_breach_escalates() -> None:
         ctx(SYSTEM, at=timedelta(hours=4), assignee_role=Role.AGENT, held_roles=NO_MIDDLE),
     )
     assert not isinstance(result, Refusal)
-    assert types(result) == ["complaint.sla_breached", "complaint.escalated"]
-    assert result[1].data()["to_role"] == "manager"
+    # the 90 % warning whose timer has not fired yet is said first, once
+    assert types(result) == [
+        "complaint.sla_warning",
+        "complaint.sla_breached",
+        "complaint.escalated",
+    ]
+    assert result[0].data()["what"] == "warning:0.9"
+    assert result[2].data()["to_role"] == "manager"
     state = replay(result, state)
     assert state.escalated_to is Role.MANAGER
+    late = ClockFired(ClockKind.ACKNOWLEDGE, 1, "warning:0.9")
+    assert decide(state, late, ctx(SYSTEM, at=timedelta(hours=5))) == []
     res = ClockFired(ClockKind.RESOLVE, 1, "breach")
     state, events = step(state, res, ctx(SYSTEM, at=timedelta(days=3)))
-    assert events[1].data()["to_role"] == "director"  # above the last escalation
+    assert types(events)[:2] == ["complaint.sla_warning"] * 2  # both resolve warnings missed
+    assert events[-1].data()["to_role"] == "director"  # above the last escalation
 
 
 def test_reopen_starts_a_new_run_for_a_role_above_the_decider() -> None:
