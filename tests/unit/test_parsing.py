@@ -90,3 +90,17 @@ def test_a_consumer_skips_only_records_announced_as_other_types(headers, wanted)
     record = _record(headers)
     assert record.may_be(cases.types) is wanted
     assert record.may_be(None) is True
+
+
+def test_the_key_partitioner_agrees_with_kafkas_default_partitioner():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from shared.kafka import KeyPartitioner
+
+    ours, theirs = KeyPartitioner(remember=3), DefaultPartitioner()
+    partitions = list(range(8))
+    keys = [f"complaint-{n}".encode() for n in range(50)] * 2  # repeats hit the memory
+    assert [ours(k, partitions, partitions) for k in keys] == [
+        theirs(k, partitions, partitions) for k in keys
+    ]
+    assert ours(None, partitions, [3]) == 3
