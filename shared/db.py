@@ -184,7 +184,9 @@ async def create_pool(
     fill once its workers exist)."""
     dbname = dsn.rsplit("/", 1)[-1].split("?", 1)[0] or "postgres"
     kwargs: dict[str, Any] = {
-        "connection_class": traced_connection_class(tracer, dbname, wakers or {})
+        "connection_class": traced_connection_class(
+            tracer, dbname, {} if wakers is None else wakers
+        )
     }
     pool = await asyncpg.create_pool(
         dsn,

@@ -3,6 +3,8 @@ transaction commits, never on a rollback, never before the commit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 import pytest
 
@@ -30,6 +32,20 @@ async def test_a_worker_is_woken_after_the_outer_commit_only(database: str) -> N
             async with conn.transaction():
                 db.wake_after_commit(conn, "nobody")  # a name without a worker: ignored
             assert woken == []  # the rolled-back request did not survive into later work
+    finally:
+        await pool.close()
+
+
+async def test_workers_registered_after_the_pool_is_made_are_woken(database: str) -> None:
+    # a service makes its pool first and registers its workers (which need the pool) after
+    wakers: dict[str, Callable[[], None]] = {}
+    woken: list[str] = []
+    pool = await db.create_pool(database, schema="public", application="test-hooks", wakers=wakers)
+    try:
+        wakers["outbox"] = lambda: woken.append("outbox")
+        async with pool.acquire() as conn, conn.transaction():
+            db.wake_after_commit(conn, "outbox")
+        assert woken == ["outbox"]
     finally:
         await pool.close()
 
