@@ -67,9 +67,10 @@ class Planned:
 
 async def plan_many(conn: Conn, plans: Sequence[Planned]) -> None:
     """Queue messages due now, in one statement (`plan` for each; a complaint that already has
-    a message of that kind keeps it)."""
+    a message of that kind keeps it). The commit wakes the mailer."""
     if not plans:
         return
+    wake_after_commit(conn, WORKER)
     await conn.execute(
         """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
                language, subject, body, trace_headers, status, digest_id, next_attempt_at)
