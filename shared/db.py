@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -199,3 +199,15 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+@contextlib.asynccontextmanager
+async def admin_transaction(dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own on `schema`, in one transaction: for an operator's command."""
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    await prepare_connection(conn)
+    try:
+        async with conn.transaction():
+            yield conn
+    finally:
+        await conn.close()

@@ -7,15 +7,14 @@ reassignment) go to intake's outbox, which a running intake publishes.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 
 from services.intake import handlers, repository
 from shared import auth, directory, outbox, topics
-from shared.db import Conn, prepare_connection
+from shared.db import Conn, admin_transaction
 from shared.events import Channel, ChannelKeyData, EventType, Role, new_event, utcnow
 from shared.settings import Settings
 
@@ -26,17 +25,8 @@ class AdminError(Exception):
     """A request the directory cannot carry out, in words for the operator."""
 
 
-@asynccontextmanager
-async def _transaction(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        settings.require_database_url(), server_settings={"search_path": "intake"}
-    )
-    await prepare_connection(conn)
-    try:
-        async with conn.transaction():
-            yield conn
-    finally:
-        await conn.close()
+def _transaction(settings: Settings) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    return admin_transaction(settings.require_database_url(), "intake")
 
 
 async def create_key(

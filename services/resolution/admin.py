@@ -4,8 +4,7 @@ the audit of the decision log. The CLI calls these; each opens its own connectio
 from __future__ import annotations
 
 import getpass
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from services.resolution import audit_log, policies, review
 from services.resolution.audit import Broken
 from services.resolution.policy import Policy, PolicyError
 from shared import topics
-from shared.db import prepare_connection
+from shared.db import admin_transaction
 from shared.settings import Settings
 
 
@@ -25,17 +24,8 @@ class AdminError(Exception):
     """A request the operator must change, in words for the operator."""
 
 
-@asynccontextmanager
-async def _transaction(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        settings.require_database_url(), server_settings={"search_path": "resolution"}
-    )
-    await prepare_connection(conn)
-    try:
-        async with conn.transaction():
-            yield conn
-    finally:
-        await conn.close()
+def _transaction(settings: Settings) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    return admin_transaction(settings.require_database_url(), "resolution")
 
 
 @dataclass(frozen=True)
