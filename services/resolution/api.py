@@ -356,6 +356,10 @@ def _replayed(status: int, body: dict[str, Any], response: Response) -> Any:
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
+def _iso(at: Any) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
 def _queue_item(row: Any) -> dict[str, Any]:
     return {
         "complaint_id": row["complaint_id"],
@@ -365,7 +369,7 @@ def _queue_item(row: Any) -> dict[str, Any]:
         "severity": row["severity"],
         "category": row["category"],
         "deadlines": _deadlines(dict(row)),
-        "next_due": row["next_due"].isoformat() if row["next_due"] else None,
+        "next_due": _iso(repository.next_due(row)),
         "breached": row["breached"],
         "waiting_role": row["waiting_role"],
         "version": row["version"],

@@ -169,7 +169,8 @@ async def save_case(conn: Conn, view: Mapping[str, Any]) -> None:
                acknowledge_by = coalesce($5, acknowledge_by), resolve_by = $6, remedy = $7,
                pending_approval = $8, staff_involved = $9, waiting_role = $10,
                breached = breached OR $11, decided_outcome = $12, version = $13,
-               chain_head = $14, policy_version = $15, next_due = $16, updated_at = now()
+               chain_head = $14, policy_version = $15,
+               next_due = coalesce($16, 'infinity'::timestamptz), updated_at = now()
            WHERE complaint_id = $1""",
         view["complaint_id"],
         view["status"],
@@ -351,8 +352,8 @@ async def queue(
              AND ($7::boolean IS NULL OR breached = $7)
              AND (NOT $8 OR (status = 'awaiting_approval' AND waiting_role = $9
                              AND ($1 OR team = $2)))
-             AND (coalesce(next_due, 'infinity'), complaint_id) > ($10, $11)
-           ORDER BY coalesce(next_due, 'infinity'), complaint_id
+             AND (next_due, complaint_id) > ($10, $11)
+           ORDER BY next_due, complaint_id
            LIMIT $12""",
         every_team,
         reader.team,
@@ -371,8 +372,14 @@ async def queue(
 
 def queue_cursor(row: Any) -> str:
     """Where the next page starts: after this row."""
-    due = row["next_due"].isoformat() if row["next_due"] else "infinity"
-    return f"{due}|{row['complaint_id']}"
+    due = next_due(row)
+    return f"{due.isoformat() if due else 'infinity'}|{row['complaint_id']}"
+
+
+def next_due(row: Any) -> datetime | None:
+    """The case's nearest running deadline; None when no clock runs ('infinity' in the row)."""
+    due: datetime = row["next_due"]
+    return None if due.year == datetime.max.year else due
 
 
 def parse_cursor(after: str | None) -> tuple[datetime, str]:

@@ -232,6 +232,17 @@ async def test_the_queue_and_authority(running) -> None:
     dues = [i["next_due"] for i in queue.json()["items"] if i["next_due"]]
     assert dues == sorted(dues)
     assert all(i["team"] == case.team for i in queue.json()["items"])
+    first = await running.http.get("/v1/complaints", headers=_auth(agent), params={"limit": 1})
+    page = first.json()
+    assert len(page["items"]) == 1 and page["next"]
+    second = await running.http.get(
+        "/v1/complaints", headers=_auth(agent), params={"limit": 1, "after": page["next"]}
+    )
+    assert second.status_code == 200, second.text
+    if second.json()["items"]:
+        assert second.json()["items"][0]["complaint_id"] != page["items"][0]["complaint_id"]
+    bad = await running.http.get("/v1/complaints", headers=_auth(agent), params={"after": "x|y"})
+    assert bad.status_code == 422
     authority = await running.http.get(f"/v1/complaints/{case.id}/authority", headers=_auth(agent))
     assert authority.status_code == 200, authority.text
     assert authority.json()["role"] == "agent"

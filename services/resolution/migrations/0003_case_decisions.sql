@@ -26,8 +26,13 @@ ALTER TABLE cases
     ADD COLUMN breached         boolean NOT NULL DEFAULT false,
     ADD COLUMN decided_outcome  text,
     ADD COLUMN policy_version   integer,
-    ADD COLUMN next_due         timestamptz;         -- the nearest running deadline: the queue's order
-CREATE INDEX cases_next_due ON cases (next_due, complaint_id);
+    -- the nearest running deadline ('infinity' when none runs): the queue's order
+    ADD COLUMN next_due         timestamptz NOT NULL DEFAULT 'infinity';
+-- The queue, nearest deadline first: every team's (managers), and one team's.
+CREATE INDEX cases_due_queue ON cases (next_due, complaint_id) WHERE version > 0;
+CREATE INDEX cases_team_queue ON cases (team, next_due, complaint_id) WHERE version > 0;
+-- Cases that name a staff member, for their reading of the queue.
+CREATE INDEX cases_named ON cases USING gin (staff_involved jsonb_path_ops) WHERE version > 0;
 
 -- Remedies applied (an approval included), for the caps (a customer's last 30 days, an
 -- authoriser's day), the consistency samples and the review of policy exceptions.
