@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -183,6 +184,12 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
                     conn, complaint_id, member.staff_id, idempotency_key
                 )
                 if saved is not None:
+                    if saved["request_sha256"] != _digest(action):
+                        raise Problem(
+                            422,
+                            "Invalid request",
+                            "this Idempotency-Key was used for another action",
+                        )
                     return _replayed(saved["status"], saved["body"], response)
             command = actions.command(action)
             result = await cases.act(
@@ -199,7 +206,13 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
             )
             if idempotency_key is not None:
                 await repository.save_answer(
-                    conn, complaint_id, member.staff_id, idempotency_key, status, body
+                    conn,
+                    complaint_id,
+                    member.staff_id,
+                    idempotency_key,
+                    _digest(action),
+                    status,
+                    body,
                 )
         return _replayed(status, body, response)
 
@@ -354,6 +367,12 @@ def _replayed(status: int, body: dict[str, Any], response: Response) -> Any:
     if status == 200:
         return body
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def _digest(action: actions.Action) -> str:
+    """What an Idempotency-Key was sent with: the action as parsed (field order and spacing
+    of the body do not matter)."""
+    return hashlib.sha256(action.model_dump_json().encode()).hexdigest()
 
 
 def _iso(at: Any) -> str | None:

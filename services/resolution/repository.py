@@ -296,7 +296,7 @@ async def saved_answer(
 ) -> asyncpg.Record | None:
     """The answer given to an earlier action with this Idempotency-Key, if any."""
     return await conn.fetchrow(
-        """SELECT status, body FROM action_requests
+        """SELECT status, body, request_sha256 FROM action_requests
            WHERE complaint_id = $1 AND actor = $2 AND idempotency_key = $3""",
         complaint_id,
         actor,
@@ -305,14 +305,17 @@ async def saved_answer(
 
 
 async def save_answer(
-    conn: Conn, complaint_id: str, actor: str, key: str, status: int, body: Any
+    conn: Conn, complaint_id: str, actor: str, key: str, request: str, status: int, body: Any
 ) -> None:
+    """Keep the answer to the action `request` (its digest) sent with Idempotency-Key `key`."""
     await conn.execute(
-        """INSERT INTO action_requests (complaint_id, actor, idempotency_key, status, body)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+        """INSERT INTO action_requests
+               (complaint_id, actor, idempotency_key, request_sha256, status, body)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
         complaint_id,
         actor,
         key,
+        request,
         status,
         body,
     )

@@ -154,6 +154,8 @@ async def test_stale_versions_retried_keys_and_malformed_actions(running) -> Non
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
     assert (await case.view())["version"] == version + 1  # applied once
+    other = await case.act(agent, {"action": "note", "text": "other"}, **{"Idempotency-Key": "k-1"})
+    assert other.status_code == 422  # a key names one action
     stale = await case.act(agent, note)  # a new attempt against the old version
     assert stale.status_code == 409
     assert stale.json()["current_version"] == version + 1

@@ -75,6 +75,7 @@ CREATE TABLE action_requests (
     complaint_id     text        NOT NULL,
     actor            text        NOT NULL,
     idempotency_key  text        NOT NULL,
+    request_sha256   text        NOT NULL,           -- the action it answered: a key names one
     status           integer     NOT NULL,
     body             jsonb       NOT NULL,
     at               timestamptz NOT NULL DEFAULT now(),
