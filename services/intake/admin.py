@@ -182,12 +182,19 @@ async def token_for(settings: Settings, secret: bytes, staff_id: str, *, ttl_s: 
             f"a token lives between 1 and {longest} seconds (COMPLAINTS_STAFF_TOKEN_MAX_LIFETIME_S)"
         )
     async with _transaction(settings) as conn:
-        member = await conn.fetchrow("SELECT active FROM staff WHERE staff_id = $1", staff_id)
+        # the issue time by the database's clock, which also dates revocations
+        member = await conn.fetchrow(
+            "SELECT active, extract(epoch FROM clock_timestamp())::float8 AS now "
+            "FROM staff WHERE staff_id = $1",
+            staff_id,
+        )
     if member is None:
         raise AdminError(f"no staff member {staff_id}")
     if not member["active"]:
         raise AdminError(f"staff member {staff_id} was removed")
-    return auth.issue_token(secret, kind=auth.STAFF, subject=staff_id, ttl_s=ttl_s)
+    return auth.issue_token(
+        secret, kind=auth.STAFF, subject=staff_id, ttl_s=ttl_s, now=member["now"]
+    )
 
 
 async def set_staff(settings: Settings, staff_id: str, **changes: Any) -> list[str]:
