@@ -113,22 +113,28 @@ async def add_staff(
     capacity: int,
     available: bool = True,
 ) -> None:
-    """Add a member to the directory."""
+    """Add a member to the directory; a removed member is taken back with these details (their
+    tokens from before stay revoked)."""
     _check_member(role, languages, capacity)
+    member = {
+        "name": name,
+        "team": team,
+        "role": role,
+        "languages": [lang.lower() for lang in languages],
+        "capacity": capacity,
+        "available": available,
+    }
     try:
         async with _transaction(settings) as conn:
-            await repository.add_staff(
-                conn,
-                staff_id=staff_id,
-                name=name,
-                team=team,
-                role=role,
-                languages=[lang.lower() for lang in languages],
-                capacity=capacity,
-                available=available,
-            )
+            before = await repository.update_staff(conn, staff_id)
+            if before is not None and before["active"]:
+                raise AdminError(f"staff {staff_id} already exists; use `staff set`")
+            if before is None:
+                await repository.add_staff(conn, staff_id=staff_id, **member)
+            else:
+                await repository.update_staff(conn, staff_id, active=True, **member)
             await announce_staff(conn)
-    except asyncpg.UniqueViolationError:
+    except asyncpg.UniqueViolationError:  # added meanwhile by someone else
         raise AdminError(f"staff {staff_id} already exists; use `staff set`") from None
 
 

@@ -80,6 +80,11 @@ async def test_a_removed_member_is_refused_and_cannot_get_a_token(running) -> No
         await admin.token_for(running.settings, running.secret, staff_id, ttl_s=60)
     with pytest.raises(admin.AdminError, match="no staff member"):
         await admin.token_for(running.settings, running.secret, "nobody-at-all", ttl_s=60)
+    # taken back: a new token works, the old one stays refused
+    await running.add_member(staff_id)
+    fresh = await admin.token_for(running.settings, running.secret, staff_id, ttl_s=60)
+    assert await _status(running, fresh) == 404
+    assert await _status(running, token) == 401
 
 
 async def test_staff_read_their_teams_cases_managers_every_teams(running) -> None:
