@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from services.resolution import admin, audit_log
+from services.resolution import admin, audit_log, repository
 from services.resolution.audit import entry_hash
 from services.resolution.case import (
     SYSTEM,
@@ -29,7 +29,7 @@ from services.resolution.case import (
 )
 from services.resolution.policy import Role, default_policy
 from shared import topics
-from shared.db import prepare_connection
+from shared.db import admin_transaction
 from shared.events import Category, Channel, Severity, new_event
 from shared.settings import Settings
 from tests.support import complaints_cli_text
@@ -57,33 +57,14 @@ def _decided(complaint_id: str) -> list[Event]:
 
 
 async def _sql(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(
-        settings.require_database_url(), server_settings={"search_path": "resolution"}
-    )
-    await prepare_connection(conn)
-    try:
+    async with admin_transaction(settings.require_database_url(), "resolution") as conn:
         return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def _store(settings: Settings, events: list[Event]) -> None:
-    for e in events:
-        await _sql(
-            settings,
-            """INSERT INTO case_events
-               (complaint_id, seq, event_id, type, at, actor, data, prev_hash, hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            e.complaint_id,
-            e.seq,
-            e.event_id,
-            str(e.type),
-            e.at,
-            e.actor,
-            e.data(),
-            e.prev_hash,
-            e.hash,
-        )
+    """The events as resolution writes its decision log."""
+    async with admin_transaction(settings.require_database_url(), "resolution") as conn:
+        await repository.append_events(conn, events)
 
 
 async def _publish(settings: Settings, events: list[Event]) -> None:
