@@ -134,7 +134,6 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     """Record `messages` in the caller's transaction, each with its trace context."""
     if not messages:
         return
-    db.wake_after_commit(conn, WORKER)
     current = inject_headers()
     # one statement for the lot, in the given order (ids follow it: the relay publishes by id)
     await conn.execute(
@@ -148,6 +147,7 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
         [m.event.to_bytes() for m in messages],
         [_stored_headers(current if m.trace is None else m.trace, m.event.type) for m in messages],
     )
+    db.wake_after_commit(conn, WORKER)  # after the write: at once when not in a transaction
 
 
 def _stored_headers(trace: dict[str, str], type_: str) -> str:

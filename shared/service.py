@@ -88,6 +88,7 @@ class Service:
         types: Collection[str] | None = None,
         skip: Collection[str] = (),
         follower: bool = False,
+        one_per_transaction: bool = False,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
         goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
@@ -96,13 +97,19 @@ class Service:
         unread (no transaction, no span), and so are those whose header names one of `skip`;
         records without the header still reach `handle`.
         A `follower` is off every latency path and fetches less often (see
-        `kafka.consumer_options`).
+        `kafka.consumer_options`). With `one_per_transaction`, each record gets a transaction
+        of its own (for a handler that locks what other transactions lock too: a batch holding
+        several such locks could close a cycle).
         """
         consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
             records = [r for r in records if r.may_be(types) and r.event_type() not in skip]
             if not records:
+                return
+            if one_per_transaction and len(records) > 1:
+                for record in records:
+                    await process([record], now)
                 return
 
             async def one(conn: Conn, record: kafka.Record) -> None:

@@ -101,10 +101,10 @@ async def schedule(
     failed and `rearm` is not set (then nothing changes). The commit wakes the worker."""
     if due_at.tzinfo is None:
         raise ValueError("due_at must be timezone-aware")
-    wake_after_commit(conn, WORKER)
     done = await conn.fetchval(
         SCHEDULE_SQL, key, kind, {} if payload is None else payload, due_at, rearm
     )
+    wake_after_commit(conn, WORKER)
     return bool(done)
 
 
@@ -115,7 +115,6 @@ async def schedule_many(conn: Conn, armed: Sequence[tuple[str, datetime, str, An
         return
     if any(due.tzinfo is None for _, due, _, _ in armed):
         raise ValueError("due_at must be timezone-aware")
-    wake_after_commit(conn, WORKER)
     await conn.execute(
         """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
            SELECT k, kind, p::jsonb, d, d
@@ -130,6 +129,7 @@ async def schedule_many(conn: Conn, armed: Sequence[tuple[str, datetime, str, An
         [json.dumps({} if payload is None else payload) for _, _, _, payload in armed],
         [due for _, due, _, _ in armed],
     )
+    wake_after_commit(conn, WORKER)
 
 
 async def cancel_many(conn: Conn, keys: Sequence[str]) -> None:

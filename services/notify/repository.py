@@ -31,7 +31,6 @@ async def plan(
 ) -> bool:
     """Queue a message for delivery (or, `held_for` a digest, for that digest to carry); False
     if this complaint already has one of that kind. The commit wakes the mailer."""
-    wake_after_commit(conn, WORKER)
     inserted = await conn.fetchval(
         """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
                language, subject, body, trace_headers, status, digest_id, next_attempt_at)
@@ -51,6 +50,7 @@ async def plan(
         held_for,
         due,
     )
+    wake_after_commit(conn, WORKER)
     return inserted is not None
 
 
@@ -70,7 +70,6 @@ async def plan_many(conn: Conn, plans: Sequence[Planned]) -> None:
     a message of that kind keeps it). The commit wakes the mailer."""
     if not plans:
         return
-    wake_after_commit(conn, WORKER)
     await conn.execute(
         """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
                language, subject, body, trace_headers, status, digest_id, next_attempt_at)
@@ -92,6 +91,7 @@ async def plan_many(conn: Conn, plans: Sequence[Planned]) -> None:
         [json.dumps(p.trace_headers) for p in plans],
         [p.held_for for p in plans],
     )
+    wake_after_commit(conn, WORKER)
 
 
 async def lock_windows(conn: Conn, addresses: Sequence[str]) -> dict[str, Window]:

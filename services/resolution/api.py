@@ -96,6 +96,8 @@ CHANNEL_FIELDS = (
 )
 
 
+REMEDY_FIELDS = ("type", "amount", "percent", "at")
+
 # What a channel sees of an entry's detail: what it must tell the customer, nothing more.
 CHANNEL_DETAIL = {
     "complaint.information_requested": ("question",),
@@ -112,6 +114,8 @@ def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     """What the submitting channel sees: state and clocks, no staff-only detail."""
     full = staff_view(found)
     view = {name: full[name] for name in CHANNEL_FIELDS}
+    if view["remedy"] is not None:  # what the customer was given, not who authorised it
+        view["remedy"] = {k: v for k, v in view["remedy"].items() if k in REMEDY_FIELDS}
     view["timeline"] = [
         {
             **{k: v for k, v in entry.items() if k not in ("detail", "actor")},
@@ -260,12 +264,12 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
             found = await repository.load_view(conn, complaint_id)
             if found is None or not _may_read(found["case"], member, None):
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
-            loaded = await cases.load(conn, complaint_id)
+            loaded = await cases.load(conn, complaint_id, lock=False)
             if loaded is None:
                 raise Problem(404, "Not found", f"complaint {complaint_id} has no case yet")
             active = await policy(conn, None)
             actor = cases.staff_actor(member, loaded.state)
-            usage = await cases.usage(conn, loaded.state, actor, active, utcnow())
+            usage = await cases.usage(conn, loaded.state, actor, active, utcnow(), lock=False)
         # staff the complaint names may only give their account: they may offer nothing
         left = NOTHING if actor.named_in_case else remaining(active, member.role, usage)
         return {"role": member.role.value, "policy_version": active.version, **left.to_json()}

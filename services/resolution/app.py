@@ -30,6 +30,8 @@ class Resolution(Service):
             topics.COMMANDS,
             handlers.command_router(self.staff_member, self.policy),
             group=f"{self.group_id}-commands",
+            # a decision locks its case, then its caps: never two cases in one transaction
+            one_per_transaction=True,
         )
 
     async def policy(self, conn: Conn, version: int | None = None) -> Policy:

@@ -370,7 +370,9 @@ def _reassigned(state: CaseState, cmd: Reassigned, ctx: Context) -> Result:
     # intake keeps who holds what in step with the directory; only the system relays it
     if ctx.actor.kind is not ActorKind.SYSTEM:
         return _forbidden("only the system relays intake's reassignments", "system_only")
-    if state.assignee == cmd.to or state.status in (Status.RESOLVED, Status.CLOSED):
+    if state.assignee != cmd.from_ or state.assignee == cmd.to:
+        return []  # the case moved since (a claim, an assignment): intake follows that one
+    if state.status in (Status.RESOLVED, Status.CLOSED):
         return []
     return [(Kind.ASSIGNED, {**_assigned(state, cmd.to, claimed=False)[1], "reason": cmd.reason})]
 

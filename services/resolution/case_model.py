@@ -312,6 +312,7 @@ class Reassigned:
 
     to: str | None
     reason: str
+    from_: str | None = None  # who intake moved it from: a case held by someone else stays
 
 
 Command: TypeAlias = (

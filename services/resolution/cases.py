@@ -65,11 +65,18 @@ class Loaded:
     state: CaseState
 
 
-async def load(conn: Conn, complaint_id: str, *, wait: bool = True) -> Loaded | None:
+async def load(
+    conn: Conn, complaint_id: str, *, wait: bool = True, lock: bool = True
+) -> Loaded | None:
     """The case, its row locked until the transaction ends (one decision at a time per case);
     None when no case has this id (or it is not opened yet). With `wait=False`, a case another
-    transaction holds raises `timers.Later` instead of waiting."""
-    row = await repository.lock_case(conn, complaint_id, wait=wait)
+    transaction holds raises `timers.Later` instead of waiting. Without `lock`, a read: nothing
+    is locked."""
+    row = (
+        await repository.lock_case(conn, complaint_id, wait=wait)
+        if lock
+        else await repository.read_case(conn, complaint_id)
+    )
     if row is None and not wait and await repository.case_exists(conn, complaint_id):
         raise timers.Later()
     if row is None or row["version"] == 0:
@@ -196,12 +203,21 @@ async def context(
     return ctx
 
 
-async def usage(conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime) -> Usage:
+async def usage(
+    conn: Conn,
+    state: CaseState,
+    actor: Actor,
+    policy: Policy,
+    now: datetime,
+    *,
+    lock: bool = True,
+) -> Usage:
     """Money applied to this customer in the caps' window, and by the actor today (UTC).
 
     The customer's and then the actor's totals are locked until the transaction ends, so two
     decisions on different cases cannot both spend the same room under a cap."""
-    await repository.lock_totals(conn, customer_id=state.customer_id, staff_id=actor.id)
+    if lock:
+        await repository.lock_totals(conn, customer_id=state.customer_id, staff_id=actor.id)
     window = now - timedelta(days=policy.caps.customer_window_days)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     customer = await repository.money_by_currency(conn, customer_id=state.customer_id, since=window)

@@ -46,7 +46,7 @@ def event_router(policy: cases.PolicySource) -> EventRouter:
             await cases.act(
                 conn,
                 loaded,
-                Reassigned(data.to_assignee, data.reason),
+                Reassigned(data.to_assignee, data.reason, data.from_assignee),
                 SYSTEM,
                 policy=await policy(conn, None),
                 now=delivery.now,

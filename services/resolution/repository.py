@@ -127,6 +127,11 @@ async def lock_case(conn: Conn, complaint_id: str, *, wait: bool = True) -> asyn
     )
 
 
+async def read_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
+    """The case row, for a read (nothing locked)."""
+    return await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
+
+
 async def case_exists(conn: Conn, complaint_id: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM cases WHERE complaint_id = $1", complaint_id))
 

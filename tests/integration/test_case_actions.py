@@ -94,6 +94,10 @@ async def test_within_authority_applies_at_once_and_resolves(running) -> None:
     assert resolved.status_code == 200, resolved.text
     assert resolved.json()["status"] == "resolved"
     assert resolved.json()["outcome"] == "upheld"
+    channel = await running.http.get(f"/v1/complaints/{case.id}", headers=_auth(running.web_key))
+    seen = channel.json()
+    assert seen["remedy"]["type"] == "refund" and "authorized_by" not in seen["remedy"]
+    assert "agent-" not in channel.text  # the channel never learns who on the staff acted
 
 
 async def test_above_authority_waits_for_the_lowest_role_that_covers_it(running) -> None:
