@@ -1,7 +1,7 @@
 """Timer lateness: N durable timers due within a window, fired by worker processes.
 
 Makes a fresh database on the local PostgreSQL with the shared migrations in one schema, starts
---workers processes each running a `TimerWorker` (tests/timer_worker_script.py: its handler
+--workers processes each running a `TimerWorker` (bench/timer_worker.py: its handler
 writes one row per firing in the firing transaction), then schedules --timers timers due evenly
 over --within seconds, starting --lead seconds later. When all have fired (or the deadline
 passes) it prints lateness (fired_at − due_at, both on the database's clock) p50/p99/max, how
@@ -23,9 +23,9 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from bench.timer_worker import EFFECTS_DDL
 from shared import db, devinfra, migrate
 from shared.timers import SCHEDULE_SQL
-from tests.timer_worker_script import EFFECTS_DDL
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "clocks"
@@ -41,7 +41,7 @@ async def _worker(dsn: str, batch: int, lanes: int) -> asyncio.subprocess.Proces
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.timer_worker_script",
+        "bench.timer_worker",
         dsn,
         SCHEMA,
         "--batch",

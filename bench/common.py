@@ -134,8 +134,8 @@ async def stop_processes(
 
 async def _wait_consuming(settings: Settings, timeout_s: float = 60) -> None:
     """Wait until intake consumes: one probe submission over Kafka, routed."""
+    from complaints.samples import submission
     from shared.events import EventType, new_event
-    from tests.support import submission
 
     watcher = Watcher(settings.kafka_bootstrap or "", "complaint.routed", by="external_id")
     await watcher.start()

@@ -28,9 +28,9 @@ import asyncpg
 
 from bench.common import Bench, Watcher, percentile, running_system
 from bench.httpclient import Connection
+from complaints.samples import submission
 from shared import kafka, topics
 from shared.events import EventType, new_event
-from tests.support import submission
 
 
 def _report(label: str, latencies_ms: list[float]) -> str:

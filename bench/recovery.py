@@ -52,10 +52,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import percentile, prepare
 from bench.httpclient import Connection
+from complaints.samples import submission
 from shared import devinfra, kafka, topics
 from shared.events import EventType, new_event
 from shared.settings import Settings
-from tests.support import submission
 
 SERVICES = ("intake", "resolution", "notify")
 FIRST_WORK_TARGET_S = 8.0

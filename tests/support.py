@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from complaints.samples import submission as submission
 
 T = TypeVar("T")
 
@@ -32,27 +33,6 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
-
-
-def submission(channel: str = "web", /, **overrides: Any) -> dict[str, Any]:
-    """A valid `complaint.submitted` data document with a unique external id and e-mail."""
-    token = uuid.uuid4().hex[:10]
-    data: dict[str, Any] = {
-        "external_id": f"{channel}-{token}",
-        "channel": channel,
-        "customer": {
-            "id": f"cust-{token}",
-            "name": "Sanne de Vries",
-            "email": f"sanne.{token}@example.com",
-            "phone": "+31 20 555 0101",
-            "locale": "nl",
-        },
-        "description": "Mijn bestelling is al drie keer verkeerd bezorgd.",
-        "category": "service",
-        "amount_at_stake": {"amount": "89.00", "currency": "EUR"},
-    }
-    data.update(overrides)
-    return data
 
 
 async def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> list[Any]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.timer_worker import EFFECTS_DDL
 from shared import db, timers
 from shared.timers import Timer, TimerWorker
 from tests.conftest import shared_schema
-from tests.timer_worker_script import EFFECTS_DDL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,7 +229,7 @@ async def test_a_worker_process_killed_mid_run_loses_no_timer_and_fires_none_twi
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.timer_worker_script",
+            "bench.timer_worker",
             schema.dsn,
             schema.name,
             "--delay-ms",

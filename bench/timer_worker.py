@@ -1,6 +1,6 @@
 """A timer worker in a process of its own, for the crash test and `bench.clocks`.
 
-    python -m tests.timer_worker_script DSN SCHEMA [--delay-ms N] [--batch N] [--lanes N]
+    python -m bench.timer_worker DSN SCHEMA [--delay-ms N] [--batch N] [--lanes N]
 
 Fires timers of kind `tick`: each firing inserts (key, this process's id) into the schema's
 `timer_effects` table in the firing transaction. Prints `ready` once started; SIGTERM stops it.
