@@ -395,5 +395,9 @@ def parse_cursor(after: str | None) -> tuple[datetime, str]:
     if not after:
         return datetime.min.replace(tzinfo=UTC), ""
     due, _, complaint_id = after.partition("|")
-    at = datetime.max.replace(tzinfo=UTC) if due == "infinity" else parse_rfc3339(due)
-    return at, complaint_id
+    if due == "infinity":
+        return datetime.max.replace(tzinfo=UTC), complaint_id
+    try:  # an offset can push a time at the calendar's edge out of range
+        return parse_rfc3339(due).astimezone(UTC), complaint_id
+    except OverflowError:
+        raise ValueError("a time out of range") from None

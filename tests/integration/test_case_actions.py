@@ -247,8 +247,11 @@ async def test_the_queue_and_authority(running) -> None:
     assert second.status_code == 200, second.text
     if second.json()["items"]:
         assert second.json()["items"][0]["complaint_id"] != page["items"][0]["complaint_id"]
-    bad = await running.http.get("/v1/complaints", headers=_auth(agent), params={"after": "x|y"})
-    assert bad.status_code == 422
+    for cursor in ("x|y", "9999-12-31T23:59:59-23:00|y", "0001-01-01T00:00:00+23:00|y"):
+        bad = await running.http.get(
+            "/v1/complaints", headers=_auth(agent), params={"after": cursor}
+        )
+        assert bad.status_code == 422, (cursor, bad.status_code)
     authority = await running.http.get(f"/v1/complaints/{case.id}/authority", headers=_auth(agent))
     assert authority.status_code == 200, authority.text
     assert authority.json()["role"] == "agent"
