@@ -86,8 +86,10 @@ class Role(StrEnum):
     DIRECTOR = "director"
 
     @property
-    def rank(self) -> int:
-        return list(Role).index(self)
+    def every_team(self) -> bool:
+        """Managers and directors act on (and read) every team's cases; the others on their
+        own team's."""
+        return self in (Role.MANAGER, Role.DIRECTOR)
 
 
 class Category(StrEnum):

@@ -13,7 +13,6 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.notify import repository
 from shared import auth
-from shared.events import Role
 from shared.service import Service
 from shared.web import Problem, bearer
 
@@ -80,8 +79,7 @@ async def _events(
                 except auth.InvalidToken:
                     return
                 checked_at = loop.time()
-                sees_all = member.role in (Role.MANAGER, Role.DIRECTOR)
-                teams = None if sees_all else [member.team]
+                teams = None if member.role.every_team else [member.team]
             rows = await repository.stream_after(conn, after, teams=teams)
         for row in rows:
             after = row["id"]

@@ -14,7 +14,7 @@ from services.resolution.case import Actor, ActorKind, CaseState, Refusal
 from services.resolution.policy import Remaining, remaining
 from shared import auth, directory
 from shared.db import Conn
-from shared.events import Role, utcnow
+from shared.events import utcnow
 from shared.service import Service
 from shared.web import Problem, bearer
 
@@ -421,7 +421,7 @@ def _may_read(case: dict[str, Any], member: directory.Member | None, channel: st
     them; a channel reads the complaints it submitted."""
     if member is None:
         return bool(case["channel"] == channel)
-    if member.role in (Role.MANAGER, Role.DIRECTOR) or member.team == case["team"]:
+    if member.role.every_team or member.team == case["team"]:
         return True
     named: list[dict[str, Any]] = case["staff_involved"] or []
     return any(entry.get("staff_id") == member.staff_id for entry in named)

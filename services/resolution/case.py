@@ -175,9 +175,6 @@ def _malformed(reason: str, *missing: str) -> Refusal:
     return Refusal(422, reason, "malformed", missing=list(missing))
 
 
-_ANY_TEAM = frozenset({Role.MANAGER, Role.DIRECTOR})
-
-
 def _staff_check(state: CaseState, actor: Actor) -> Refusal | None:
     # Team members act on their team's cases, managers and directors on any; the named
     # never judge their own case (they may only give their account).
@@ -187,7 +184,7 @@ def _staff_check(state: CaseState, actor: Actor) -> Refusal | None:
         return _forbidden("the staff member is not active", "inactive")
     if actor.named_in_case or state.named(actor.id):
         return _forbidden("staff named in the complaint may only give their account", "named")
-    if actor.role not in _ANY_TEAM and actor.team != state.team:
+    if not actor.role.every_team and actor.team != state.team:
         return _forbidden("not a member of the case's team", "not_team")
     return None
 
@@ -357,7 +354,7 @@ def _assign(state: CaseState, cmd: Assign, ctx: Context) -> Result:
     target = ctx.target
     if target is None or target.id != cmd.to or not target.active:
         return _malformed("the assignee must be an active staff member", "to")
-    if target.role not in _ANY_TEAM and target.team != state.team:
+    if not target.role.every_team and target.team != state.team:
         return _malformed("the assignee must be a member of the case's team", "to")
     if state.named(target.id):
         return _malformed("staff named in the complaint cannot hold the case", "to")

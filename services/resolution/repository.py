@@ -346,7 +346,7 @@ async def queue(
     """The cases `reader` may see (their team's and those naming them; every team's for
     managers and directors) matching `filters`, nearest deadline first, after the cursor."""
     due_after, id_after = after
-    every_team = reader.role in (Role.MANAGER, Role.DIRECTOR)
+    every_team = reader.role.every_team
     return await conn.fetch(
         """SELECT complaint_id, status, team, assignee, severity, category, acknowledge_by,
                   resolve_by, next_due, breached, waiting_role, version
