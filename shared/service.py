@@ -16,13 +16,13 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import db, deadletters, directory, kafka, migrate, outbox, retention
+from shared import auth, db, deadletters, directory, kafka, migrate, outbox, retention
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider, service_name, tracer
-from shared.web import traced_route_class
+from shared.web import Problem, traced_route_class
 from shared.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,13 @@ class Service:
             token,
             max_lifetime_s=self.settings.staff_token_max_lifetime_s,
         )
+
+    async def staff_or_401(self, conn: Conn, token: str) -> directory.Member:
+        """`staff_member` for an HTTP route: a token that is refused answers 401 with why."""
+        try:
+            return await self.staff_member(conn, token)
+        except auth.InvalidToken as refused:
+            raise Problem(401, "Unauthorized", f"staff token rejected: {refused}") from None
 
     def run_worker(self, name: str, worker: Worker) -> None:
         """Run `worker` until the service stops, woken by commits that ask for `name`."""

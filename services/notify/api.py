@@ -44,10 +44,7 @@ def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
     async def stream(request: Request) -> EventSourceResponse:
         token = request.query_params.get("access_token") or bearer(request)
         async with service.pool.acquire() as conn:
-            try:
-                await service.staff_member(conn, token)
-            except auth.InvalidToken as exc:
-                raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
+            await service.staff_or_401(conn, token)
         resume = request.headers.get("last-event-id", "").strip()
         if resume and not resume.isdigit():
             raise Problem(

@@ -178,7 +178,7 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
         async with service.pool.acquire() as conn, conn.transaction():
-            member = await _staff(service, conn, bearer(request))
+            member = await service.staff_or_401(conn, bearer(request))
             found = await cases.load(conn, complaint_id)
             if found is None:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
@@ -260,7 +260,7 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
     )
     async def get_authority(complaint_id: str, request: Request) -> dict[str, Any]:
         async with service.pool.acquire() as conn:
-            member = await _staff(service, conn, bearer(request))
+            member = await service.staff_or_401(conn, bearer(request))
             found = await repository.load_view(conn, complaint_id)
             if found is None or not _may_read(found["case"], member, None):
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
@@ -290,7 +290,7 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
         after: Annotated[str | None, Query(max_length=300)] = None,
     ) -> dict[str, Any]:
         async with service.pool.acquire() as conn:
-            member = await _staff(service, conn, bearer(request))
+            member = await service.staff_or_401(conn, bearer(request))
             try:
                 cursor = repository.parse_cursor(after)
             except ValueError:
@@ -313,14 +313,6 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
         items = [_queue_item(r) for r in rows]
         next_page = repository.queue_cursor(rows[-1]) if len(rows) == limit else None
         return {"items": items, "next": next_page}
-
-
-async def _staff(service: Service, conn: Conn, token: str) -> directory.Member:
-    """The active member a staff token names, or a 401."""
-    try:
-        return await service.staff_member(conn, token)
-    except auth.InvalidToken as refused:
-        raise Problem(401, "Unauthorized", f"staff token rejected: {refused}") from None
 
 
 async def _answer(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from services.resolution import review
-from shared import auth, directory
+from shared import directory
 from shared.db import Conn
 from shared.events import Role
 from shared.service import Service
@@ -18,10 +18,7 @@ REVIEWERS = (Role.MANAGER, Role.DIRECTOR)
 
 async def _reviewer(service: Service, conn: Conn, token: str) -> directory.Member:
     """The active manager or director the token names; else a 401 or 403 problem."""
-    try:
-        member = await service.staff_member(conn, token)
-    except auth.InvalidToken as exc:
-        raise Problem(401, "Unauthorized", f"staff token rejected: {exc}") from None
+    member = await service.staff_or_401(conn, token)
     if member.role not in REVIEWERS:
         raise Problem(
             403,
