@@ -195,15 +195,8 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
                             "this Idempotency-Key was used for another action",
                         )
                     return _replayed(saved["status"], saved["body"], response)
-            command = actions.command(action)
-            result = await cases.act(
-                conn,
-                found,
-                command,
-                cases.staff_actor(member, found.state),
-                policy=await policy(conn, cases.pinned_version(found.state, command)),
-                now=utcnow(),
-                expected_version=action.version,
+            result = await cases.staff_action(
+                conn, found, action, member, policies=policy, now=utcnow()
             )
             status, body = await _answer(
                 conn, complaint_id, result, staff=True, instance=request.url.path

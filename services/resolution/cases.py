@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from services.resolution import domain, repository
+from services.resolution import actions, domain, repository
 from services.resolution.case import (
     EMPTY,
     SYSTEM,
@@ -125,6 +125,30 @@ async def act(
     if not result:
         return loaded.state  # nothing to decide (a move to where the case already is)
     return await _commit(conn, loaded.state, result, policy=policy)
+
+
+async def staff_action(
+    conn: Conn,
+    loaded: Loaded,
+    action: actions.Action,
+    member: directory.Member,
+    *,
+    policies: PolicySource,
+    now: datetime,
+) -> CaseState | Refusal:
+    """A staff member's action, from HTTP or the command topic alike, decided and kept (see
+    `act`): against the case version they saw, under the policy version a pending approval
+    was proposed under, else the active one."""
+    command = actions.command(action)
+    return await act(
+        conn,
+        loaded,
+        command,
+        staff_actor(member, loaded.state),
+        policy=await policies(conn, pinned_version(loaded.state, command)),
+        now=now,
+        expected_version=action.version,
+    )
 
 
 async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: PolicySource) -> None:

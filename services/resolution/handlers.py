@@ -117,15 +117,8 @@ async def _run_command(
     loaded = await cases.load(conn, complaint_id)
     if loaded is None:
         return Refusal(404, f"no complaint {complaint_id}", "not_found")
-    command = actions.command(action)
-    result = await cases.act(
-        conn,
-        loaded,
-        command,
-        cases.staff_actor(member, loaded.state),
-        policy=await policy(conn, cases.pinned_version(loaded.state, command)),
-        now=delivery.now,
-        expected_version=action.version,
+    result = await cases.staff_action(
+        conn, loaded, action, member, policies=policy, now=delivery.now
     )
     return result if isinstance(result, Refusal) else None
 
