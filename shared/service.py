@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
@@ -20,6 +20,7 @@ from shared import auth, db, deadletters, directory, kafka, migrate, outbox, ret
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
+from shared.routing import EventRouter
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider, service_name, tracer
 from shared.web import Problem, traced_route_class
@@ -27,10 +28,6 @@ from shared.workers import Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class RecordHandler(Protocol):
-    def __call__(self, conn: Conn, record: kafka.Record, *, now: datetime) -> Awaitable[None]: ...
 
 
 class Service:
@@ -81,27 +78,26 @@ class Service:
     def consume(
         self,
         topic: str,
-        handle: RecordHandler,
+        router: EventRouter,
         *,
         after: Callable[[], None] | None = None,
         group: str | None = None,
-        types: Collection[str] | None = None,
-        skip: Collection[str] = (),
         follower: bool = False,
         one_per_transaction: bool = False,
     ) -> None:
         """Consume `topic` in ordered, at-least-once batches, one transaction each; each record
-        goes to `handle(conn, record, now=...)` in its own savepoint (see `kafka.process_batch`).
+        goes to `router` (see `kafka.process_batch`).
 
-        With `types`, records whose type header (`event-type`) names another type are skipped
-        unread (no transaction, no span), and so are those whose header names one of `skip`;
-        records without the header still reach `handle`.
+        Records whose type header (`event-type`) names a type the router does not act on, or
+        one it ignores, are skipped unread (no transaction, no span); records without the
+        header still reach it.
         A `follower` is off every latency path and fetches less often (see
         `kafka.consumer_options`). With `one_per_transaction`, each record gets a transaction
         of its own (for a handler that locks what other transactions lock too: a batch holding
         several such locks could close a cycle).
         """
         consumer = self._consumer(group or self.group_id)
+        types, skip = router.types, router.ignored
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
             records = [r for r in records if r.may_be(types) and r.event_type() not in skip]
@@ -113,7 +109,7 @@ class Service:
                 return
 
             async def one(conn: Conn, record: kafka.Record) -> None:
-                await handle(conn, record, now=now)
+                await router(conn, record, now=now)
 
             await kafka.process_batch(
                 pool=self.pool,

@@ -21,7 +21,6 @@ class Intake(Service):
             topics.EVENTS,
             handlers.cases,
             group=f"{self.group_id}-cases",
-            types=handlers.cases.types,
             follower=True,  # staff load may lag a case's resolution by a fraction of a second
         )
 

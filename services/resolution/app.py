@@ -22,8 +22,7 @@ class Resolution(Service):
         self._policies = PolicyCache()
         api.install(self, self.router, self.policy)
         review_api.install(self, self.router)
-        events = handlers.event_router(self.policy)
-        self.consume(topics.EVENTS, events, skip=events.ignored)
+        self.consume(topics.EVENTS, handlers.event_router(self.policy))
         self.consume(topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys")
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
         self.consume(
