@@ -71,28 +71,14 @@ async def prune(
 WORKER = "retention"
 
 
-class Retention:
-    """Prunes now and then every `every_s` seconds, until stopped; a failure is logged and
+def worker(pool: asyncpg.Pool, rules: list[Rule], *, every_s: float, service: str) -> Loop:
+    """Pruning now and then every `every_s` seconds, until stopped; a failure is logged and
     tried again next time."""
 
-    def __init__(self, pool: asyncpg.Pool, rules: list[Rule], *, every_s: float, service: str):
-        self._pool = pool
-        self._rules = rules
-        self._every = every_s
-        self._service = service
-        self._loop = Loop(f"{service} retention", self._step, backoff_s=every_s)
-
-    def wake(self) -> None:
-        self._loop.wake()
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    async def run(self) -> None:
-        await self._loop.run()
-
-    async def _step(self) -> float:
-        deleted = await prune(self._pool, self._rules, now=utcnow())
+    async def step() -> float:
+        deleted = await prune(pool, rules, now=utcnow())
         if any(deleted.values()):
-            log.info("%s retention deleted %s", self._service, deleted)
-        return self._every
+            log.info("%s retention deleted %s", service, deleted)
+        return every_s
+
+    return Loop(f"{service} retention", step, backoff_s=every_s)

@@ -340,7 +340,7 @@ class Service:
         self.run_worker(outbox.WORKER, self._relay)
         self.run_worker(
             retention.WORKER,
-            retention.Retention(
+            retention.worker(
                 self._pool,
                 self.retention_rules(),
                 every_s=self.settings.retention_interval_s,
