@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -227,6 +227,20 @@ class Transient(Exception):
         self.cause = cause
 
 
+@contextlib.contextmanager
+def transient_as_such() -> Iterator[None]:
+    """Raise a failure that says the database or broker is away as `Transient` (the batch is
+    tried again later, no record blamed); any other failure as it is."""
+    try:
+        yield
+    except Transient:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise Transient(exc) from exc
+        raise
+
+
 @dataclass(frozen=True)
 class Consumer:
     """Who consumes (its group), and how it treats records that fail."""
@@ -265,7 +279,7 @@ async def process_batch(
     database or broker away) raises `Transient`: the caller rolls the whole batch back and
     tries it again later, and no record is blamed for it.
     """
-    try:
+    with transient_as_such():
         async with pool.acquire() as conn:
             if await _all_at_once(conn, tracer, consumer, records, handle):
                 return
@@ -278,12 +292,6 @@ async def process_batch(
                             await deadletters.store(
                                 conn, [letter], preview_bytes=consumer.preview_bytes
                             )
-    except Transient:
-        raise
-    except Exception as exc:
-        if is_transient(exc):
-            raise Transient(exc) from exc
-        raise
 
 
 async def _all_at_once(
@@ -429,14 +437,8 @@ async def process_batch_together(
                     # a parser bug must cost this record only, never block the partition
                     _failed(span, exc)
                     letters.append((failure_letter(record, exc, consumer), inject_headers()))
-        try:
+        with transient_as_such():
             await _apply_together(pool, consumer, good, letters, apply)
-        except Transient:
-            raise
-        except Exception as exc:
-            if is_transient(exc):
-                raise Transient(exc) from exc
-            raise
     finally:
         for span in spans:
             span.end()
