@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.httpclient import Connection
 from complaints import system
 from shared import devinfra, kafka, topics
 from shared.settings import Settings
@@ -85,24 +86,7 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
                 COMPLAINTS_HTTP_PORT=str(port),
                 COMPLAINTS_STATE_DIR=str(tmp),
             )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "complaints",
-                *command,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            while True:
-                line = await asyncio.wait_for(proc.stdout.readline(), 120)
-                if not line:
-                    raise RuntimeError(f"complaints {' '.join(command)} ended before it was ready")
-                if b"complaints is up" in line or b"serving on" in line:
-                    break
-            drains.append(asyncio.create_task(_drain(proc.stdout)))
+            drains.append(await spawn(command, env, procs))
             urls.append(f"http://127.0.0.1:{port}")
         await _wait_consuming(settings)
         # the measuring process must not pause either: its full GC passes (about 30 ms each,
@@ -114,6 +98,70 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
         await devinfra.drop_database(admin_url, name)
         if broker is not None:
             broker.stop()
+
+
+async def spawn(
+    command: Sequence[str], env: dict[str, str], procs: list[asyncio.subprocess.Process]
+) -> asyncio.Task[None]:
+    """Start `complaints COMMAND` in a subprocess (added to `procs` at once, so it is stopped
+    even if it never gets ready) and wait until it serves; the task that reads its output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    procs.append(proc)
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not line:
+            raise RuntimeError(f"complaints {' '.join(command)} ended before it was ready")
+        if b"complaints is up" in line or b"serving on" in line:
+            return asyncio.create_task(_drain(proc.stdout))
+
+
+async def post_submissions(
+    base_urls: Sequence[str],
+    docs: Sequence[dict[str, Any]],
+    key: str,
+    *,
+    concurrency: int,
+    rate: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, float], float]:
+    """POST `docs` with `concurrency` keep-alive clients (spread over `base_urls`), at `rate`
+    a second or flat out; when each began by complaint id, and when the first could (`clock`
+    times both)."""
+    started: dict[str, float] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    t0 = clock()
+    next_index = 0
+
+    async def client(n_client: int) -> None:
+        nonlocal next_index
+        conn = Connection(base_urls[n_client % len(base_urls)])
+        try:
+            while next_index < len(docs):
+                n = next_index
+                next_index += 1
+                if rate:
+                    delay = t0 + n / rate - clock()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                began = clock()
+                status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
+                if status != 202:
+                    raise RuntimeError(f"POST answered {status}: {answer}")
+                started[answer["complaint_id"]] = began
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    return started, t0
 
 
 async def stop_processes(

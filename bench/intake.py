@@ -26,8 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Bench, Watcher, percentile, running_system
-from bench.httpclient import Connection
+from bench.common import Bench, Watcher, percentile, post_submissions, running_system
 from complaints.samples import submission
 from shared import kafka, topics
 from shared.events import EventType, new_event
@@ -116,31 +115,9 @@ async def http_phase(
     watcher = Watcher(bench.settings.kafka_bootstrap or "", "complaint.routed")
     await watcher.start()
     docs = [submission("web") for _ in range(count)]
-    started: dict[str, float] = {}
-    headers = {"Authorization": f"Bearer {bench.key}"}
-    t0 = time.perf_counter()
-    next_index = 0
-
-    async def client(n_client: int) -> None:
-        nonlocal next_index
-        conn = Connection(bench.base_urls[n_client % len(bench.base_urls)])
-        try:
-            while next_index < count:
-                n = next_index
-                next_index += 1
-                if rate:
-                    delay = t0 + n / rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                began = time.perf_counter()
-                status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
-                if status != 202:
-                    raise RuntimeError(f"POST answered {status}: {answer}")
-                started[answer["complaint_id"]] = began
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    started, t0 = await post_submissions(
+        bench.base_urls, docs, bench.key, concurrency=concurrency, rate=rate
+    )
     accepted_at = time.perf_counter()
     try:
         await watcher.wait_for(set(started), timeout_s=600)

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -33,8 +32,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from bench.common import percentile, prepare, stop_processes
-from bench.httpclient import Connection
+from bench.common import percentile, post_submissions, prepare, spawn, stop_processes
 from complaints import system
 from shared import devinfra
 from shared.settings import Settings
@@ -190,24 +188,8 @@ async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterat
         commands = [["serve", name] for name in system.NAMES] if split else [["up"]]
         for n, command in enumerate(commands):
             own_port = port if n == 0 else devinfra.free_port()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "complaints",
-                *command,
-                env={**env, "COMPLAINTS_HTTP_PORT": str(own_port)},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            while True:
-                line = await asyncio.wait_for(proc.stdout.readline(), 120)
-                if not line:
-                    raise RuntimeError(f"complaints {' '.join(command)} ended before it was ready")
-                if b"complaints is up" in line or b"serving on" in line:
-                    break
-            drains.append(asyncio.create_task(_drain(proc.stdout)))
+            env_n = {**env, "COMPLAINTS_HTTP_PORT": str(own_port)}
+            drains.append(await spawn(command, env_n, procs))
         yield System(base_url=f"http://127.0.0.1:{port}", key=key)
     finally:
         await stop_processes(procs, drains)
@@ -216,41 +198,20 @@ async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterat
             broker.stop()
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
 async def post_paced(
     target: System, count: int, rate: float, concurrency: int
 ) -> tuple[dict[str, float], float]:
-    """POST `count` complaints at `rate`/s; return when each began (by complaint id) and t0."""
+    """POST `count` complaints at `rate`/s; when each began (by complaint id), and t0, by the
+    monotonic clock the SMTP sink's process times acceptance with."""
     docs = [_complaint() for _ in range(count)]
-    started: dict[str, float] = {}
-    headers = {"Authorization": f"Bearer {target.key}"}
-    next_index = 0
-    t0 = time.monotonic()
-
-    async def client() -> None:
-        nonlocal next_index
-        conn = Connection(target.base_url)
-        try:
-            while next_index < count:
-                n = next_index
-                next_index += 1
-                delay = t0 + n / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                began = time.monotonic()
-                status, answer = await conn.post_json("/v1/complaints", docs[n], headers)
-                if status != 202:
-                    raise RuntimeError(f"POST answered {status}: {answer}")
-                started[answer["complaint_id"]] = began
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return started, t0
+    return await post_submissions(
+        [target.base_url],
+        docs,
+        target.key,
+        concurrency=concurrency,
+        rate=rate,
+        clock=time.monotonic,
+    )
 
 
 async def wait_for_mail(sink: TimingSink, ids: set[str], timeout_s: float) -> None:
