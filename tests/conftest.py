@@ -63,12 +63,16 @@ async def database() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def shared_schema(database: str, prefix: str) -> AsyncIterator[tuple[str, db.Pool]]:
-    """A schema of its own with the shared tables (outbox, inbox, dead letters, timers), and a
-    pool on it; dropped afterwards."""
+async def shared_schema(
+    database: str, prefix: str, migrations: list[migrate.Migration] | None = None
+) -> AsyncIterator[tuple[str, db.Pool]]:
+    """A schema of its own with the shared tables (outbox, inbox, dead letters, timers), or
+    the `migrations` given (a service's own), and a pool on it; dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    await migrate.apply(database, name, migrate.load("shared.migrations", prefix="shared/"))
-    pool = await db.create_pool(database, schema=name, application=f"test-{prefix}", max_size=6)
+    if migrations is None:
+        migrations = migrate.load("shared.migrations", prefix="shared/")
+    await migrate.apply(database, name, migrations)
+    pool = await db.create_pool(database, schema=name, application=f"test-{prefix}", max_size=8)
     try:
         yield name, pool
     finally:

@@ -4,13 +4,12 @@ the poison one is dead-lettered with `processing_error`, nothing is half-applied
 from __future__ import annotations
 
 import json
-import uuid
 
-import asyncpg
 from opentelemetry import trace
 
-from shared import db, kafka, migrate
+from shared import db, kafka
 from shared.kafka import Record, Rejected
+from tests.conftest import shared_schema
 
 
 class Poison(Exception):
@@ -39,10 +38,7 @@ async def _apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None
 async def test_a_failing_batch_is_redone_one_by_one_and_only_the_poison_is_deadlettered(
     database: str,
 ):
-    schema = f"fallback_{uuid.uuid4().hex[:8]}"
-    await migrate.apply(database, schema, migrate.load("shared.migrations", prefix="shared/"))
-    pool = await db.create_pool(database, schema=schema, application="test-fallback")
-    try:
+    async with shared_schema(database, "fallback") as (_, pool):
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE applied (value text PRIMARY KEY)")
         records = [
@@ -73,10 +69,3 @@ async def test_a_failing_batch_is_redone_one_by_one_and_only_the_poison_is_deadl
             (12, "not_json"),
         ]
         assert all(d["consumer"] == "fallback-test" for d in letters)
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()

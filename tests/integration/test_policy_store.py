@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from services.resolution import admin, policies
@@ -20,24 +18,16 @@ from services.resolution.policies import PolicyCache
 from services.resolution.policy import Policy, default_policy
 from shared import db, migrate
 from shared.settings import Settings
+from tests.conftest import shared_schema
 from tests.support import complaints_cli_text, eventually
 
 
 @contextlib.asynccontextmanager
 async def _store(database: str) -> AsyncIterator[db.Pool]:
     """A policy store of its own: resolution's tables in a fresh schema, dropped afterwards."""
-    name = f"policies_{uuid.uuid4().hex[:8]}"
-    await migrate.apply(database, name, migrate.for_service("services.resolution.migrations"))
-    pool = await db.create_pool(database, schema=name, application="test-policies", max_size=8)
-    try:
+    resolution = migrate.for_service("services.resolution.migrations")
+    async with shared_schema(database, "policies", resolution) as (_, pool):
         yield pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
-        finally:
-            await conn.close()
 
 
 def _changed(policy: Policy, refund_eur: str) -> Policy:
