@@ -14,10 +14,9 @@ from aiokafka import AIOKafkaProducer
 
 from services.intake import admin
 from services.resolution import admin as resolution_admin
-from services.resolution.policy import default_policy
 from shared import auth, topics
 from shared.events import EventType, new_event
-from tests.support import eventually, read_topic, submission
+from tests.support import activate_policy, eventually, read_topic, submission
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -344,15 +343,11 @@ async def test_a_pending_approval_keeps_the_policy_version_it_started_under(
     assert pending.json()["pending_approval"]["waiting_role"] == "senior_agent"
     # a stricter version becomes active: a senior agent may refund 100 EUR at most
     before = (await resolution_admin.show_policy(running.settings)).policy.version
-    document = json.loads(default_policy().to_json())
-    document["limits"]["senior_agent"]["refund"]["EUR"] = "100"
-    path = tmp_path / "strict.json"
-    path.write_text(json.dumps(document))
-    loaded = await resolution_admin.load_policy(
-        running.settings, path, dry_run=False, loaded_by="test"
-    )
-    assert loaded.version is not None
-    await resolution_admin.activate_policy(running.settings, loaded.version)
+
+    def stricter(document: dict[str, Any]) -> None:
+        document["limits"]["senior_agent"]["refund"]["EUR"] = "100"
+
+    await activate_policy(running.settings, tmp_path, stricter)
     try:
         await asyncio.sleep(2.5)  # every replica follows within 2 s
         approved = await case.act(senior, {"action": "approve"})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import pytest
 
 from services.resolution import admin
-from services.resolution.policy import default_policy
-from tests.support import eventually, submission
+from tests.support import activate_policy, clocks_in_seconds, eventually, submission
 
 CACHE_S = 2.5  # a replica re-reads the active policy at most every 2 s
 
@@ -27,18 +25,10 @@ async def policy_of_seconds(running, tmp_path: Path) -> AsyncIterator[int]:
     """The default policy with every clock in seconds, active for the block, then the one
     before it again."""
     before = (await admin.show_policy(running.settings)).policy.version
-    document = json.loads(default_policy().to_json())
-    for targets in document["clocks"]["severity"].values():
-        targets.update(acknowledge_within="2s", resolve_within="4s")
-    document["clocks"]["warn_at"] = ["0.5", "0.75"]
-    path = tmp_path / "fast.json"
-    path.write_text(json.dumps(document))
-    loaded = await admin.load_policy(running.settings, path, dry_run=False, loaded_by="test")
-    assert loaded.version is not None
-    await admin.activate_policy(running.settings, loaded.version)
+    version = await activate_policy(running.settings, tmp_path, clocks_in_seconds("2s", "4s"))
     await asyncio.sleep(CACHE_S)
     try:
-        yield loaded.version
+        yield version
     finally:
         await admin.activate_policy(running.settings, before)
         await asyncio.sleep(CACHE_S)

@@ -5,23 +5,25 @@ once: none lost to the kill, none doubled by the two replicas."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from complaints import system
-from services.resolution import admin as resolution_admin
-from services.resolution.policy import default_policy
 from shared import devinfra, topics
 from shared.events import EventType, new_event
 from shared.settings import Settings
 from tests.conftest import SECRET, isolated_parts
-from tests.support import eventually, service_process_env, submission
+from tests.support import (
+    activate_policy,
+    clocks_in_seconds,
+    eventually,
+    service_process_env,
+    submission,
+)
 
 CASES = 2000
 # per case: two warnings and a breach for each of the acknowledge and resolve clocks
@@ -39,18 +41,6 @@ async def _resolution(settings: Settings) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-
-
-async def _fast_policy(settings: Settings, tmp_path: Path) -> None:
-    document = json.loads(default_policy().to_json())
-    for targets in document["clocks"]["severity"].values():
-        targets.update(acknowledge_within="20s", resolve_within="30s")
-    document["clocks"]["warn_at"] = ["0.5", "0.75"]
-    path = tmp_path / "fast.json"
-    path.write_text(json.dumps(document))
-    loaded = await resolution_admin.load_policy(settings, path, dry_run=False, loaded_by="test")
-    assert loaded.version is not None
-    await resolution_admin.activate_policy(settings, loaded.version)
 
 
 async def _submit(settings: Settings, count: int) -> None:
@@ -71,7 +61,7 @@ async def _submit(settings: Settings, count: int) -> None:
 @pytest.mark.timeout(420)
 async def test_two_replicas_fire_every_warning_and_breach_once_across_a_kill(smtp, tmp_path):
     async with isolated_parts(smtp, services=("intake", "resolution")) as settings:
-        await _fast_policy(settings, tmp_path)
+        await activate_policy(settings, tmp_path, clocks_in_seconds("20s", "30s"))
         intake = system.build_services(settings, ["intake"], secret=SECRET)[0]
         await intake.start()
         replicas = [await _resolution(settings), await _resolution(settings)]
