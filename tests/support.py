@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -139,3 +139,26 @@ def clocks_in_seconds(acknowledge: str, resolve: str) -> Callable[[dict[str, Any
         document["clocks"]["warn_at"] = ["0.5", "0.75"]
 
     return edit
+
+
+async def produce_submissions(
+    bootstrap: str, submissions: Sequence[dict[str, Any]], *, source: str = "phone/ivr"
+) -> None:
+    """Send each submission to `complaints.submitted.v1` as a channel would (a CloudEvent keyed
+    by channel and external id), and wait for the broker's acknowledgements."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared import topics
+    from shared.events import EventType, new_event
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = []
+        for data in submissions:
+            event = new_event(type=EventType.SUBMITTED, source=source, data=data)
+            key = topics.submission_key(data["channel"], data["external_id"]).encode()
+            sent.append(await producer.send(topics.SUBMITTED, event.to_bytes(), key=key))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()

@@ -10,17 +10,16 @@ import sys
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from complaints import system
-from shared import devinfra, topics
-from shared.events import EventType, new_event
+from shared import devinfra
 from shared.settings import Settings
 from tests.conftest import SECRET, isolated_parts
 from tests.support import (
     activate_policy,
     clocks_in_seconds,
     eventually,
+    produce_submissions,
     service_process_env,
     submission,
 )
@@ -43,21 +42,6 @@ async def _resolution(settings: Settings) -> asyncio.subprocess.Process:
     )
 
 
-async def _submit(settings: Settings, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        sends = []
-        for _ in range(count):
-            data = submission("phone")
-            event = new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data)
-            key = topics.submission_key("phone", data["external_id"]).encode()
-            sends.append(await producer.send(topics.SUBMITTED, event.to_bytes(), key=key))
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-
-
 @pytest.mark.timeout(420)
 async def test_two_replicas_fire_every_warning_and_breach_once_across_a_kill(smtp, tmp_path):
     async with isolated_parts(smtp, services=("intake", "resolution")) as settings:
@@ -67,7 +51,9 @@ async def test_two_replicas_fire_every_warning_and_breach_once_across_a_kill(smt
         replicas = [await _resolution(settings), await _resolution(settings)]
         conn = await asyncpg.connect(settings.require_database_url())
         try:
-            await _submit(settings, CASES)
+            await produce_submissions(
+                settings.kafka_bootstrap, [submission("phone") for _ in range(CASES)]
+            )
 
             async def half_opened() -> bool:
                 opened = await conn.fetchval(

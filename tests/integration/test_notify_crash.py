@@ -11,7 +11,6 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
 from complaints import system
@@ -20,10 +19,15 @@ from services.notify.domain import Message
 from services.notify.mailer import Mailer
 from services.notify.smtp import SmtpPool
 from shared import db, devinfra, topics
-from shared.events import EventType, new_event
 from shared.settings import Settings
 from tests.conftest import SECRET, isolated_parts
-from tests.support import eventually, read_topic, service_process_env, submission
+from tests.support import (
+    eventually,
+    produce_submissions,
+    read_topic,
+    service_process_env,
+    submission,
+)
 
 
 @pytest.fixture
@@ -54,17 +58,7 @@ async def test_receipt_sent_exactly_once_across_a_kill_of_notify(isolated: Setti
     second = None
     try:
         data = submission("phone")
-        producer = AIOKafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            event = new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data)
-            await producer.send_and_wait(
-                topics.SUBMITTED,
-                event.to_bytes(),
-                key=topics.submission_key("phone", data["external_id"]).encode(),
-            )
-        finally:
-            await producer.stop()
+        await produce_submissions(isolated.kafka_bootstrap, [data])
 
         conn_url = isolated.require_database_url()
         import asyncpg

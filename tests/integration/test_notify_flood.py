@@ -11,14 +11,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from complaints import system
 from shared import topics
-from shared.events import EventType, new_event
 from shared.settings import Settings
 from tests.conftest import SECRET, isolated_parts
-from tests.support import eventually, read_topic, submission
+from tests.support import eventually, produce_submissions, read_topic, submission
 
 LIMIT = 3
 INTERVAL_S = 8.0
@@ -55,18 +53,7 @@ async def test_a_flooded_address_gets_limit_receipts_then_one_digest(flood_setti
     for service in services:
         await service.start()
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=flood_settings.kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for data in [*flood, *others]:
-                event = new_event(type=EventType.SUBMITTED, source="phone/ivr", data=data)
-                await producer.send_and_wait(
-                    topics.SUBMITTED,
-                    event.to_bytes(),
-                    key=topics.submission_key("phone", data["external_id"]).encode(),
-                )
-        finally:
-            await producer.stop()
+        await produce_submissions(flood_settings.kafka_bootstrap, [*flood, *others])
 
         receipts = await eventually(
             lambda: len(_mails_to(smtp, victim)) >= LIMIT and _mails_to(smtp, victim),
