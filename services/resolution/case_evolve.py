@@ -125,43 +125,37 @@ def _on_window_closed(s: CaseState, e: Event) -> CaseState:
     return _hearing(s, _d(e, "staff_id"), window_closed_at=e.at)
 
 
+def _pending(kind: PendingKind, e: Event, **specific: Any) -> Pending:
+    """What a proposal waiting for approval records, a remedy's or a `not_upheld`'s."""
+    return Pending(
+        kind=kind,
+        proposer=_d(e, "proposer"),
+        proposer_role=Role(_d(e, "proposer_role")),
+        required_role=Role(_d(e, "required_role")),
+        waiting_role=Role(_d(e, "waiting_role")),
+        approval_run=0,
+        policy_version=_d(e, "policy_version"),
+        proposed_at=e.at,
+        **specific,
+    )
+
+
 def _on_proposed(s: CaseState, e: Event) -> CaseState:
     if _d(e, "applies_at_once"):
         return s
-    return replace(
-        s,
-        pending=Pending(
-            kind=PendingKind.REMEDY,
-            proposer=_d(e, "proposer"),
-            proposer_role=Role(_d(e, "proposer_role")),
-            required_role=Role(_d(e, "required_role")),
-            waiting_role=Role(_d(e, "waiting_role")),
-            approval_run=0,
-            policy_version=_d(e, "policy_version"),
-            proposed_at=e.at,
-            remedy=Remedy.from_json(_d(e, "remedy")),
-            policy_exception=_d(e, "policy_exception"),
-            justification=_d(e, "justification"),
-            note=_d(e, "note"),
-        ),
+    pending = _pending(
+        PendingKind.REMEDY,
+        e,
+        remedy=Remedy.from_json(_d(e, "remedy")),
+        policy_exception=_d(e, "policy_exception"),
+        justification=_d(e, "justification"),
+        note=_d(e, "note"),
     )
+    return replace(s, pending=pending)
 
 
 def _on_resolution_proposed(s: CaseState, e: Event) -> CaseState:
-    return replace(
-        s,
-        pending=Pending(
-            kind=PendingKind.NOT_UPHELD,
-            proposer=_d(e, "proposer"),
-            proposer_role=Role(_d(e, "proposer_role")),
-            required_role=Role(_d(e, "required_role")),
-            waiting_role=Role(_d(e, "waiting_role")),
-            approval_run=0,
-            policy_version=_d(e, "policy_version"),
-            proposed_at=e.at,
-            message=_d(e, "message"),
-        ),
-    )
+    return replace(s, pending=_pending(PendingKind.NOT_UPHELD, e, message=_d(e, "message")))
 
 
 def _on_approval_requested(s: CaseState, e: Event) -> CaseState:
