@@ -175,12 +175,15 @@ class Record:
                 return value.decode("utf-8", "replace")
         return None
 
-    def may_be(self, types: Collection[str] | None) -> bool:
-        """Whether this record may be one of `types` (None: any), judged by its header only."""
-        if types is None:
+    def may_be(self, types: Collection[str] | None, skip: Collection[str] = ()) -> bool:
+        """Whether this record may be one of `types` (None: any) and none of `skip`, judged
+        by its header only (a record without the header may be anything)."""
+        if types is None and not skip:
             return True
         announced = self.event_type()
-        return announced is None or announced in types
+        if announced is None:
+            return True
+        return (types is None or announced in types) and announced not in skip
 
 
 class Rejected(Exception):

@@ -100,7 +100,7 @@ class Service:
         types, skip = router.types, router.ignored
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
-            records = [r for r in records if r.may_be(types) and r.event_type() not in skip]
+            records = [r for r in records if r.may_be(types, skip)]
             if not records:
                 return
             if one_per_transaction and len(records) > 1:

@@ -254,12 +254,9 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
     async def get_authority(complaint_id: str, request: Request) -> dict[str, Any]:
         async with service.pool.acquire() as conn:
             member = await service.staff_or_401(conn, bearer(request))
-            found = await repository.load_view(conn, complaint_id)
-            if found is None or not _may_read(found["case"], member, None):
-                raise Problem(404, "Not found", f"no complaint {complaint_id}")
             loaded = await cases.load(conn, complaint_id, lock=False)
-            if loaded is None:
-                raise Problem(404, "Not found", f"complaint {complaint_id} has no case yet")
+            if loaded is None or not _may_read(dict(loaded.row), member, None):
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
             active = await policy(conn, None)
             actor = cases.staff_actor(member, loaded.state)
             usage = await cases.usage(conn, loaded.state, actor, active, utcnow(), lock=False)

@@ -92,6 +92,18 @@ def test_a_consumer_skips_only_records_announced_as_other_types(headers, wanted)
     assert record.may_be(None) is True
 
 
+@pytest.mark.parametrize(
+    ("headers", "wanted"),
+    [
+        ((("event-type", b"complaint.case_opened"),), False),  # ignored: skipped unread
+        ((("event-type", b"complaint.routed"),), True),
+        ((), True),  # unannounced: parse it
+    ],
+)
+def test_a_consumer_skips_records_announced_as_types_it_ignores(headers, wanted):
+    assert _record(headers).may_be(None, skip={"complaint.case_opened"}) is wanted
+
+
 def test_the_key_partitioner_agrees_with_kafkas_default_partitioner():
     from aiokafka.partitioner import DefaultPartitioner
 
