@@ -88,14 +88,21 @@ def json_time(at: datetime) -> str:
 
 
 def encode(
-    type_: str, *, source: str, subject: str | None, time: str, data: dict[str, Any]
+    type_: str,
+    *,
+    source: str,
+    subject: str | None,
+    time: str,
+    data: dict[str, Any],
+    event_id: str | None = None,
 ) -> Encoded:
-    """A new event with a fresh id, serialised in one call; `data` holds JSON values only.
+    """A new event, with a fresh id unless it has one already, serialised in one call; `data`
+    holds JSON values only.
 
     The bytes are `new_event(...).to_bytes()`'s: the envelope's fields in `CloudEvent`'s
     order, `subject` left out when None (the unit tests compare the two).
     """
-    event_id = ids.new_uuid()
+    event_id = event_id or ids.new_uuid()
     envelope: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source}
     envelope["type"] = type_
     if subject is not None:
@@ -120,13 +127,16 @@ def complaint_event(
     data: BaseModel | dict[str, Any],
     at: datetime | str,
     trace: dict[str, str] | None = None,
+    event_id: str | None = None,
 ) -> Message:
     """A domain event about one complaint, on `complaints.events.v1` keyed by it; `data` a
     contract model or its JSON values, `at` a time or its `json_time`."""
     if not isinstance(data, dict):  # (a dict is told apart faster than a model)
         data = data.model_dump(mode="json", exclude_none=True)
     time = at if isinstance(at, str) else json_time(at)
-    event = encode(str(type_), source=source, subject=complaint_id, time=time, data=data)
+    event = encode(
+        str(type_), source=source, subject=complaint_id, time=time, data=data, event_id=event_id
+    )
     return Message(topics.EVENTS, topics.complaint_key(complaint_id), event, trace)
 
 

@@ -44,9 +44,9 @@ from services.resolution.case import (
 )
 from services.resolution.clocks import ClockKind, desired_timers
 from services.resolution.policy import Policy, Usage, consistency_band
-from shared import directory, outbox, timers, topics
+from shared import directory, outbox, timers
 from shared.db import Conn
-from shared.events import CloudEvent, Money, RoutedData
+from shared.events import Money, RoutedData
 
 log = logging.getLogger(__name__)
 
@@ -338,14 +338,11 @@ def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any
 
 def _message(event: Event) -> outbox.Message:
     """The decided event as its CloudEvent, under the id the decision log gave it."""
-    cloud = CloudEvent.model_construct(
-        specversion="1.0",
-        datacontenttype="application/json",
-        id=event.event_id,
+    return outbox.complaint_event(
+        event.type,
         source=SOURCE,
-        type=str(event.type),
-        subject=event.complaint_id,
-        time=event.at,
+        complaint_id=event.complaint_id,
         data=event.data(),
+        at=event.at,
+        event_id=event.event_id,
     )
-    return outbox.Message(topics.EVENTS, topics.complaint_key(event.complaint_id), cloud)
