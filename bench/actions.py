@@ -5,8 +5,10 @@ set, a fresh database on the local PostgreSQL), loads a policy whose daily caps 
 reaches (the default's would send most proposals for approval), submits the cases over HTTP
 and waits until resolution has opened each. Then every case goes acknowledge → propose_remedy
 (half within the agent's 50 EUR, half at 120 EUR: above it, waiting for a senior agent) →
-approve (the senior agent, for those) → resolve, first flat out with C connections, then paced
-at R actions a second. Each action's latency is from its request to its answer.
+approve (one of three senior agents, for those) → resolve, first flat out with C connections,
+then paced at R actions a second. Each case's assignee (intake spread the cases over five
+agents) acknowledges, proposes and resolves it, as a team would. Each action's latency is from
+its request to its answer.
 
     python -m bench.actions --cases 1000 --paced-cases 500 --rate 250
 """
@@ -34,7 +36,8 @@ from services.resolution import admin as resolution_admin
 from services.resolution.policy import default_policy
 from shared import auth
 
-AGENT, SENIOR = "bench-0", "bench-senior"
+AGENTS = [f"bench-{n}" for n in range(5)]  # the team `bench.common.prepare` adds
+SENIORS = [f"bench-senior-{n}" for n in range(3)]
 
 
 async def main(cases: int, paced_cases: int, rate: float, concurrency: int) -> None:
@@ -56,15 +59,16 @@ async def main(cases: int, paced_cases: int, rate: float, concurrency: int) -> N
 async def _staff_and_policy(bench: Bench, tmp: Path) -> dict[str, str]:
     """A senior agent beside the bench's agents, a policy without reachable caps; tokens."""
     settings = bench.settings
-    await intake_admin.add_staff(
-        settings,
-        staff_id=SENIOR,
-        name="Bench Senior",
-        team="customer-care",
-        role="senior_agent",
-        languages=["en"],
-        capacity=0,
-    )
+    for senior in SENIORS:
+        await intake_admin.add_staff(
+            settings,
+            staff_id=senior,
+            name="Bench Senior",
+            team="customer-care",
+            role="senior_agent",
+            languages=["en"],
+            capacity=0,
+        )
     document = json.loads(default_policy().to_json())
     for caps in (document["caps"]["per_customer"], document["caps"]["per_staff_per_day"]):
         for per_currency in caps.values():
@@ -77,9 +81,9 @@ async def _staff_and_policy(bench: Bench, tmp: Path) -> dict[str, str]:
     secret = auth.resolve_secret(settings, tmp)
     tokens = {
         who: await intake_admin.token_for(settings, secret, who, ttl_s=3600)
-        for who in (AGENT, SENIOR)
+        for who in (*AGENTS, *SENIORS)
     }
-    await _until_learnt(settings.require_database_url(), [AGENT, SENIOR])
+    await _until_learnt(settings.require_database_url(), [*AGENTS, *SENIORS])
     await asyncio.sleep(2.5)  # replicas re-read the active policy at most every 2 s
     return tokens
 
@@ -98,31 +102,34 @@ async def _until_learnt(dsn: str, staff: list[str], timeout_s: float = 60) -> No
         await conn.close()
 
 
-async def _opened_cases(bench: Bench, count: int) -> list[str]:
-    """Submit `count` complaints over HTTP; their ids once resolution opened every case."""
+async def _opened_cases(bench: Bench, count: int) -> list[tuple[str, str]]:
+    """Submit `count` complaints over HTTP; their ids and assignees once resolution opened
+    every case."""
     await http_phase(bench, count, 32, None)
     conn = await asyncpg.connect(bench.settings.require_database_url())
     try:
         deadline = time.monotonic() + 300
         while True:
             ids = await conn.fetch(
-                "SELECT complaint_id FROM resolution.cases WHERE version > 0 AND status = 'routed'"
+                "SELECT complaint_id, assignee FROM resolution.cases"
+                " WHERE version > 0 AND status = 'routed'"
             )
             if len(ids) >= count or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
-        return [r["complaint_id"] for r in ids][:count]
+        return [(r["complaint_id"], r["assignee"]) for r in ids][:count]
     finally:
         await conn.close()
 
 
-def _steps(n: int) -> list[tuple[str, dict[str, Any]]]:
-    """The actions for case number `n`: half the proposals above the agent's authority."""
+def _steps(n: int, agent: str) -> list[tuple[str, dict[str, Any]]]:
+    """The actions for case number `n`, assigned to `agent`: half the proposals above the
+    agent's authority, approved by one of the senior agents."""
     amount = "120.00" if n % 2 else "40.00"
     steps: list[tuple[str, dict[str, Any]]] = [
-        (AGENT, {"action": "acknowledge"}),
+        (agent, {"action": "acknowledge"}),
         (
-            AGENT,
+            agent,
             {
                 "action": "propose_remedy",
                 "remedy": {"type": "refund", "amount": {"amount": amount, "currency": "EUR"}},
@@ -130,14 +137,14 @@ def _steps(n: int) -> list[tuple[str, dict[str, Any]]]:
         ),
     ]
     if n % 2:
-        steps.append((SENIOR, {"action": "approve", "note": "within policy"}))
-    steps.append((AGENT, {"action": "resolve", "outcome": "upheld", "message": "Refunded."}))
+        steps.append((SENIORS[n % len(SENIORS)], {"action": "approve", "note": "within policy"}))
+    steps.append((agent, {"action": "resolve", "outcome": "upheld", "message": "Refunded."}))
     return steps
 
 
 async def _drive(
     bench: Bench,
-    case_ids: list[str],
+    opened: list[tuple[str, str]],
     tokens: dict[str, str],
     concurrency: int,
     rate: float | None,
@@ -145,7 +152,7 @@ async def _drive(
     """Every case through its steps (each case's in order); actions/s and latencies (ms) by
     action."""
     latencies: dict[str, list[float]] = defaultdict(list)
-    queue = list(enumerate(case_ids))
+    queue = list(enumerate(opened))
     slots = itertools.count()
     total = 0
     t0 = time.perf_counter()
@@ -155,8 +162,8 @@ async def _drive(
         conn = Connection(bench.base_url)
         try:
             while queue:
-                n, complaint_id = queue.pop()
-                for who, body in _steps(n):
+                n, (complaint_id, assignee) = queue.pop()
+                for who, body in _steps(n, assignee):
                     if rate:
                         delay = t0 + next(slots) / rate - time.perf_counter()
                         if delay > 0:

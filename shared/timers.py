@@ -108,37 +108,54 @@ async def schedule(
     return bool(done)
 
 
+_ARM_MANY = """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
+    SELECT k, kind, p::jsonb, d, d
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS s(k, kind, p, d)
+    ON CONFLICT (key) DO UPDATE SET
+        kind = excluded.kind, payload = excluded.payload, due_at = excluded.due_at,
+        run_at = excluded.run_at, scheduled_at = now(), cancelled_at = NULL,
+        attempts = 0, last_error = NULL
+    WHERE t.fired_at IS NULL AND t.failed_at IS NULL"""
+_CANCEL_MANY = f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING}"
+# Both at once: the keys are disjoint, so no row is changed twice by the one statement.
+_CANCEL_AND_ARM = f"WITH cancelled AS ({_CANCEL_MANY.replace('$1', '$5')}) {_ARM_MANY}"
+
+
 async def schedule_many(conn: Conn, armed: Sequence[tuple[str, datetime, str, Any]]) -> None:
     """`schedule` (without `rearm`) for each `(key, due_at, kind, payload)`, in one statement:
     a timer that already fired or failed stays as it is."""
-    if not armed:
-        return
-    if any(due.tzinfo is None for _, due, _, _ in armed):
-        raise ValueError("due_at must be timezone-aware")
-    await conn.execute(
-        """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
-           SELECT k, kind, p::jsonb, d, d
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS s(k, kind, p, d)
-           ON CONFLICT (key) DO UPDATE SET
-               kind = excluded.kind, payload = excluded.payload, due_at = excluded.due_at,
-               run_at = excluded.run_at, scheduled_at = now(), cancelled_at = NULL,
-               attempts = 0, last_error = NULL
-           WHERE t.fired_at IS NULL AND t.failed_at IS NULL""",
-        [key for key, _, _, _ in armed],
-        [kind for _, _, kind, _ in armed],
-        [json.dumps({} if payload is None else payload) for _, _, _, payload in armed],
-        [due for _, due, _, _ in armed],
-    )
-    wake_after_commit(conn, WORKER)
+    await change_many(conn, cancel=(), arm=armed)
 
 
 async def cancel_many(conn: Conn, keys: Sequence[str]) -> None:
     """`cancel` for each of `keys`, in one statement."""
-    if keys:
-        await conn.execute(
-            f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING}",
-            list(keys),
-        )
+    await change_many(conn, cancel=keys, arm=())
+
+
+async def change_many(
+    conn: Conn, *, cancel: Sequence[str], arm: Sequence[tuple[str, datetime, str, Any]]
+) -> None:
+    """`cancel_many(cancel)` and `schedule_many(arm)` in one statement (a key may not be in
+    both)."""
+    if any(due.tzinfo is None for _, due, _, _ in arm):
+        raise ValueError("due_at must be timezone-aware")
+    if not arm:
+        if cancel:
+            await conn.execute(_CANCEL_MANY, list(cancel))
+        return
+    if cancel and not set(cancel).isdisjoint(key for key, _, _, _ in arm):
+        raise ValueError("a timer cannot be cancelled and armed at once")
+    columns = (
+        [key for key, _, _, _ in arm],
+        [kind for _, _, kind, _ in arm],
+        [json.dumps({} if payload is None else payload) for _, _, _, payload in arm],
+        [due for _, due, _, _ in arm],
+    )
+    if cancel:
+        await conn.execute(_CANCEL_AND_ARM, *columns, list(cancel))
+    else:
+        await conn.execute(_ARM_MANY, *columns)
+    wake_after_commit(conn, WORKER)
 
 
 async def cancel(conn: Conn, key: str) -> bool:

@@ -43,8 +43,8 @@ def evolve(state: CaseState, event: Event) -> CaseState:
     """The state after `event` (pure; reads only the event)."""
     apply = _APPLY.get(event.type)
     changed = apply(state, event) if apply else state
-    changed = replace(changed, version=event.seq, chain_head=event.hash)
-    return replace(changed, status=_status(changed))
+    # the status reads neither the version nor the chain: one copy, not two
+    return replace(changed, version=event.seq, chain_head=event.hash, status=_status(changed))
 
 
 def replay(events: Iterable[Event], state: CaseState = EMPTY) -> CaseState:

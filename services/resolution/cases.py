@@ -72,17 +72,13 @@ async def load(
     None when no case has this id (or it is not opened yet). With `wait=False`, a case another
     transaction holds raises `timers.Later` instead of waiting. Without `lock`, a read: nothing
     is locked."""
-    row = (
-        await repository.lock_case(conn, complaint_id, wait=wait)
-        if lock
-        else await repository.read_case(conn, complaint_id)
-    )
-    if row is None and not wait and await repository.case_exists(conn, complaint_id):
+    found = await repository.lock_case_with_events(conn, complaint_id, wait=wait, lock=lock)
+    if found is None and not wait and await repository.case_exists(conn, complaint_id):
         raise timers.Later()
-    if row is None or row["version"] == 0:
+    if found is None or found[0]["version"] == 0:
         return None
-    rows = await repository.case_events(conn, complaint_id)
-    events = [Event.from_data(r["type"], r["data"], r["event_id"]) for r in rows]
+    row, decided = found
+    events = [Event.from_data(type_, data, event_id) for type_, data, event_id in decided]
     return Loaded(row, replay(events))
 
 
@@ -242,13 +238,12 @@ async def usage(
     decisions on different cases cannot both spend the same room under a cap."""
     if lock:
         await repository.lock_totals(conn, customer_id=state.customer_id, staff_id=actor.id)
-    window = now - timedelta(days=policy.caps.customer_window_days)
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    customer = await repository.money_by_currency(conn, customer_id=state.customer_id, since=window)
-    own = (
-        await repository.money_by_currency(conn, authorized_by=actor.id, since=today)
-        if actor.kind is ActorKind.STAFF
-        else {}
+    customer, own = await repository.money_applied(
+        conn,
+        customer_id=state.customer_id,
+        customer_since=now - timedelta(days=policy.caps.customer_window_days),
+        authorized_by=actor.id if actor.kind is ActorKind.STAFF else None,
+        staff_since=now.replace(hour=0, minute=0, second=0, microsecond=0),
     )
     return Usage(customer_window=customer, staff_today=own)
 
@@ -299,10 +294,10 @@ async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str
     the timer firing now: the worker marks it fired), arm what is new or moved."""
     old = {t.key: t for t in desired_timers(before)}
     new = {t.key: t for t in desired_timers(after)}
-    await timers.cancel_many(conn, sorted(old.keys() - new.keys() - {firing}))
-    await timers.schedule_many(
+    await timers.change_many(
         conn,
-        [
+        cancel=sorted(old.keys() - new.keys() - {firing}),
+        arm=[
             (key, spec.due_at, CLOCK_TIMER, spec.payload)
             for key, spec in sorted(new.items())
             if key not in old or old[key].due_at != spec.due_at

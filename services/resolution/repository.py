@@ -97,22 +97,29 @@ async def append_timeline(
 
 async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
     """The case with its timeline (what other services said of it, and its decisions), or
-    None."""
-    case = await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
-    if case is None:
-        return None
-    entries = await conn.fetch(
-        """SELECT type, at, actor, detail FROM (
-               SELECT type, at, actor, detail, 0 AS source, id AS n
-               FROM timeline WHERE complaint_id = $1
-               UNION ALL
-               SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at',
-                      1, seq
-               FROM case_events WHERE complaint_id = $1) AS entries
-           ORDER BY at, source, n""",
+    None; one round trip."""
+    case = await conn.fetchrow(
+        """SELECT c.*, (
+               SELECT coalesce(json_agg(json_build_object(
+                          'type', type, 'at', at, 'actor', actor, 'detail', detail)
+                          ORDER BY at, source, n), '[]')
+               FROM (SELECT type, at, actor, detail, 0 AS source, id AS n
+                     FROM timeline WHERE complaint_id = $1
+                     UNION ALL
+                     SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at',
+                            1, seq
+                     FROM case_events WHERE complaint_id = $1) AS entries
+           ) AS timeline_entries
+           FROM cases c WHERE complaint_id = $1""",
         complaint_id,
     )
-    return {"case": dict(case), "timeline": [dict(e) for e in entries]}
+    if case is None:
+        return None
+    row = dict(case)
+    entries: list[dict[str, Any]] = row.pop("timeline_entries")
+    for entry in entries:  # json carries the time as text; the view's entries carry datetimes
+        entry["at"] = datetime.fromisoformat(entry["at"])
+    return {"case": row, "timeline": entries}
 
 
 # ---------------------------------------------------------------------- decided cases
@@ -125,6 +132,38 @@ async def lock_case(conn: Conn, complaint_id: str, *, wait: bool = True) -> asyn
         "SELECT * FROM cases WHERE complaint_id = $1 FOR UPDATE" + ("" if wait else " SKIP LOCKED"),
         complaint_id,
     )
+
+
+_LOCK_WITH_EVENTS = """SELECT c.*, (
+        SELECT coalesce(json_agg(json_build_array(type, data, event_id) ORDER BY seq), '[]')
+        FROM case_events e WHERE e.complaint_id = c.complaint_id) AS decided
+    FROM cases c WHERE complaint_id = $1 FOR UPDATE"""
+
+
+async def lock_case_with_events(
+    conn: Conn, complaint_id: str, *, wait: bool = True, lock: bool = True
+) -> tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]] | None:
+    """`lock_case` (or, without `lock`, a plain read) and the case's decided events in order
+    (type, data, event_id), in one round trip; None as `lock_case`.
+
+    A statement reads the events as they were when it began, so after waiting for the lock
+    (another decision committed meanwhile) they may be older than the row: the last event's
+    sequence number is the row's version, and when the two differ the events are read again.
+    """
+    sql = _LOCK_WITH_EVENTS
+    if not lock:
+        sql = sql.removesuffix(" FOR UPDATE")
+    elif not wait:
+        sql += " SKIP LOCKED"
+    row = await conn.fetchrow(sql, complaint_id)
+    if row is None:
+        return None
+    decided = [(t, d, i) for t, d, i in row["decided"]]
+    if len(decided) != row["version"]:  # events are numbered 1, 2, … and the version is the last
+        decided = [
+            (r["type"], r["data"], r["event_id"]) for r in await case_events(conn, complaint_id)
+        ]
+    return row, decided
 
 
 async def read_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
@@ -249,26 +288,32 @@ async def lock_totals(conn: Conn, *, customer_id: str, staff_id: str) -> None:
     )
 
 
-async def money_by_currency(
+async def money_applied(
     conn: Conn,
     *,
-    customer_id: str | None = None,
-    authorized_by: str | None = None,
-    since: datetime,
-) -> dict[str, Decimal]:
-    """Money remedies applied since `since`, per currency: to one customer, or authorised by
-    one staff member."""
+    customer_id: str,
+    customer_since: datetime,
+    authorized_by: str | None,
+    staff_since: datetime,
+) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """Money remedies applied, per currency: to one customer since `customer_since`, and
+    authorised by one staff member (none: nobody) since `staff_since`; one round trip."""
     rows = await conn.fetch(
-        """SELECT currency, sum(amount) AS total FROM remedies
-           WHERE at >= $3 AND amount IS NOT NULL
-             AND ($1::text IS NULL OR customer_id = $1)
-             AND ($2::text IS NULL OR authorized_by = $2)
+        """SELECT false AS own, currency, sum(amount) AS total FROM remedies
+           WHERE customer_id = $1 AND at >= $2 AND amount IS NOT NULL
+           GROUP BY currency
+           UNION ALL
+           SELECT true, currency, sum(amount) FROM remedies
+           WHERE authorized_by = $3 AND at >= $4 AND amount IS NOT NULL
            GROUP BY currency""",
         customer_id,
+        customer_since,
         authorized_by,
-        since,
+        staff_since,
     )
-    return {r["currency"]: r["total"] for r in rows}
+    customer = {r["currency"]: r["total"] for r in rows if not r["own"]}
+    own = {r["currency"]: r["total"] for r in rows if r["own"]}
+    return customer, own
 
 
 async def similar_amounts(

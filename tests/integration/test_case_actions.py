@@ -10,12 +10,16 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from services.intake import admin
 from services.resolution import admin as resolution_admin
-from shared import auth, topics
-from shared.events import EventType, new_event
+from services.resolution import cases
+from services.resolution.case import Acknowledge, Actor, Refusal
+from services.resolution.policy import default_policy
+from shared import auth, db, topics
+from shared.events import EventType, Role, new_event, utcnow
 from tests.support import activate_policy, eventually, read_topic, submission
 
 
@@ -411,3 +415,38 @@ async def test_a_claim_moves_the_case_and_its_load_in_intake_too(running) -> Non
         return bool(rows and rows[0]["staff_id"] == claimer_id and rows[0]["open_load"] > 0)
 
     await eventually(followed, what="intake following the claim")
+
+
+async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhile(
+    running,
+) -> None:
+    """The case row and its events are read in one statement, whose snapshot predates the
+    wait for the row's lock: the events another decision committed meanwhile must be read."""
+    case = await _opened(running)
+    holder = await asyncpg.connect(running.settings.require_database_url())
+    waiter = await asyncpg.connect(running.settings.require_database_url())
+    try:
+        for conn in (holder, waiter):
+            await db.prepare_connection(conn)
+            await conn.execute("SET search_path TO resolution, public")
+        async with holder.transaction():
+            held = await cases.load(holder, case.id)
+            assert held is not None
+            waiter_tx = waiter.transaction()
+            await waiter_tx.start()
+            waiting = asyncio.create_task(cases.load(waiter, case.id))
+            await asyncio.sleep(0.3)  # its statement has begun, and waits for the lock
+            assert not waiting.done()
+            actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
+            decided = await cases.act(
+                holder, held, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+            )
+            assert not isinstance(decided, Refusal)
+        loaded = await waiting
+        await waiter_tx.rollback()
+        assert loaded is not None
+        assert loaded.row["version"] == decided.version > held.state.version
+        assert loaded.state == decided  # replayed from every event, the new ones included
+    finally:
+        await holder.close()
+        await waiter.close()
