@@ -1,14 +1,15 @@
 """Staff actions over HTTP: actions/s flat out, and latency per action at a steady rate.
 
-Runs `complaints up` in its own process (broker embedded unless COMPLAINTS_KAFKA_BOOTSTRAP is
-set, a fresh database on the local PostgreSQL), loads a policy whose daily caps no benchmark
-reaches (the default's would send most proposals for approval), submits the cases over HTTP
-and waits until resolution has opened each. Then every case goes acknowledge → propose_remedy
-(half within the agent's 50 EUR, half at 120 EUR: above it, waiting for a senior agent) →
-approve (one of three senior agents, for those) → resolve, first flat out with C connections,
-then paced at R actions a second. Each case's assignee (intake spread the cases over five
-agents) acknowledges, proposes and resolves it, as a team would. Each action's latency is from
-its request to its answer.
+Runs the whole system in one `complaints up` process (`--topology split`: each service in a
+process of its own, as deployed: `complaints serve intake`, `… resolution`, `… notify`), with the
+broker embedded unless COMPLAINTS_KAFKA_BOOTSTRAP is set and a fresh database on the local
+PostgreSQL; loads a policy whose daily caps no benchmark reaches (the default's would send most
+proposals for approval), submits the cases over HTTP and waits until resolution has opened each.
+Then every case goes acknowledge → propose_remedy (half within the agent's 50 EUR, half at 120 EUR:
+above it, waiting for a senior agent) → approve (one of three senior agents, for those) → resolve,
+first flat out with C connections, then paced at R actions a second. Each case's assignee (intake
+spread the cases over five agents) acknowledges, proposes and resolves it, as a team would. Each
+action's latency is from its request to its answer.
 
     python -m bench.actions --cases 1000 --paced-cases 500 --rate 250
 """
@@ -40,18 +41,30 @@ AGENTS = [f"bench-{n}" for n in range(5)]  # the team `bench.common.prepare` add
 SENIORS = [f"bench-senior-{n}" for n in range(3)]
 
 
-async def main(cases: int, paced_cases: int, rate: float, concurrency: int) -> None:
+TOPOLOGIES = {
+    # as deployed (deploy/README.md): each service in a process of its own
+    "split": (("serve", "intake"), [("serve", "resolution"), ("serve", "notify")]),
+    # the whole system in one process, as `complaints up` runs it on a laptop
+    "up": (("up",), []),
+}
+
+
+async def main(cases: int, paced_cases: int, rate: float, concurrency: int, topology: str) -> None:
+    command, beside = TOPOLOGIES[topology]
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_system(Path(tmp)) as bench:
+        async with running_system(Path(tmp), *command, beside=beside) as bench:
+            # actions go to resolution: its own process, or the one `up` runs everything in
+            actions_url = (bench.beside_urls or bench.base_urls)[0]
             tokens = await _staff_and_policy(bench, Path(tmp))
             opened = await _opened_cases(bench, cases + paced_cases)
             burst_ids, paced_ids = opened[:cases], opened[cases:]
-            print(f"`complaints up`, {cases} cases flat out ({concurrency} connections), then")
-            print(f"{paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
-            rate_all, burst = await _drive(bench, burst_ids, tokens, concurrency, None)
+            where = " ".join(command) + "".join(f", {' '.join(b)}" for b in beside)
+            print(f"`complaints {where}`: {cases} cases flat out ({concurrency} connections),")
+            print(f"then {paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
+            rate_all, burst = await _drive(actions_url, burst_ids, tokens, concurrency, None)
             _report(f"flat out: {rate_all:,.0f} actions/s", burst)
             if paced_ids:
-                paced_rate, paced = await _drive(bench, paced_ids, tokens, concurrency, rate)
+                paced_rate, paced = await _drive(actions_url, paced_ids, tokens, concurrency, rate)
                 _report(f"paced: {paced_rate:,.0f} actions/s", paced)
     print("targets: >= 500 actions/s flat out; p99 < 50 ms at 250 actions/s")
 
@@ -143,7 +156,7 @@ def _steps(n: int, agent: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def _drive(
-    bench: Bench,
+    url: str,
     opened: list[tuple[str, str]],
     tokens: dict[str, str],
     concurrency: int,
@@ -159,7 +172,7 @@ async def _drive(
 
     async def client() -> None:
         nonlocal total
-        conn = Connection(bench.base_url)
+        conn = Connection(url)
         try:
             while queue:
                 n, (complaint_id, assignee) = queue.pop()
@@ -204,5 +217,12 @@ if __name__ == "__main__":
     parser.add_argument("--paced-cases", type=int, default=500)
     parser.add_argument("--rate", type=float, default=250.0, help="actions a second, paced")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--topology",
+        choices=sorted(TOPOLOGIES),
+        default="up",
+        help="up: all in one `complaints up` process (default: on a machine of two cores it "
+        "costs least); split: each service in its own process, as deployed",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.cases, args.paced_cases, args.rate, args.concurrency))
+    asyncio.run(main(args.cases, args.paced_cases, args.rate, args.concurrency, args.topology))

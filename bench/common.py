@@ -28,6 +28,7 @@ class Bench:
     settings: Settings
     base_urls: list[str]
     key: str
+    beside_urls: list[str] = field(default_factory=list)  # of the `beside` processes, in order
 
     @property
     def base_url(self) -> str:
@@ -58,9 +59,13 @@ async def prepare(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIterator[Bench]:
+async def running_system(
+    tmp: Path, *command: str, replicas: int = 1, beside: Sequence[Sequence[str]] = ()
+) -> AsyncIterator[Bench]:
     """A broker (configured or embedded), a fresh database with the demo staff, and `replicas`
-    copies of `complaints <command>` (default `up`) in subprocesses, ready to take traffic."""
+    copies of `complaints <command>` (default `up`) in subprocesses, ready to take traffic;
+    then one process of each command in `beside` (e.g. `("serve", "notify")`), each on a port
+    of its own."""
     command = command or ("up",)
     broker = None
     bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
@@ -76,8 +81,12 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
     procs: list[asyncio.subprocess.Process] = []
     urls: list[str] = []
     drains: list[asyncio.Task[None]] = []
+    argvs = [command] * replicas + [tuple(b) for b in beside]
+    # `up` brings its own SMTP sink; a notify serving alone is given one here
+    sink = devinfra.SmtpSink().start() if ("serve", "notify") in argvs else None
     try:
-        for n in range(replicas):
+        beside_urls: list[str] = []
+        for n, argv in enumerate(argvs):
             port = settings.http_port if n == 0 else devinfra.free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
             env.update(
@@ -86,16 +95,20 @@ async def running_system(tmp: Path, *command: str, replicas: int = 1) -> AsyncIt
                 COMPLAINTS_HTTP_PORT=str(port),
                 COMPLAINTS_STATE_DIR=str(tmp),
             )
-            drains.append(await spawn(command, env, procs))
-            urls.append(f"http://127.0.0.1:{port}")
+            if sink is not None:
+                env.update(COMPLAINTS_SMTP_HOST=sink.host, COMPLAINTS_SMTP_PORT=str(sink.port))
+            drains.append(await spawn(argv, env, procs))
+            (urls if n < replicas else beside_urls).append(f"http://127.0.0.1:{port}")
         await _wait_consuming(settings)
         # the measuring process must not pause either: its full GC passes (about 30 ms each,
         # measured) would be counted as the system's latency
         system.settle_heap()
-        yield Bench(settings=settings, base_urls=urls, key=key)
+        yield Bench(settings=settings, base_urls=urls, key=key, beside_urls=beside_urls)
     finally:
         await stop_processes(procs, drains)
         await devinfra.drop_database(admin_url, name)
+        if sink is not None:
+            sink.stop()
         if broker is not None:
             broker.stop()
 
