@@ -72,6 +72,11 @@ class HandlerTimeout(Exception):
 
 
 _PENDING = "fired_at IS NULL AND cancelled_at IS NULL AND failed_at IS NULL"
+# The same test for statements that find timers by key: written so that the planner cannot
+# match it to the pending index's predicate. Spelled as `_PENDING`, a generic plan made while
+# the table's statistics were young scanned every pending timer for the key (measured: 1.6 ms
+# and 2,000 buffers a cancel, 20 µs by the primary key).
+_PENDING_BY_KEY = "coalesce(fired_at, cancelled_at, failed_at) IS NULL"
 
 SCHEDULE_SQL = """
     INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
@@ -116,7 +121,9 @@ _ARM_MANY = """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
         run_at = excluded.run_at, scheduled_at = now(), cancelled_at = NULL,
         attempts = 0, last_error = NULL
     WHERE t.fired_at IS NULL AND t.failed_at IS NULL"""
-_CANCEL_MANY = f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING}"
+_CANCEL_MANY = (
+    f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING_BY_KEY}"
+)
 # Both at once: the keys are disjoint, so no row is changed twice by the one statement.
 _CANCEL_AND_ARM = f"WITH cancelled AS ({_CANCEL_MANY.replace('$1', '$5')}) {_ARM_MANY}"
 
@@ -163,7 +170,8 @@ async def cancel(conn: Conn, key: str) -> bool:
     scheduled, already cancelled, fired or failed). A timer being fired is waited for: False
     then means it fired."""
     done = await conn.fetchval(
-        f"UPDATE timers SET cancelled_at = now() WHERE key = $1 AND {_PENDING} RETURNING true",
+        f"UPDATE timers SET cancelled_at = now() WHERE key = $1 AND {_PENDING_BY_KEY} "
+        "RETURNING true",
         key,
     )
     return bool(done)
@@ -207,9 +215,12 @@ _CLAIM_SQL = f"""
     WHERE {_PENDING} AND run_at <= statement_timestamp() AND kind = ANY($1::text[])
     ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED"""
 
+# the earliest by the pending index's order, one row read (a min() over the same rows was
+# planned as a scan of every pending timer while the table's statistics were young)
 _NEXT_SQL = f"""
-    SELECT extract(epoch FROM min(run_at) - clock_timestamp()) FROM timers
-    WHERE {_PENDING} AND kind = ANY($1::text[])"""
+    SELECT extract(epoch FROM run_at - clock_timestamp()) FROM timers
+    WHERE {_PENDING} AND kind = ANY($1::text[])
+    ORDER BY run_at LIMIT 1"""
 
 # clock_timestamp: when it fired, not when the transaction began (lateness is measured by it)
 _FIRED_SQL = "UPDATE timers SET fired_at = clock_timestamp() WHERE key = ANY($1::text[])"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.resolution import actions, cases, repository
-from services.resolution.case import Actor, ActorKind, CaseState, Refusal
+from services.resolution.case import Actor, ActorKind, Refusal
 from services.resolution.policy import Remaining, remaining
 from shared import auth, directory
 from shared.db import Conn
@@ -196,7 +196,7 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
                         )
                     return _replayed(saved["status"], saved["body"], response)
             result = await cases.staff_action(
-                conn, found, action, member, policies=policy, now=utcnow()
+                conn, found, action, member, policies=policy, now=utcnow(), answer=True
             )
             status, body = await _answer(
                 conn, complaint_id, result, staff=True, instance=request.url.path
@@ -240,6 +240,7 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
                 Actor(id=f"customer:{channel}", kind=ActorKind.CUSTOMER),
                 policy=await policy(conn, None),
                 now=utcnow(),
+                answer=True,
             )
             status, body = await _answer(
                 conn, complaint_id, result, staff=False, instance=request.url.path
@@ -308,18 +309,16 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
 async def _answer(
     conn: Conn,
     complaint_id: str,
-    result: CaseState | Refusal | None,
+    result: cases.Kept | Refusal,
     *,
     staff: bool,
     instance: str,
 ) -> tuple[int, dict[str, Any]]:
-    """The status and body an action's outcome answers with: the case's view, or the refusal
-    as a problem document."""
-    if result is None:
-        raise Problem(404, "Not found", f"no complaint {complaint_id}")
+    """The status and body an action's outcome answers with: the case's view (as the decision
+    wrote it, or read when nothing was decided), or the refusal as a problem document."""
     if isinstance(result, Refusal):
         return result.status, _refusal_document(result, instance)
-    found = await repository.load_view(conn, complaint_id)
+    found = result.view or await repository.load_view(conn, complaint_id)
     assert found is not None
     return 200, staff_view(found) if staff else channel_view(found)
 

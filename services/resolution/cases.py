@@ -58,6 +58,15 @@ CLOCK_TIMER = "case_clock"
 
 
 @dataclass(frozen=True)
+class Kept:
+    """A decision kept: the case's state after it, and its view when one was asked for (None
+    when not, or when there was nothing to decide)."""
+
+    state: CaseState
+    view: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Loaded:
     """A case as a decision sees it: its row (locked) and its state."""
 
@@ -109,9 +118,10 @@ async def act(
     policy: Policy,
     now: datetime,
     expected_version: int | None = None,
-) -> CaseState | Refusal:
-    """Decide `command` by `actor` on the `load`ed case and keep the outcome: the new state,
-    or the refusal (nothing changed)."""
+    answer: bool = False,
+) -> Kept | Refusal:
+    """Decide `command` by `actor` on the `load`ed case and keep the outcome: the new state
+    (with `answer`, and the case's view after it), or the refusal (nothing changed)."""
     ctx = await context(
         conn, loaded.state, command, actor, policy=policy, now=now, expected=expected_version
     )
@@ -119,8 +129,8 @@ async def act(
     if isinstance(result, Refusal):
         return result
     if not result:
-        return loaded.state  # nothing to decide (a move to where the case already is)
-    return await _commit(conn, loaded.state, result, policy=policy)
+        return Kept(loaded.state)  # nothing to decide (a move to where the case already is)
+    return await _commit(conn, loaded.state, result, policy=policy, answer=answer)
 
 
 async def staff_action(
@@ -131,7 +141,8 @@ async def staff_action(
     *,
     policies: PolicySource,
     now: datetime,
-) -> CaseState | Refusal:
+    answer: bool = False,
+) -> Kept | Refusal:
     """A staff member's action, from HTTP or the command topic alike, decided and kept (see
     `act`): against the case version they saw, under the policy version a pending approval
     was proposed under, else the active one."""
@@ -144,6 +155,7 @@ async def staff_action(
         policy=await policies(conn, pinned_version(loaded.state, command)),
         now=now,
         expected_version=action.version,
+        answer=answer,
     )
 
 
@@ -275,18 +287,21 @@ async def _commit(
     *,
     policy: Policy,
     firing: str | None = None,
-) -> CaseState:
-    """Keep decided events: log, read model, remedies, outbox, timers; the state after them."""
+    answer: bool = False,
+) -> Kept:
+    """Keep decided events: log and read model (and, with `answer`, the view after them, in
+    the same statement), remedies, outbox, timers."""
     after = replay(events, before)
-    await repository.append_events(conn, events)
     breached = any(e.type is Kind.SLA_BREACHED for e in events)
-    await repository.save_case(conn, domain.case_view(after, breached=breached))
+    view = await repository.record_decision(
+        conn, events, domain.case_view(after, breached=breached), answer=answer
+    )
     applied = [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED]
     if applied:
         await repository.add_remedies(conn, applied)
     await outbox.enqueue(conn, [_message(e) for e in events])
     await _rearm(conn, before, after, firing=firing)
-    return after
+    return Kept(after, view)
 
 
 async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str | None) -> None:

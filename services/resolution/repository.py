@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,31 +96,38 @@ async def append_timeline(
     )
 
 
+# A case's timeline (what other services said of it, and its decisions) as one json array,
+# for a query whose $1 is the complaint id; `{decided}` names where its decided events are.
+_TIMELINE = """(
+    SELECT coalesce(json_agg(json_build_object(
+               'type', type, 'at', at, 'actor', actor, 'detail', detail)
+               ORDER BY at, source, n), '[]')
+    FROM (SELECT type, at, actor, detail, 0 AS source, id AS n
+          FROM timeline WHERE complaint_id = $1
+          UNION ALL
+          SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at', 1, seq
+          FROM {decided} WHERE complaint_id = $1) AS entries
+    ) AS timeline_entries"""
+
+
 async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
     """The case with its timeline (what other services said of it, and its decisions), or
     None; one round trip."""
-    case = await conn.fetchrow(
-        """SELECT c.*, (
-               SELECT coalesce(json_agg(json_build_object(
-                          'type', type, 'at', at, 'actor', actor, 'detail', detail)
-                          ORDER BY at, source, n), '[]')
-               FROM (SELECT type, at, actor, detail, 0 AS source, id AS n
-                     FROM timeline WHERE complaint_id = $1
-                     UNION ALL
-                     SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at',
-                            1, seq
-                     FROM case_events WHERE complaint_id = $1) AS entries
-           ) AS timeline_entries
-           FROM cases c WHERE complaint_id = $1""",
+    row = await conn.fetchrow(
+        f"SELECT c.*, {_TIMELINE.format(decided='case_events')} "
+        "FROM cases c WHERE complaint_id = $1",
         complaint_id,
     )
-    if case is None:
-        return None
-    row = dict(case)
-    entries: list[dict[str, Any]] = row.pop("timeline_entries")
+    return None if row is None else _view(row)
+
+
+def _view(row: asyncpg.Record) -> dict[str, Any]:
+    """A case row read with its `_TIMELINE` as the view's parts."""
+    case = dict(row)
+    entries: list[dict[str, Any]] = case.pop("timeline_entries")
     for entry in entries:  # json carries the time as text; the view's entries carry datetimes
         entry["at"] = datetime.fromisoformat(entry["at"])
-    return {"case": row, "timeline": entries}
+    return {"case": case, "timeline": entries}
 
 
 # ---------------------------------------------------------------------- decided cases
@@ -183,40 +191,51 @@ async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:
     )
 
 
-async def append_events(conn: Conn, events: Sequence[Event]) -> None:
-    """Add decided events to the decision log; a version decided twice fails on the key."""
-    await conn.executemany(
-        """INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
-               prev_hash, hash)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        [
-            (
-                e.complaint_id,
-                e.seq,
-                e.event_id,
-                str(e.type),
-                e.at,
-                e.actor,
-                e.data(),
-                e.prev_hash,
-                e.hash,
-            )
-            for e in events
-        ],
+_RECORD_DECISION = """WITH decided AS (
+        INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
+                                 prev_hash, hash)
+        SELECT $1, s, i, t, a, who, d::jsonb, p, h
+        FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                    $7::text[], $8::text[], $9::text[]) AS e(s, i, t, a, who, d, p, h)
+        RETURNING complaint_id, type, at, actor, data, seq
+    ), saved AS (
+        UPDATE cases SET status = $10, team = $11, assignee = $12,
+            acknowledge_by = coalesce($13, acknowledge_by), resolve_by = $14, remedy = $15,
+            pending_approval = $16, staff_involved = $17, waiting_role = $18,
+            breached = breached OR $19, decided_outcome = $20, version = $21,
+            chain_head = $22, policy_version = $23,
+            next_due = coalesce($24, 'infinity'::timestamptz), updated_at = now()
+        WHERE complaint_id = $1
+        RETURNING *
     )
+    SELECT saved.*, {timeline} FROM saved"""
+_DECISION_AND_VIEW = _RECORD_DECISION.format(
+    # the statement's snapshot predates its own inserts: the new events come from `decided`
+    timeline=_TIMELINE.format(
+        decided="(SELECT complaint_id, type, at, actor, data, seq FROM case_events"
+        " UNION ALL SELECT * FROM decided) AS d"
+    )
+)
+_DECISION_ONLY = _RECORD_DECISION.format(timeline="NULL AS timeline_entries")
 
 
-async def save_case(conn: Conn, view: Mapping[str, Any]) -> None:
-    """Write the case's read model (what the view and the queue show) after a decision."""
-    await conn.execute(
-        """UPDATE cases SET status = $2, team = $3, assignee = $4,
-               acknowledge_by = coalesce($5, acknowledge_by), resolve_by = $6, remedy = $7,
-               pending_approval = $8, staff_involved = $9, waiting_role = $10,
-               breached = breached OR $11, decided_outcome = $12, version = $13,
-               chain_head = $14, policy_version = $15,
-               next_due = coalesce($16, 'infinity'::timestamptz), updated_at = now()
-           WHERE complaint_id = $1""",
+async def record_decision(
+    conn: Conn, events: Sequence[Event], view: Mapping[str, Any], *, answer: bool
+) -> dict[str, Any] | None:
+    """Add decided events to the decision log and write the case's read model (what the view
+    and the queue show) in one statement; with `answer`, the case's view after it (as
+    `load_view` reads it). A version decided twice fails on the log's key."""
+    row = await conn.fetchrow(
+        _DECISION_AND_VIEW if answer else _DECISION_ONLY,
         view["complaint_id"],
+        [e.seq for e in events],
+        [e.event_id for e in events],
+        [str(e.type) for e in events],
+        [e.at for e in events],
+        [e.actor for e in events],
+        [json.dumps(e.data()) for e in events],
+        [e.prev_hash for e in events],
+        [e.hash for e in events],
         view["status"],
         view["team"],
         view["assignee"],
@@ -233,6 +252,9 @@ async def save_case(conn: Conn, view: Mapping[str, Any]) -> None:
         view["policy_version"],
         view["next_due"],
     )
+    if row is None:
+        raise LookupError(f"no case {view['complaint_id']} to record a decision on")
+    return _view(row) if answer else None
 
 
 async def add_remedies(conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -4,6 +4,7 @@ and a chain rewritten whole with fresh hashes are each named, at their first bro
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from services.resolution import admin, audit_log, repository
+from services.resolution import admin, audit_log
 from services.resolution.audit import entry_hash
 from services.resolution.case import (
     SYSTEM,
@@ -62,9 +63,28 @@ async def _sql(settings: Settings, query: str, *args: Any) -> list[asyncpg.Recor
 
 
 async def _store(settings: Settings, events: list[Event]) -> None:
-    """The events as resolution writes its decision log."""
+    """The events as resolution writes its decision log (no case row: the audit reads only
+    the log)."""
     async with admin_transaction(settings.require_database_url(), "resolution") as conn:
-        await repository.append_events(conn, events)
+        await conn.executemany(
+            """INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
+                   prev_hash, hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)""",
+            [
+                (
+                    e.complaint_id,
+                    e.seq,
+                    e.event_id,
+                    str(e.type),
+                    e.at,
+                    e.actor,
+                    json.dumps(e.data()),
+                    e.prev_hash,
+                    e.hash,
+                )
+                for e in events
+            ],
+        )
 
 
 async def _publish(settings: Settings, events: list[Event]) -> None:

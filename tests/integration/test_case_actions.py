@@ -97,6 +97,14 @@ async def test_within_authority_applies_at_once_and_resolves(running) -> None:
     assert resolved.status_code == 200, resolved.text
     assert resolved.json()["status"] == "resolved"
     assert resolved.json()["outcome"] == "upheld"
+    # the answer is the view the decision wrote, its own entry included: what a read then shows
+    # (a read may show more timeline: other services' news of the case arrives meanwhile)
+    answered, read = resolved.json(), await case.view()
+    assert {k: v for k, v in answered.items() if k != "timeline"} == {
+        k: v for k, v in read.items() if k != "timeline"
+    }
+    assert all(entry in read["timeline"] for entry in answered["timeline"])
+    assert "complaint.resolved" in [e["type"] for e in answered["timeline"]]
     channel = await running.http.get(f"/v1/complaints/{case.id}", headers=_auth(running.web_key))
     seen = channel.json()
     assert seen["remedy"]["type"] == "refund" and "authorized_by" not in seen["remedy"]
@@ -445,8 +453,8 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
         loaded = await waiting
         await waiter_tx.rollback()
         assert loaded is not None
-        assert loaded.row["version"] == decided.version > held.state.version
-        assert loaded.state == decided  # replayed from every event, the new ones included
+        assert loaded.row["version"] == decided.state.version > held.state.version
+        assert loaded.state == decided.state  # replayed from every event, the new ones included
     finally:
         await holder.close()
         await waiter.close()
