@@ -121,6 +121,9 @@ _ARM_MANY = """INSERT INTO timers AS t (key, kind, payload, due_at, run_at)
         run_at = excluded.run_at, scheduled_at = now(), cancelled_at = NULL,
         attempts = 0, last_error = NULL
     WHERE t.fired_at IS NULL AND t.failed_at IS NULL"""
+_CANCEL_ONE = (
+    f"UPDATE timers SET cancelled_at = now() WHERE key = $1 AND {_PENDING_BY_KEY} RETURNING true"
+)
 _CANCEL_MANY = (
     f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING_BY_KEY}"
 )
@@ -169,11 +172,7 @@ async def cancel(conn: Conn, key: str) -> bool:
     """Cancel pending timer `key` in the caller's transaction; False when there is none (never
     scheduled, already cancelled, fired or failed). A timer being fired is waited for: False
     then means it fired."""
-    done = await conn.fetchval(
-        f"UPDATE timers SET cancelled_at = now() WHERE key = $1 AND {_PENDING_BY_KEY} "
-        "RETURNING true",
-        key,
-    )
+    done = await conn.fetchval(_CANCEL_ONE, key)
     return bool(done)
 
 

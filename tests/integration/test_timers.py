@@ -371,3 +371,25 @@ async def test_a_worker_claims_only_the_kinds_it_has_handlers_for(schema: Schema
         await asyncio.sleep(0.3)
     assert await _effects(schema) == {"mine": 1}
     assert await _row_matches(schema, "theirs", "fired_at IS NULL AND attempts = 0")
+
+
+async def test_timers_found_by_key_are_read_through_the_primary_key(schema: Schema) -> None:
+    """A cancel reads the timers it names, not every pending one: even a generic plan made
+    before the table was ever analysed (a young, fast-growing table) takes the primary key.
+    Spelled with the pending index's own predicate, it scanned that whole index."""
+    async with schema.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE timers SET (autovacuum_enabled = false)")
+        await conn.execute(
+            """INSERT INTO timers (key, kind, due_at, run_at)
+               SELECT 'plan:' || g, 'tick', now() + g * interval '1 s', now() + g * interval '1 s'
+               FROM generate_series(1, 5000) AS g"""
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for sql, argument in (
+            (timers._CANCEL_MANY, "'{plan:1,plan:2}'"),
+            (timers._CANCEL_ONE, "'plan:3'"),
+        ):
+            await conn.execute(f"PREPARE probe AS {sql}")
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE probe({argument})"))
+            await conn.execute("DEALLOCATE probe")
+            assert "timers_pkey" in plan and "timers_pending" not in plan, plan
