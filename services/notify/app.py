@@ -30,7 +30,8 @@ class Notify(Service):
             handlers.batch_handler(policy),
             after=self._after_batch,
         )
-        self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff")
+        # the staff replica follows within a follower's fetch cycle (see resolution's app)
+        self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff", follower=True)
 
     def _after_batch(self) -> None:
         self.signal.notify()
