@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
@@ -129,13 +129,20 @@ class Service:
         *,
         group: str | None = None,
         after: Callable[[], None] | None = None,
+        skip: Collection[str] = (),
     ) -> None:
         """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
         after a batch commits, `after` is called (the commit itself wakes the
-        workers it gave work, see `db.wake_after_commit`)."""
+        workers it gave work, see `db.wake_after_commit`). Records whose type header names a
+        type in `skip` are passed over unread (`apply` must still pass over such a record
+        that came without the header)."""
         consumer = self._consumer(group or self.group_id)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
+            if skip:
+                records = [r for r in records if r.may_be(None, skip)]
+                if not records:
+                    return
             await kafka.process_batch_together(
                 pool=self.pool,
                 tracer=self.tracer,

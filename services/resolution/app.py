@@ -22,7 +22,12 @@ class Resolution(Service):
         self._policies = PolicyCache()
         api.install(self, self.router, self.policy)
         review_api.install(self, self.router)
-        self.consume(topics.EVENTS, handlers.event_router(self.policy))
+        self.consume_together(
+            topics.EVENTS,
+            handlers.parse_record,
+            handlers.batch_handler(self.policy),
+            skip=handlers.OWN,
+        )
         # the directories' replicas follow within a follower's fetch cycle (a quarter second;
         # revocation is promised within seconds): on the dev broker, which wakes no fetch, a
         # consumer polling every 10 ms costs CPU while idle in both processes

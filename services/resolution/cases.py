@@ -91,22 +91,46 @@ async def load(
     return Loaded(row, replay(events))
 
 
-async def open_routed(conn: Conn, routed: RoutedData, *, policy: Policy, now: datetime) -> None:
-    """Open the case of a routed complaint: its clocks, and a request to each named person."""
-    await repository.open_case(conn, routed)
-    row = await repository.lock_case(conn, routed.complaint_id)
-    if row is None or row["version"] > 0:
-        return  # opened already (routed twice)
-    stake = row["amount_at_stake"]
-    facts = RoutedFacts.from_routed(
-        routed,
-        customer_id=row["customer_id"] or "",
-        amount_at_stake=Money.model_validate(stake) if stake else None,
+async def open_many(
+    conn: Conn,
+    routed: Sequence[tuple[RoutedData, dict[str, str] | None]],
+    *,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """Open the cases of routed complaints (their clocks, and a request to each named person)
+    in a few statements, whatever their number: each `(routed, trace)`'s case is decided
+    alone, and its events continue `trace` (None: the current context). A complaint routed
+    twice opens once, by its first routing."""
+    first: dict[str, tuple[RoutedData, dict[str, str] | None]] = {}
+    for data, trace in routed:
+        first.setdefault(data.complaint_id, (data, trace))
+    await repository.open_cases(conn, [data for data, _ in first.values()])
+    rows = await repository.lock_cases(conn, list(first))  # in one order: no deadlock
+    decisions: list[tuple[list[Event], CaseState, dict[str, str] | None]] = []
+    for row in rows:
+        if row["version"] > 0:
+            continue  # opened already (routed twice)
+        data, trace = first[row["complaint_id"]]
+        stake = row["amount_at_stake"]
+        facts = RoutedFacts.from_routed(
+            data,
+            customer_id=row["customer_id"] or "",
+            amount_at_stake=Money.model_validate(stake) if stake else None,
+        )
+        result = open_case(facts, Context(SYSTEM, policy, now))
+        if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
+            raise RuntimeError(f"opening refused: {result.code}")
+        decisions.append((result, replay(result, EMPTY), trace))
+    if not decisions:
+        return
+    await repository.record_decisions(
+        conn, [(events, domain.case_view(after, breached=False)) for events, after, _ in decisions]
     )
-    result = open_case(facts, Context(SYSTEM, policy, now))
-    if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
-        raise RuntimeError(f"opening refused: {result.code}")
-    await _commit(conn, EMPTY, result, policy=policy)
+    await outbox.enqueue(
+        conn, [replace(_message(e), trace=trace) for events, _, trace in decisions for e in events]
+    )
+    await _rearm_many(conn, [(EMPTY, after, None) for _, after, _ in decisions])
 
 
 async def act(
@@ -307,17 +331,25 @@ async def _commit(
 async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str | None) -> None:
     """Make the armed timers match what the case wants: cancel what it no longer wants (not
     the timer firing now: the worker marks it fired), arm what is new or moved."""
-    old = {t.key: t for t in desired_timers(before)}
-    new = {t.key: t for t in desired_timers(after)}
-    await timers.change_many(
-        conn,
-        cancel=sorted(old.keys() - new.keys() - {firing}),
-        arm=[
+    await _rearm_many(conn, [(before, after, firing)])
+
+
+async def _rearm_many(
+    conn: Conn, changes: Sequence[tuple[CaseState, CaseState, str | None]]
+) -> None:
+    """`_rearm` for each `(before, after, firing)` of distinct cases, in one statement."""
+    cancel: list[str] = []
+    arm: list[tuple[str, datetime, str, Any]] = []
+    for before, after, firing in changes:
+        old = {t.key: t for t in desired_timers(before)}
+        new = {t.key: t for t in desired_timers(after)}
+        cancel += sorted(old.keys() - new.keys() - {firing})
+        arm += [
             (key, spec.due_at, CLOCK_TIMER, spec.payload)
             for key, spec in sorted(new.items())
             if key not in old or old[key].due_at != spec.due_at
-        ],
-    )
+        ]
+    await timers.change_many(conn, cancel=cancel, arm=arm)
 
 
 def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any]:

@@ -4,70 +4,122 @@ opens the case; staff commands from Kafka are decided as over HTTP."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from opentelemetry import trace
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.resolution import actions, cases, domain, repository
 from services.resolution.case import SYSTEM, Kind, Reassigned, Refusal
-from shared import auth, directory, outbox
+from shared import auth, directory, inbox, outbox
 from shared.db import Conn
-from shared.events import EventType, ReassignedData, ReceivedData, RoutedData
-from shared.kafka import Rejected
-from shared.routing import AnyData, Delivery, EventRouter
+from shared.events import CloudEvent, EventType, ReassignedData, ReceivedData, RoutedData
+from shared.kafka import Record, Rejected
+from shared.routing import AnyData, Delivery, EventRouter, decode
 from shared.web import field_errors, summarise
 
 CONSUMER = "resolution"
 
 
-def event_router(policy: cases.PolicySource) -> EventRouter:
-    """Every event of a complaint lands on its case's timeline; a routed complaint opens its
-    case under the active `policy`. Resolution's own decisions (its case events) are already
-    in its decision log: skipped."""
-    events = EventRouter(CONSUMER)
-    events.ignore(*Kind, EventType.ACTION_REFUSED)
-
-    @events.on(EventType.RECEIVED, model=ReceivedData)
-    async def received(conn: Conn, data: ReceivedData, delivery: Delivery) -> None:
-        await repository.add_received(conn, data)
-        await on_timeline(conn, delivery)
-
-    @events.on(EventType.ROUTED, model=RoutedData)
-    async def routed(conn: Conn, data: RoutedData, delivery: Delivery) -> None:
-        await on_timeline(conn, delivery)
-        await cases.open_routed(conn, data, policy=await policy(conn, None), now=delivery.now)
-
-    @events.on(EventType.REASSIGNED, model=ReassignedData)
-    async def reassigned(conn: Conn, data: ReassignedData, delivery: Delivery) -> None:
-        await on_timeline(conn, delivery)
-        loaded = await cases.load(conn, data.complaint_id)
-        if loaded is not None:  # a case not opened yet keeps routing's holder until it opens
-            await cases.act(
-                conn,
-                loaded,
-                Reassigned(data.to_assignee, data.reason, data.from_assignee),
-                SYSTEM,
-                policy=await policy(conn, None),
-                now=delivery.now,
-            )
-
-    @events.otherwise(model=AnyData)
-    async def other(conn: Conn, _: AnyData, delivery: Delivery) -> None:
-        await on_timeline(conn, delivery)
-
-    return events
+# Resolution's own decisions (its case events) are already in its decision log: skipped
+# unread (by their type header), or once read (a record without the header).
+OWN = frozenset({*map(str, Kind), EventType.ACTION_REFUSED})
+MODELS: dict[str, type[BaseModel]] = {
+    EventType.RECEIVED: ReceivedData,
+    EventType.ROUTED: RoutedData,
+    EventType.REASSIGNED: ReassignedData,
+}
 
 
-async def on_timeline(conn: Conn, delivery: Delivery) -> None:
-    """Record the event on its complaint's timeline (an event about no complaint, such as a
-    dead-letter notice, has none)."""
-    complaint_id = delivery.complaint_id
-    if not complaint_id:
+@dataclass(frozen=True)
+class Incoming:
+    """An event of `complaints.events.v1` as resolution reads it: the envelope, the record, and
+    the data of the types it acts on (validated; None for the types it only notes)."""
+
+    event: CloudEvent
+    record: Record
+    data: Any
+
+
+def parse_record(record: Record) -> Incoming:
+    """The event in a record of `complaints.events.v1`, or `Rejected` saying why not."""
+    event, data = decode(record, MODELS)
+    return Incoming(event, record, data)
+
+
+Apply = Callable[[Conn, list[tuple[Incoming, dict[str, str]]], datetime], Awaitable[None]]
+
+
+def batch_handler(policy: cases.PolicySource) -> Apply:
+    """Every event of a complaint lands on its case's timeline; a received complaint gives its
+    case the customer and the amount at stake; a routed one opens its case under the active
+    `policy`; a reassignment moves the case. A batch takes a few statements whatever its size
+    (a reassignment is decided on its own, in its place in the batch's order)."""
+
+    async def apply(
+        conn: Conn, items: list[tuple[Incoming, dict[str, str]]], now: datetime
+    ) -> None:
+        items = [(i, trace) for i, trace in items if i.event.type not in OWN]
+        fresh_ids = await inbox.first_times(conn, CONSUMER, [i.event.id for i, _ in items])
+        run: list[tuple[Incoming, dict[str, str]]] = []
+        for incoming, trace in items:
+            if incoming.event.id not in fresh_ids:
+                continue  # handled before (or repeated in this batch)
+            fresh_ids.discard(incoming.event.id)
+            if isinstance(incoming.data, ReassignedData):
+                await _apply_run(conn, run, policy, now)
+                run = []
+                await _reassigned(conn, incoming, policy, now)
+            else:
+                run.append((incoming, trace))
+        await _apply_run(conn, run, policy, now)
+
+    return apply
+
+
+async def _apply_run(
+    conn: Conn,
+    run: list[tuple[Incoming, dict[str, str]]],
+    policy: cases.PolicySource,
+    now: datetime,
+) -> None:
+    """Events that only add to timelines, give cases their customers or open them: in a few
+    statements (a complaint's `received` always comes before its `routed`)."""
+    if not run:
         return
-    trace.get_current_span().set_attribute("complaint.id", complaint_id)
-    entry = domain.timeline_entry(delivery.event, received=delivery.now)
-    await repository.append_timeline(conn, complaint_id, delivery.event.id, entry)
+    await repository.append_timelines(
+        conn,
+        [
+            (complaint_id, i.event.id, domain.timeline_entry(i.event, received=now))
+            for i, _ in run
+            if (complaint_id := i.event.complaint_id())
+        ],
+    )
+    await repository.add_received_many(
+        conn, [i.data for i, _ in run if isinstance(i.data, ReceivedData)]
+    )
+    routed = [(i.data, trace) for i, trace in run if isinstance(i.data, RoutedData)]
+    if routed:
+        await cases.open_many(conn, routed, policy=await policy(conn, None), now=now)
+
+
+async def _reassigned(
+    conn: Conn, incoming: Incoming, policy: cases.PolicySource, now: datetime
+) -> None:
+    data: ReassignedData = incoming.data
+    entry = domain.timeline_entry(incoming.event, received=now)
+    await repository.append_timelines(conn, [(data.complaint_id, incoming.event.id, entry)])
+    loaded = await cases.load(conn, data.complaint_id)
+    if loaded is not None:  # a case not opened yet keeps routing's holder until it opens
+        await cases.act(
+            conn,
+            loaded,
+            Reassigned(data.to_assignee, data.reason, data.from_assignee),
+            SYSTEM,
+            policy=await policy(conn, None),
+            now=now,
+        )
 
 
 # What resolution learns from intake, which owns them: channel keys (hashes only) and the

@@ -18,30 +18,39 @@ from shared.db import Conn
 from shared.events import ReceivedData, Role, RoutedData, parse_rfc3339
 
 
-async def add_received(conn: Conn, data: ReceivedData) -> None:
-    """A case row for a received complaint, with the customer and amount the case's caps and
-    samples need (no-op if routing got there first)."""
-    await conn.execute(
+async def add_received_many(conn: Conn, received: Sequence[ReceivedData]) -> None:
+    """A case row for each received complaint, with the customer and amount the case's caps
+    and samples need (routing may have got there first: it keeps what routing wrote), in one
+    round trip."""
+    if not received:
+        return
+    await conn.executemany(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category,
                staff_involved, received_at, customer_id, amount_at_stake)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT (complaint_id) DO UPDATE SET
                customer_id = EXCLUDED.customer_id, amount_at_stake = EXCLUDED.amount_at_stake""",
-        data.complaint_id,
-        Status.RECEIVED.value,
-        data.channel.value,
-        data.external_id,
-        data.category.value if data.category else None,
-        [{"staff_id": s, "responded_at": None} for s in data.staff_involved],
-        data.received_at,
-        data.customer.id,
-        data.amount_at_stake.model_dump() if data.amount_at_stake else None,
+        [
+            (
+                data.complaint_id,
+                Status.RECEIVED.value,
+                data.channel.value,
+                data.external_id,
+                data.category.value if data.category else None,
+                [{"staff_id": s, "responded_at": None} for s in data.staff_involved],
+                data.received_at,
+                data.customer.id,
+                data.amount_at_stake.model_dump() if data.amount_at_stake else None,
+            )
+            for data in received
+        ],
     )
 
 
-async def open_case(conn: Conn, routed: RoutedData) -> None:
-    """Record where the complaint was routed and why (its clocks are the decider's)."""
-    await conn.execute(
+async def open_cases(conn: Conn, routed: Sequence[RoutedData]) -> None:
+    """Record where each complaint was routed and why (its clocks are the decider's), in one
+    round trip; a case opened already keeps what it has."""
+    await conn.executemany(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category, severity,
                severity_reasons, team, assignee, language, staff_involved, received_at,
                routed_at, category_reason, severity_score, team_reason, assignment_reason,
@@ -58,41 +67,52 @@ async def open_case(conn: Conn, routed: RoutedData) -> None:
                review_by = EXCLUDED.review_by, customer_history = EXCLUDED.customer_history,
                updated_at = now()
            WHERE cases.version = 0""",
-        routed.complaint_id,
-        Status.ROUTED.value,
-        routed.channel.value,
-        routed.external_id,
-        routed.category.value,
-        routed.severity.value,
-        routed.severity_reasons,
-        routed.team,
-        routed.assignee,
-        routed.language,
-        [{"staff_id": s, "responded_at": None} for s in routed.staff_involved],
-        routed.received_at,
-        routed.routed_at,
-        routed.category_reason,
-        routed.severity_score,
-        routed.team_reason,
-        routed.assignment_reason,
-        routed.flags,
-        routed.review_by,
-        routed.customer_history,
+        [
+            (
+                r.complaint_id,
+                Status.ROUTED.value,
+                r.channel.value,
+                r.external_id,
+                r.category.value,
+                r.severity.value,
+                r.severity_reasons,
+                r.team,
+                r.assignee,
+                r.language,
+                [{"staff_id": s, "responded_at": None} for s in r.staff_involved],
+                r.received_at,
+                r.routed_at,
+                r.category_reason,
+                r.severity_score,
+                r.team_reason,
+                r.assignment_reason,
+                r.flags,
+                r.review_by,
+                r.customer_history,
+            )
+            for r in routed
+        ],
     )
 
 
-async def append_timeline(
-    conn: Conn, complaint_id: str, event_id: str, entry: TimelineEntry
-) -> None:
+async def append_timelines(conn: Conn, entries: Sequence[tuple[str, str, TimelineEntry]]) -> None:
+    """Add each `(complaint_id, event_id, entry)` to its case's timeline (an event noted before
+    is not noted twice), in one statement."""
+    if not entries:
+        return
     await conn.execute(
         """INSERT INTO timeline (complaint_id, event_id, type, at, actor, detail)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
-        complaint_id,
-        event_id,
-        entry.type,
-        entry.at,
-        entry.actor,
-        entry.detail,
+           SELECT c, e, t, a, who, d::jsonb
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                       $6::text[]) WITH ORDINALITY AS x(c, e, t, a, who, d, n)
+           ORDER BY n
+           ON CONFLICT (event_id) DO NOTHING""",
+        [c for c, _, _ in entries],
+        [e for _, e, _ in entries],
+        [entry.type for _, _, entry in entries],
+        [entry.at for _, _, entry in entries],
+        [entry.actor for _, _, entry in entries],
+        [json.dumps(entry.detail) for _, _, entry in entries],
     )
 
 
@@ -174,6 +194,15 @@ async def lock_case_with_events(
     return row, decided
 
 
+async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """`lock_case` for several cases at once, locked in the order of their ids (every batch
+    locks in that order: two batches cannot deadlock)."""
+    return await conn.fetch(
+        "SELECT * FROM cases WHERE complaint_id = ANY($1::text[]) ORDER BY complaint_id FOR UPDATE",
+        list(complaint_ids),
+    )
+
+
 async def read_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
     """The case row, for a read (nothing locked)."""
     return await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
@@ -208,15 +237,16 @@ _RECORD_DECISION = """WITH decided AS (
         WHERE complaint_id = $1
         RETURNING *
     )
-    SELECT saved.*, {timeline} FROM saved"""
+    SELECT {answer} FROM saved"""
 _DECISION_AND_VIEW = _RECORD_DECISION.format(
     # the statement's snapshot predates its own inserts: the new events come from `decided`
-    timeline=_TIMELINE.format(
+    answer="saved.*, "
+    + _TIMELINE.format(
         decided="(SELECT complaint_id, type, at, actor, data, seq FROM case_events"
         " UNION ALL SELECT * FROM decided) AS d"
     )
 )
-_DECISION_ONLY = _RECORD_DECISION.format(timeline="NULL AS timeline_entries")
+_DECISION_ONLY = _RECORD_DECISION.format(answer="saved.version")
 
 
 async def record_decision(
@@ -226,7 +256,15 @@ async def record_decision(
     and the queue show) in one statement; with `answer`, the case's view after it (as
     `load_view` reads it). A version decided twice fails on the log's key."""
     row = await conn.fetchrow(
-        _DECISION_AND_VIEW if answer else _DECISION_ONLY,
+        _DECISION_AND_VIEW if answer else _DECISION_ONLY, *_decision_args(events, view)
+    )
+    if row is None:
+        raise LookupError(f"no case {view['complaint_id']} to record a decision on")
+    return _view(row) if answer else None
+
+
+def _decision_args(events: Sequence[Event], view: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
         view["complaint_id"],
         [e.seq for e in events],
         [e.event_id for e in events],
@@ -252,9 +290,16 @@ async def record_decision(
         view["policy_version"],
         view["next_due"],
     )
-    if row is None:
-        raise LookupError(f"no case {view['complaint_id']} to record a decision on")
-    return _view(row) if answer else None
+
+
+async def record_decisions(
+    conn: Conn, decided: Sequence[tuple[Sequence[Event], Mapping[str, Any]]]
+) -> None:
+    """`record_decision` (without an answer) for each `(events, view)` of distinct cases, in
+    one round trip."""
+    await conn.executemany(
+        _DECISION_ONLY, [_decision_args(events, view) for events, view in decided]
+    )
 
 
 async def add_remedies(conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
