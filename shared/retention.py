@@ -6,8 +6,8 @@ What is kept, and why that long (defaults in `Settings`):
 - inbox rows longer than that, so no record the broker can still redeliver is handled twice;
 - whatever a service adds (notify's replay buffer for the live stream).
 
-Deletion goes in small batches, skipping rows another replica is deleting, so it never holds
-long locks or a long transaction.
+Deletion goes in small batches, oldest first, skipping rows another replica is deleting, so it
+never holds long locks or a long transaction.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ class Rule:
             raise ValueError(f"not a plain identifier: {self.table}.{self.column}")
 
     def sql(self) -> str:
+        # Oldest first: the column's index is read from its start and the scan stops where the
+        # old rows end. Unordered, a generic plan made before the table was ever analysed read
+        # the whole table on every pass, to find nothing to delete (5,000 recent 300-byte events:
+        # 239 buffers and 0.7 ms a pass; now 2 buffers, 0.03 ms).
         return (
             f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY("
             f"SELECT ctid FROM {self.table} WHERE {self.column} < $1 "
-            f"LIMIT $2 FOR UPDATE SKIP LOCKED))"
+            f"ORDER BY {self.column} LIMIT $2 FOR UPDATE SKIP LOCKED))"
         )
 
 

@@ -177,33 +177,60 @@ async def digest_refs(conn: Conn, digest_ids: list[str]) -> dict[str, list[str]]
     return {r["digest_id"]: list(r["refs"]) for r in rows}
 
 
+# Statements that find messages by id spell their pending test so that the planner cannot
+# match it to the due index's predicate (`status = 'pending'`): spelled that way, a generic
+# plan made before the table was ever analysed (a young, fast-growing table) read every pending
+# message for the ids (4,500 pending: 108 buffers and 0.7 ms a renewal, 3.3 ms a failure
+# recorded; by the primary key 6 buffers and 0.06 ms). Ids joined to the table filter it by
+# themselves too (`= ANY($1)`, the same rows as the join), so the primary key serves whatever
+# order the join is planned in.
+_PENDING_BY_ID = "coalesce(status, '') = 'pending'"
+_SETTLED = "notification_id, complaint_id, kind, medium, language, digest_id"
+_N_SETTLED = ", ".join("n." + c for c in _SETTLED.split(", "))
+
+_RENEW = f"""UPDATE notifications SET lease_until = now() + make_interval(secs => $2)
+    WHERE notification_id = ANY($1::text[]) AND lease_owner = $3 AND {_PENDING_BY_ID}
+    RETURNING notification_id"""
+
+_RELEASE = f"""UPDATE notifications SET lease_until = NULL, lease_owner = NULL,
+        attempts = greatest(attempts - 1, 0)
+    WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND {_PENDING_BY_ID}"""
+
+_MARK_SENT = f"""UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL,
+        lease_owner = NULL, last_error = NULL
+    WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND {_PENDING_BY_ID}
+    RETURNING {_SETTLED}"""
+
+_MARK_FAILED = f"""UPDATE notifications n SET
+        status = CASE WHEN f.final THEN 'failed' ELSE 'pending' END,
+        last_error = f.error, lease_until = NULL, lease_owner = NULL,
+        next_attempt_at = now() + make_interval(secs => f.retry_in)
+    FROM unnest($1::text[], $2::text[], $3::bool[], $4::float8[]) AS f(id, error, final, retry_in)
+    WHERE n.notification_id = ANY($1::text[]) AND n.notification_id = f.id
+      AND n.lease_owner = $5 AND {_PENDING_BY_ID.replace("status", "n.status")}
+    RETURNING n.status, {_N_SETTLED}"""
+
+# The digests' ids filter the table by themselves too (the same rows as the join): joined
+# alone, a generic plan read every message to settle a digest's receipts (10 of 5,000: 103
+# buffers and 0.6 ms; by the digest index 13 buffers and 0.15 ms).
+_SETTLE_HELD = f"""UPDATE notifications n SET status = $3,
+        sent_at = CASE WHEN $3 = 'sent' THEN now() END, last_error = d.error
+    FROM unnest($1::text[], $2::text[]) AS d(id, error)
+    WHERE n.digest_id = ANY($1::text[]) AND n.digest_id = d.id AND n.status = 'held'
+    RETURNING {_N_SETTLED}"""
+
+
 async def renew(
     conn: Conn, notification_ids: list[str], *, lease_s: float, owner: uuid.UUID
 ) -> set[str]:
     """Extend `owner`'s leases on these messages; return the ids it still holds."""
-    rows = await conn.fetch(
-        """UPDATE notifications SET lease_until = now() + make_interval(secs => $2)
-           WHERE notification_id = ANY($1::text[]) AND lease_owner = $3 AND status = 'pending'
-           RETURNING notification_id""",
-        notification_ids,
-        lease_s,
-        owner,
-    )
+    rows = await conn.fetch(_RENEW, notification_ids, lease_s, owner)
     return {r["notification_id"] for r in rows}
 
 
 async def release(conn: Conn, notification_ids: list[str], *, owner: uuid.UUID) -> None:
     """Give back leases on messages never handed to SMTP (their claim does not count)."""
-    await conn.execute(
-        """UPDATE notifications SET lease_until = NULL, lease_owner = NULL,
-               attempts = greatest(attempts - 1, 0)
-           WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND status = 'pending'""",
-        notification_ids,
-        owner,
-    )
-
-
-_SETTLED = "notification_id, complaint_id, kind, medium, language, digest_id"
+    await conn.execute(_RELEASE, notification_ids, owner)
 
 
 async def mark_sent(
@@ -211,14 +238,7 @@ async def mark_sent(
 ) -> list[asyncpg.Record]:
     """Mark `owner`'s messages sent; return those it still held (the others were settled or
     taken over by another mailer, which settles them)."""
-    return await conn.fetch(
-        f"""UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL,
-                lease_owner = NULL, last_error = NULL
-            WHERE notification_id = ANY($1::text[]) AND lease_owner = $2 AND status = 'pending'
-            RETURNING {_SETTLED}""",
-        notification_ids,
-        owner,
-    )
+    return await conn.fetch(_MARK_SENT, notification_ids, owner)
 
 
 async def mark_failed(
@@ -232,21 +252,7 @@ async def mark_failed(
 ) -> list[asyncpg.Record]:
     """Record failed attempts of `owner`'s messages: final ones fail, the others are due again
     after their back-off. Return the final failures it still held."""
-    rows = await conn.fetch(
-        f"""UPDATE notifications n SET
-                status = CASE WHEN f.final THEN 'failed' ELSE 'pending' END,
-                last_error = f.error, lease_until = NULL, lease_owner = NULL,
-                next_attempt_at = now() + make_interval(secs => f.retry_in)
-            FROM unnest($1::text[], $2::text[], $3::bool[], $4::float8[])
-                AS f(id, error, final, retry_in)
-            WHERE n.notification_id = f.id AND n.lease_owner = $5 AND n.status = 'pending'
-            RETURNING n.status, {", ".join("n." + c for c in _SETTLED.split(", "))}""",
-        notification_ids,
-        errors,
-        finals,
-        retries_in_s,
-        owner,
-    )
+    rows = await conn.fetch(_MARK_FAILED, notification_ids, errors, finals, retries_in_s, owner)
     return [r for r in rows if r["status"] == "failed"]
 
 
@@ -255,16 +261,7 @@ async def settle_held(
 ) -> list[asyncpg.Record]:
     """Mark the receipts these digests carry as their digest went (`sent`, or `failed` with
     the digest's error)."""
-    return await conn.fetch(
-        f"""UPDATE notifications n SET status = $3,
-                sent_at = CASE WHEN $3 = 'sent' THEN now() END, last_error = d.error
-            FROM unnest($1::text[], $2::text[]) AS d(id, error)
-            WHERE n.digest_id = d.id AND n.status = 'held'
-            RETURNING {", ".join("n." + c for c in _SETTLED.split(", "))}""",
-        digest_ids,
-        errors,
-        status,
-    )
+    return await conn.fetch(_SETTLE_HELD, digest_ids, errors, status)
 
 
 async def remember_team(conn: Conn, complaint_id: str, team: str) -> None:

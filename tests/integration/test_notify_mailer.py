@@ -222,3 +222,44 @@ async def test_a_broken_connection_is_replaced(pool):
     assert len(rows) == len(first) + len(second)
     # delivered on fresh connections at the first attempt: no failure was recorded
     assert {(r["status"], r["attempts"]) for r in rows} == {("sent", 1)}
+
+
+async def test_a_mailers_messages_are_found_by_their_ids_not_among_every_pending_one(pool):
+    """Renewing, releasing and settling a mailer's messages reads those messages only: even a
+    generic plan made before the table was ever analysed (a young, fast-growing table) takes
+    the primary key, and a digest's receipts come by the digest index. Spelled with the due
+    index's own predicate, the statements by id scanned that index (one joined to the ids read
+    every pending message), and settling a digest read the whole table."""
+    owner = "00000000-0000-0000-0000-000000000001"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE notifications SET (autovacuum_enabled = false)")
+        # pending messages, a tenth of them receipts held for five digests
+        await conn.execute(
+            """INSERT INTO notifications (notification_id, complaint_id, kind, medium, recipient,
+                   language, subject, body, status, digest_id, lease_owner, lease_until)
+               SELECT 'plan:' || g, 'c' || g, 'receipt', 'email', 'r' || g || '@example.com',
+                      'en', 'Receipt', 'Thank you.',
+                      CASE WHEN g % 10 = 3 THEN 'held' ELSE 'pending' END,
+                      CASE WHEN g % 10 = 3 THEN 'digest:' || g % 500 END,
+                      $1::uuid, now() + interval '1 minute'
+               FROM generate_series(1, 5000) AS g""",
+            owner,
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        ids = "'{plan:1,plan:2}'"
+        for sql, arguments, index in (
+            (repository._RENEW, f"{ids}, 30, '{owner}'", "notifications_pkey"),
+            (repository._RELEASE, f"{ids}, '{owner}'", "notifications_pkey"),
+            (repository._MARK_SENT, f"{ids}, '{owner}'", "notifications_pkey"),
+            (
+                repository._MARK_FAILED,
+                f"{ids}, '{{e,e}}', '{{t,f}}', '{{1,1}}', '{owner}'",
+                "notifications_pkey",
+            ),
+            (repository._SETTLE_HELD, "'{digest:3}', '{NULL}', 'sent'", "notifications_digest"),
+        ):
+            await conn.execute(f"PREPARE probe AS {sql}")
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE probe({arguments})"))
+            await conn.execute("DEALLOCATE probe")
+            assert index in plan, plan
+            assert "notifications_due" not in plan and "Seq Scan" not in plan, plan
