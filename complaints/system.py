@@ -35,7 +35,7 @@ class Infrastructure:
     settings: Settings
     broker: devinfra.EmbeddedBroker | None = None
     database: devinfra.ResolvedDatabase | None = None
-    smtp: devinfra.SmtpSink | None = None
+    smtp: devinfra.SmtpSinkProcess | None = None
     notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
@@ -66,7 +66,7 @@ async def resolve(settings: Settings, *, smtp_sink: bool) -> Infrastructure:
             )
         if smtp_sink and "smtp_host" not in settings.model_fields_set:
             maildir = devinfra.state_dir() / "mail"
-            infra.smtp = devinfra.SmtpSink(maildir=maildir).start()
+            infra.smtp = await asyncio.to_thread(devinfra.SmtpSinkProcess(maildir).start)
             updates.update(smtp_host=infra.smtp.host, smtp_port=infra.smtp.port)
             infra.notes.append(f"mail      SMTP sink on port {infra.smtp.port}, saved to {maildir}")
         infra.settings = settings.model_copy(update=updates)

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -204,15 +205,17 @@ async def resolve_database(configured: str | None, *, name: str = "complaints") 
 
 @dataclass
 class SmtpSink:
-    """A local SMTP server that keeps every message (in memory and as `.eml` files readable
-    by this user only)."""
+    """A local SMTP server that keeps every message (in memory unless `in_memory` is off, and
+    as `.eml` files readable by this user only when it has a `maildir`)."""
 
     host: str = "127.0.0.1"
     port: int = 0
     maildir: Path | None = None
+    in_memory: bool = True
     messages: list[EmailMessage] = field(default_factory=list)
     _controller: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _count: int = 0
 
     def start(self) -> SmtpSink:
         from aiosmtpd.controller import Controller
@@ -233,8 +236,10 @@ class SmtpSink:
 
     def keep(self, message: EmailMessage) -> None:
         with self._lock:
-            self.messages.append(message)
-            count = len(self.messages)
+            if self.in_memory:
+                self.messages.append(message)
+            self._count += 1
+            count = self._count
         if self.maildir:
             path = self.maildir / f"{int(time.time() * 1000)}-{count:06d}.eml"
             # created 0600, never wider for a moment, whatever the umask
@@ -253,6 +258,58 @@ class SmtpSink:
             return iter(list(self.messages))
 
 
+class SmtpSinkProcess:
+    """An `SmtpSink` saving to `maildir`, in a process of its own (for `complaints up`): in
+    the services' process its thread took a fifth of their CPU under load (py-spy), and it
+    kept every message in memory for as long as the run lasted. The process ends with its
+    parent, which holds its standard input open."""
+
+    def __init__(self, maildir: Path, host: str = "127.0.0.1") -> None:
+        self.maildir = maildir
+        self.host = host
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 15.0) -> SmtpSinkProcess:
+        self.port = free_port(self.host)
+        command = [sys.executable, "-m", "shared.devinfra", "smtp-sink", self.host]
+        self._proc = subprocess.Popen(  # noqa: S603
+            [*command, str(self.port), str(self.maildir)],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(self.host, self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the SMTP sink did not listen on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # its cue to stop
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _serve_sink(host: str, port: int, maildir: Path) -> None:
+    """The `SmtpSinkProcess` child: serve until standard input closes (the parent stopped it,
+    or died)."""
+    sink = SmtpSink(host=host, port=port, maildir=maildir, in_memory=False).start()
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        sink.stop()
+
+
 class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
@@ -262,3 +319,10 @@ class _SinkHandler:
         assert isinstance(message, EmailMessage)
         self._sink.keep(message)
         return "250 Message accepted for delivery"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["smtp-sink"] and len(sys.argv) == 5:
+        _serve_sink(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        sys.exit("usage: python -m shared.devinfra smtp-sink HOST PORT MAILDIR")

@@ -457,36 +457,41 @@ async def queue(
 ) -> list[asyncpg.Record]:
     """The cases `reader` may see (their team's and those naming them; every team's for
     managers and directors) matching `filters`, nearest deadline first, after the cursor."""
+    # Only the conditions that apply are written, each query shape its own prepared statement:
+    # written as `$n IS NULL OR …` for every filter, one generic plan served every shape and
+    # read (and sorted) every queued case for a page of 50.
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
     due_after, id_after = after
-    every_team = reader.role.every_team
+    where = ["version > 0", f"(next_due, complaint_id) > ({arg(due_after)}, {arg(id_after)})"]
+    if not reader.role.every_team:
+        named = f"jsonb_build_array(jsonb_build_object('staff_id', {arg(reader.staff_id)}::text))"
+        team = arg(reader.team)
+        where.append(f"(team = {team} OR staff_involved @> {named})")
+    if filters.status is not None:
+        where.append(f"status = {arg(filters.status)}")
+    if filters.team is not None:
+        where.append(f"team = {arg(filters.team)}")
+    if filters.assignee is not None:
+        where.append(f"assignee = {arg(filters.assignee)}")
+    if filters.breached is not None:
+        where.append(f"breached = {arg(filters.breached)}")
+    if filters.waiting_for_me:
+        # an approval waits for a role, in the team's chain: the reader's team, or every team
+        scope = "" if reader.role.every_team else f" AND team = {arg(reader.team)}"
+        where.append(f"status = 'awaiting_approval' AND waiting_role = {arg(reader.role.value)}")
+        where[-1] += scope
     return await conn.fetch(
-        """SELECT complaint_id, status, team, assignee, severity, category, acknowledge_by,
-                  resolve_by, next_due, breached, waiting_role, version
-           FROM cases
-           WHERE version > 0
-             AND ($1 OR team = $2 OR staff_involved @> jsonb_build_array(
-                      jsonb_build_object('staff_id', $3::text)))
-             AND ($4::text IS NULL OR status = $4)
-             AND ($5::text IS NULL OR team = $5)
-             AND ($6::text IS NULL OR assignee = $6)
-             AND ($7::boolean IS NULL OR breached = $7)
-             AND (NOT $8 OR (status = 'awaiting_approval' AND waiting_role = $9
-                             AND ($1 OR team = $2)))
-             AND (next_due, complaint_id) > ($10, $11)
-           ORDER BY next_due, complaint_id
-           LIMIT $12""",
-        every_team,
-        reader.team,
-        reader.staff_id,
-        filters.status,
-        filters.team,
-        filters.assignee,
-        filters.breached,
-        filters.waiting_for_me,
-        reader.role.value,
-        due_after,
-        id_after,
-        limit,
+        f"""SELECT complaint_id, status, team, assignee, severity, category, acknowledge_by,
+                   resolve_by, next_due, breached, waiting_role, version
+            FROM cases WHERE {" AND ".join(where)}
+            ORDER BY next_due, complaint_id
+            LIMIT {arg(limit)}""",
+        *args,
     )
 
 
