@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import statistics
 import tempfile
 import time
@@ -32,9 +31,8 @@ import asyncpg
 from bench.common import Bench, percentile, running_system
 from bench.httpclient import Connection
 from bench.intake import http_phase
+from complaints.samples import activate_policy, caps_out_of_reach
 from services.intake import admin as intake_admin
-from services.resolution import admin as resolution_admin
-from services.resolution.policy import default_policy
 from shared import auth
 
 AGENTS = [f"bench-{n}" for n in range(5)]  # the team `bench.common.prepare` adds
@@ -82,15 +80,7 @@ async def _staff_and_policy(bench: Bench, tmp: Path) -> dict[str, str]:
             languages=["en"],
             capacity=0,
         )
-    document = json.loads(default_policy().to_json())
-    for caps in (document["caps"]["per_customer"], document["caps"]["per_staff_per_day"]):
-        for per_currency in caps.values():
-            per_currency.update({c: "100000000" for c in per_currency})
-    path = tmp / "bench-policy.json"
-    path.write_text(json.dumps(document))
-    loaded = await resolution_admin.load_policy(settings, path, dry_run=False, loaded_by="bench")
-    assert loaded.version is not None
-    await resolution_admin.activate_policy(settings, loaded.version)
+    await activate_policy(settings, tmp, caps_out_of_reach, loaded_by="bench")
     secret = auth.resolve_secret(settings, tmp)
     tokens = {
         who: await intake_admin.token_for(settings, secret, who, ttl_s=3600)

@@ -425,6 +425,7 @@ async def process_batch_together(
     spans: list[trace.Span] = []
     try:
         good: list[tuple[Record, T, dict[str, str]]] = []
+        good_spans: list[trace.Span] = []
         letters: list[tuple[deadletters.Letter, dict[str, str]]] = []
         for record in records:
             span = _process_span(tracer, record, consumer.name)
@@ -432,6 +433,7 @@ async def process_batch_together(
             with trace.use_span(span, end_on_exit=False):
                 try:
                     good.append((record, parse(record), inject_headers()))
+                    good_spans.append(span)
                 except Rejected as exc:
                     span.set_attribute("complaints.deadletter.reason", exc.code)
                     letter = consumer.refusal(record, exc)
@@ -441,7 +443,7 @@ async def process_batch_together(
                     _failed(span, exc)
                     letters.append((failure_letter(record, exc, consumer), inject_headers()))
         with transient_as_such():
-            await _apply_together(pool, consumer, good, letters, apply)
+            await _apply_together(pool, tracer, consumer, good, good_spans, letters, apply)
     finally:
         for span in spans:
             span.end()
@@ -449,17 +451,21 @@ async def process_batch_together(
 
 async def _apply_together(
     pool: asyncpg.Pool,
+    tracer: trace.Tracer,
     consumer: Consumer,
     good: list[tuple[Record, T, dict[str, str]]],
+    spans: list[trace.Span],
     letters: list[tuple[deadletters.Letter, dict[str, str]]],
     apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
 ) -> None:
-    """Apply the parsed records all at once; if that fails for a reason that is not
-    transient, once more one by one, dead-lettering only the one that fails."""
+    """Apply the parsed records all at once (in a span of the batch: see `_batch_span`); if
+    that fails for a reason that is not transient, once more one by one (each in its record's
+    span), dead-lettering only the one that fails."""
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
-                await apply(conn, [(value, headers) for _, value, headers in good])
+                with _batch_span(tracer, good, spans):
+                    await apply(conn, [(value, headers) for _, value, headers in good])
                 await _store_letters(conn, letters, consumer)
             return
         except Exception as exc:
@@ -475,12 +481,30 @@ async def _apply_together(
         # the batch's transaction rolled back whole: redo it record by record
         try:
             async with conn.transaction():
-                letters += await _one_by_one(conn, good, apply, consumer)
+                letters += await _one_by_one(conn, good, spans, apply, consumer)
                 await _store_letters(conn, letters, consumer)
         except Exception as exc:
             if is_transient(exc, conn):
                 raise Transient(exc) from exc
             raise
+
+
+def _batch_span(
+    tracer: trace.Tracer, good: list[tuple[Record, Any, dict[str, str]]], spans: list[trace.Span]
+) -> Any:
+    """The span a batch's work runs in, so its statements are traced: a child of its first
+    sampled record's span, linked to every other record's (a batch serves several traces)."""
+    sampled = [s for s in spans if s.get_span_context().trace_flags.sampled]
+    if not sampled:
+        return contextlib.nullcontext()  # nothing of it would be recorded
+    parent = sampled[0]
+    span = tracer.start_span(
+        f"{good[0][0].topic} apply",
+        context=trace.set_span_in_context(parent),
+        links=[trace.Link(s.get_span_context()) for s in spans if s is not parent],
+        attributes={"messaging.batch.message_count": len(spans)},
+    )
+    return trace.use_span(span, end_on_exit=True)
 
 
 async def _store_letters(
@@ -493,14 +517,16 @@ async def _store_letters(
 async def _one_by_one(
     conn: Conn,
     good: list[tuple[Record, T, dict[str, str]]],
+    spans: list[trace.Span],
     apply: Callable[[Conn, list[tuple[T, dict[str, str]]]], Awaitable[object]],
     consumer: Consumer,
 ) -> list[tuple[deadletters.Letter, dict[str, str]]]:
     letters = []
-    for record, value, headers in good:
+    for (record, value, headers), span in zip(good, spans, strict=True):
         try:
             async with conn.transaction():
-                await apply(conn, [(value, headers)])
+                with trace.use_span(span, end_on_exit=False):
+                    await apply(conn, [(value, headers)])
         except Exception as exc:
             if is_transient(exc, conn):
                 raise Transient(exc) from exc

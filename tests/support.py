@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from complaints.samples import activate_policy as activate_policy
+from complaints.samples import clocks_in_seconds as clocks_in_seconds
+from complaints.samples import produce_submissions as produce_submissions
 from complaints.samples import submission as submission
 
 T = TypeVar("T")
@@ -108,57 +110,3 @@ async def complaints_cli_text(settings: Any, *args: str) -> tuple[int, str, str]
     """`complaints_cli` with stdout and stderr decoded."""
     code, out, err = await complaints_cli(settings, *args)
     return code, out.decode(), err.decode()
-
-
-async def activate_policy(
-    settings: Any, tmp_path: Any, edit: Callable[[dict[str, Any]], None]
-) -> int:
-    """Load the default policy as `edit` changes it (through a file, as an operator would) and
-    make it active; its version. Replicas follow within two seconds."""
-    import json
-
-    from services.resolution import admin
-    from services.resolution.policy import default_policy
-
-    document = json.loads(default_policy().to_json())
-    edit(document)
-    path = tmp_path / f"policy-{uuid.uuid4().hex[:6]}.json"
-    path.write_text(json.dumps(document))
-    loaded = await admin.load_policy(settings, path, dry_run=False, loaded_by="test")
-    assert loaded.version is not None
-    await admin.activate_policy(settings, loaded.version)
-    return loaded.version
-
-
-def clocks_in_seconds(acknowledge: str, resolve: str) -> Callable[[dict[str, Any]], None]:
-    """A policy edit: every severity's clocks as given ("2s"), warnings at 50 % and 75 %."""
-
-    def edit(document: dict[str, Any]) -> None:
-        for targets in document["clocks"]["severity"].values():
-            targets.update(acknowledge_within=acknowledge, resolve_within=resolve)
-        document["clocks"]["warn_at"] = ["0.5", "0.75"]
-
-    return edit
-
-
-async def produce_submissions(
-    bootstrap: str, submissions: Sequence[dict[str, Any]], *, source: str = "phone/ivr"
-) -> None:
-    """Send each submission to `complaints.submitted.v1` as a channel would (a CloudEvent keyed
-    by channel and external id), and wait for the broker's acknowledgements."""
-    from aiokafka import AIOKafkaProducer
-
-    from shared import topics
-    from shared.events import EventType, new_event
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        sent = []
-        for data in submissions:
-            event = new_event(type=EventType.SUBMITTED, source=source, data=data)
-            key = topics.submission_key(data["channel"], data["external_id"]).encode()
-            sent.append(await producer.send(topics.SUBMITTED, event.to_bytes(), key=key))
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
