@@ -83,7 +83,7 @@ async def running_system(
     drains: list[asyncio.Task[None]] = []
     argvs = [command] * replicas + [tuple(b) for b in beside]
     # `up` brings its own SMTP sink; a notify serving alone is given one here
-    sink = devinfra.SmtpSink().start() if ("serve", "notify") in argvs else None
+    sink = devinfra.SmtpSinkProcess(tmp / "mail").start() if ("serve", "notify") in argvs else None
     try:
         beside_urls: list[str] = []
         for n, argv in enumerate(argvs):

@@ -376,11 +376,11 @@ def failure_letter(record: Record, exc: Exception, consumer: Consumer) -> deadle
     )
 
 
-def _in_span(span: trace.Span) -> Any:
-    """`span` made current and ended on exit; an exception escaping it is not recorded there
+def _in_span(span: trace.Span, *, end_on_exit: bool = True) -> Any:
+    """`span` made current (and ended on exit); an exception escaping it is not recorded there
     (its text may quote personal data): `_failed` notes the type where one matters."""
     return trace.use_span(
-        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        span, end_on_exit=end_on_exit, record_exception=False, set_status_on_exception=False
     )
 
 
@@ -504,7 +504,7 @@ def _batch_span(
         links=[trace.Link(s.get_span_context()) for s in spans if s is not parent],
         attributes={"messaging.batch.message_count": len(spans)},
     )
-    return trace.use_span(span, end_on_exit=True)
+    return _in_span(span)
 
 
 async def _store_letters(
@@ -523,14 +523,30 @@ async def _one_by_one(
 ) -> list[tuple[deadletters.Letter, dict[str, str]]]:
     letters = []
     for (record, value, headers), span in zip(good, spans, strict=True):
-        try:
-            async with conn.transaction():
-                with trace.use_span(span, end_on_exit=False):
-                    await apply(conn, [(value, headers)])
-        except Exception as exc:
-            if is_transient(exc, conn):
-                raise Transient(exc) from exc
-            letters.append((failure_letter(record, exc, consumer), headers))
+        for attempt in range(1, consumer.max_tries + 1):
+            try:
+                async with conn.transaction():
+                    with _in_span(span, end_on_exit=False):
+                        await apply(conn, [(value, headers)])
+                break
+            except Exception as exc:
+                if is_transient(exc, conn):
+                    raise Transient(exc) from exc
+                if attempt < consumer.max_tries:  # tried as often as a record handled alone
+                    log.warning(
+                        "%s: %s on %s[%d]@%d, try %d of %d",
+                        consumer.name,
+                        type(exc).__name__,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        attempt,
+                        consumer.max_tries,
+                    )
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                _failed(span, exc)
+                letters.append((failure_letter(record, exc, consumer), headers))
     return letters
 
 

@@ -5,7 +5,8 @@ depth limits), finds the route for its type, validates the data against the rout
 payload that does not match is `Rejected`, so it is dead-lettered with the fields named),
 records the event id in the inbox (a redelivery changes nothing) and calls
 `handler(conn, data, delivery)` in the consumer's transaction. Handlers never see raw dicts,
-and no consumer branches on event types.
+and no consumer branches on event types. A consumer that applies a whole batch at once
+(`Service.consume_together`) decodes each record with `decode` instead.
 """
 
 from __future__ import annotations

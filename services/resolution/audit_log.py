@@ -9,7 +9,6 @@ whose rows were all deleted is found too: its published heads name entries that 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.resolution.audit import Broken, verify
 from services.resolution.case_model import Event
 from services.resolution.clocks import rfc3339
+from shared import jsonsafe
 from shared.db import Conn
 from shared.settings import Settings
 
@@ -68,10 +68,12 @@ def heads_in(values: Iterable[bytes | None]) -> Heads:
     heads: Heads = defaultdict(dict)
     for value in values:
         try:
-            event = json.loads(value or b"")
+            # whatever else a hostile producer put on the topic (a document nested 10,000
+            # levels deep, say) is passed over like any other record that is not a decision
+            event = jsonsafe.loads(value or b"")
             data = event["data"]
             complaint_id, head = data["complaint_id"], data["chain"]["hash"]
-        except (ValueError, TypeError, KeyError):
+        except (jsonsafe.JsonRejected, TypeError, KeyError):
             continue  # not a decision event
         if isinstance(complaint_id, str) and isinstance(head, str):
             heads[complaint_id][str(event.get("id"))] = head

@@ -106,7 +106,7 @@ async def open_many(
     for data, trace in routed:
         first.setdefault(data.complaint_id, (data, trace))
     await repository.open_cases(conn, [data for data, _ in first.values()])
-    rows = await repository.lock_cases(conn, list(first))  # in one order: no deadlock
+    rows = await repository.lock_cases(conn, list(first))
     decisions: list[tuple[list[Event], CaseState, dict[str, str] | None]] = []
     for row in rows:
         if row["version"] > 0:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from opentelemetry import trace as otel_trace
 from pydantic import BaseModel, ValidationError
 
 from services.resolution import actions, cases, domain, repository
 from services.resolution.case import SYSTEM, Kind, Reassigned, Refusal
-from shared import auth, directory, inbox, outbox
+from shared import auth, directory, inbox, outbox, telemetry
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, ReassignedData, ReceivedData, RoutedData
 from shared.kafka import Record, Rejected
@@ -34,18 +35,20 @@ MODELS: dict[str, type[BaseModel]] = {
 
 @dataclass(frozen=True)
 class Incoming:
-    """An event of `complaints.events.v1` as resolution reads it: the envelope, the record, and
-    the data of the types it acts on (validated; None for the types it only notes)."""
+    """An event of `complaints.events.v1` as resolution reads it: the envelope and the data of
+    the types it acts on (validated; None for the types it only notes)."""
 
     event: CloudEvent
-    record: Record
     data: Any
 
 
 def parse_record(record: Record) -> Incoming:
-    """The event in a record of `complaints.events.v1`, or `Rejected` saying why not."""
+    """The event in a record of `complaints.events.v1`, or `Rejected` saying why not (in the
+    record's span, which it names the complaint in)."""
     event, data = decode(record, MODELS)
-    return Incoming(event, record, data)
+    if complaint_id := event.complaint_id():
+        otel_trace.get_current_span().set_attribute("complaint.id", complaint_id)
+    return Incoming(event, data)
 
 
 Apply = Callable[[Conn, list[tuple[Incoming, dict[str, str]]], datetime], Awaitable[None]]
@@ -61,6 +64,8 @@ def batch_handler(policy: cases.PolicySource) -> Apply:
         conn: Conn, items: list[tuple[Incoming, dict[str, str]]], now: datetime
     ) -> None:
         items = [(i, trace) for i, trace in items if i.event.type not in OWN]
+        if not items:
+            return
         fresh_ids = await inbox.first_times(conn, CONSUMER, [i.event.id for i, _ in items])
         run: list[tuple[Incoming, dict[str, str]]] = []
         for incoming, trace in items:
@@ -70,7 +75,8 @@ def batch_handler(policy: cases.PolicySource) -> Apply:
             if isinstance(incoming.data, ReassignedData):
                 await _apply_run(conn, run, policy, now)
                 run = []
-                await _reassigned(conn, incoming, policy, now)
+                with telemetry.traced(trace):  # its decision continues the record's trace
+                    await _reassigned(conn, incoming, policy, now)
             else:
                 run.append((incoming, trace))
         await _apply_run(conn, run, policy, now)
@@ -85,7 +91,8 @@ async def _apply_run(
     now: datetime,
 ) -> None:
     """Events that only add to timelines, give cases their customers or open them: in a few
-    statements (a complaint's `received` always comes before its `routed`)."""
+    statements. The received rows are written before any case opens, so a case opened in
+    this run has its customer and amount whatever the order of the two in the batch."""
     if not run:
         return
     await repository.append_timelines(

@@ -30,7 +30,7 @@ async def add_received_many(conn: Conn, received: Sequence[ReceivedData]) -> Non
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT (complaint_id) DO UPDATE SET
                customer_id = EXCLUDED.customer_id, amount_at_stake = EXCLUDED.amount_at_stake""",
-        [
+        [  # rows written (and so locked) in the order of their ids, as every batch does
             (
                 data.complaint_id,
                 Status.RECEIVED.value,
@@ -42,14 +42,15 @@ async def add_received_many(conn: Conn, received: Sequence[ReceivedData]) -> Non
                 data.customer.id,
                 data.amount_at_stake.model_dump() if data.amount_at_stake else None,
             )
-            for data in received
+            for data in sorted(received, key=lambda r: r.complaint_id)
         ],
     )
 
 
 async def open_cases(conn: Conn, routed: Sequence[RoutedData]) -> None:
     """Record where each complaint was routed and why (its clocks are the decider's), in one
-    round trip; a case opened already keeps what it has."""
+    round trip, rows written (and so locked) in the order of their ids; a case opened already
+    keeps what it has."""
     await conn.executemany(
         """INSERT INTO cases (complaint_id, status, channel, external_id, category, severity,
                severity_reasons, team, assignee, language, staff_involved, received_at,
@@ -90,7 +91,7 @@ async def open_cases(conn: Conn, routed: Sequence[RoutedData]) -> None:
                 r.review_by,
                 r.customer_history,
             )
-            for r in routed
+            for r in sorted(routed, key=lambda r: r.complaint_id)
         ],
     )
 
@@ -145,21 +146,12 @@ def _view(row: asyncpg.Record) -> dict[str, Any]:
     """A case row read with its `_TIMELINE` as the view's parts."""
     case = dict(row)
     entries: list[dict[str, Any]] = case.pop("timeline_entries")
-    for entry in entries:  # json carries the time as text; the view's entries carry datetimes
-        entry["at"] = datetime.fromisoformat(entry["at"])
+    for entry in entries:  # json carries the time as text in the session's time zone
+        entry["at"] = datetime.fromisoformat(entry["at"]).astimezone(UTC)
     return {"case": case, "timeline": entries}
 
 
 # ---------------------------------------------------------------------- decided cases
-
-
-async def lock_case(conn: Conn, complaint_id: str, *, wait: bool = True) -> asyncpg.Record | None:
-    """The case row, locked until the transaction ends (one decision at a time per case); with
-    `wait=False`, None at once when another transaction holds it."""
-    return await conn.fetchrow(
-        "SELECT * FROM cases WHERE complaint_id = $1 FOR UPDATE" + ("" if wait else " SKIP LOCKED"),
-        complaint_id,
-    )
 
 
 _LOCK_WITH_EVENTS = """SELECT c.*, (
@@ -171,8 +163,10 @@ _LOCK_WITH_EVENTS = """SELECT c.*, (
 async def lock_case_with_events(
     conn: Conn, complaint_id: str, *, wait: bool = True, lock: bool = True
 ) -> tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]] | None:
-    """`lock_case` (or, without `lock`, a plain read) and the case's decided events in order
-    (type, data, event_id), in one round trip; None as `lock_case`.
+    """The case row, locked until the transaction ends (one decision at a time per case;
+    without `lock`, a plain read), and its decided events in order (type, data, event_id), in
+    one round trip; None when there is no such case, or (`wait=False`) another transaction
+    holds it.
 
     A statement reads the events as they were when it began, so after waiting for the lock
     (another decision committed meanwhile) they may be older than the row: the last event's
@@ -195,17 +189,12 @@ async def lock_case_with_events(
 
 
 async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.Record]:
-    """`lock_case` for several cases at once, locked in the order of their ids (every batch
-    locks in that order: two batches cannot deadlock)."""
+    """Several cases' rows, locked until the transaction ends (one decision at a time per
+    case), in the order of their ids (as every batch writes them: no deadlock)."""
     return await conn.fetch(
         "SELECT * FROM cases WHERE complaint_id = ANY($1::text[]) ORDER BY complaint_id FOR UPDATE",
         list(complaint_ids),
     )
-
-
-async def read_case(conn: Conn, complaint_id: str) -> asyncpg.Record | None:
-    """The case row, for a read (nothing locked)."""
-    return await conn.fetchrow("SELECT * FROM cases WHERE complaint_id = $1", complaint_id)
 
 
 async def case_exists(conn: Conn, complaint_id: str) -> bool:
@@ -220,14 +209,8 @@ async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:
     )
 
 
-_RECORD_DECISION = """WITH decided AS (
-        INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
-                                 prev_hash, hash)
-        SELECT $1, s, i, t, a, who, d::jsonb, p, h
-        FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                    $7::text[], $8::text[], $9::text[]) AS e(s, i, t, a, who, d, p, h)
-        RETURNING complaint_id, type, at, actor, data, seq
-    ), saved AS (
+# The log's entries are written only beside the case's row: no row, no entries (and no answer).
+_RECORD_DECISION = """WITH saved AS (
         UPDATE cases SET status = $10, team = $11, assignee = $12,
             acknowledge_by = coalesce($13, acknowledge_by), resolve_by = $14, remedy = $15,
             pending_approval = $16, staff_involved = $17, waiting_role = $18,
@@ -236,6 +219,13 @@ _RECORD_DECISION = """WITH decided AS (
             next_due = coalesce($24, 'infinity'::timestamptz), updated_at = now()
         WHERE complaint_id = $1
         RETURNING *
+    ), decided AS (
+        INSERT INTO case_events (complaint_id, seq, event_id, type, at, actor, data,
+                                 prev_hash, hash)
+        SELECT saved.complaint_id, s, i, t, a, who, d::jsonb, p, h
+        FROM saved, unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                           $7::text[], $8::text[], $9::text[]) AS e(s, i, t, a, who, d, p, h)
+        RETURNING complaint_id, type, at, actor, data, seq
     )
     SELECT {answer} FROM saved"""
 _DECISION_AND_VIEW = _RECORD_DECISION.format(
@@ -296,7 +286,7 @@ async def record_decisions(
     conn: Conn, decided: Sequence[tuple[Sequence[Event], Mapping[str, Any]]]
 ) -> None:
     """`record_decision` (without an answer) for each `(events, view)` of distinct cases, in
-    one round trip."""
+    one round trip; the caller holds each case's row (a case without one records nothing)."""
     await conn.executemany(
         _DECISION_ONLY, [_decision_args(events, view) for events, view in decided]
     )

@@ -64,5 +64,6 @@ def test_heads_are_read_from_decision_events_only() -> None:
         b"not json",
         None,
         json.dumps([1, 2]).encode(),
+        b"[" * 10_000 + b"]" * 10_000,  # a hostile producer's record on the topic
     ]
     assert heads_in(values) == {"c1": {event.event_id: event.hash}}
