@@ -8,6 +8,7 @@ model, the remedies applied, the outbox and the clocks' timers. A refusal change
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -122,6 +123,10 @@ async def open_many(
         if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
             raise RuntimeError(f"opening refused: {result.code}")
         decisions.append((result, replay(result, EMPTY), trace))
+        # a batch's decisions are pure work with no wait between them: let the other tasks of
+        # the process (HTTP requests, other consumers) run between two, or a batch of 200
+        # holds them all up (measured: 580 → 390 complaints/s routed in `complaints up`)
+        await asyncio.sleep(0)
     if not decisions:
         return
     await repository.record_decisions(
