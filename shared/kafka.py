@@ -523,30 +523,16 @@ async def _one_by_one(
 ) -> list[tuple[deadletters.Letter, dict[str, str]]]:
     letters = []
     for (record, value, headers), span in zip(good, spans, strict=True):
-        for attempt in range(1, consumer.max_tries + 1):
-            try:
-                async with conn.transaction():
-                    with _in_span(span, end_on_exit=False):
-                        await apply(conn, [(value, headers)])
-                break
-            except Exception as exc:
-                if is_transient(exc, conn):
-                    raise Transient(exc) from exc
-                if attempt < consumer.max_tries:  # tried as often as a record handled alone
-                    log.warning(
-                        "%s: %s on %s[%d]@%d, try %d of %d",
-                        consumer.name,
-                        type(exc).__name__,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        attempt,
-                        consumer.max_tries,
-                    )
-                    await asyncio.sleep(0.05 * 2**attempt)
-                    continue
-                _failed(span, exc)
-                letters.append((failure_letter(record, exc, consumer), headers))
+
+        async def handle(conn: Conn, _: Record) -> None:
+            # awaited within this iteration: the loop's variables are still this record's
+            with _in_span(span, end_on_exit=False):  # noqa: B023
+                await apply(conn, [(value, headers)])  # noqa: B023
+
+        # tried as often as a record handled alone
+        letter = await _handle_one(conn, record, handle, consumer, span)
+        if letter is not None:
+            letters.append((letter, headers))
     return letters
 
 
