@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +55,9 @@ class Timer:
 
 # What fires a timer: writes with `conn` (in the firing transaction) at database time `now`.
 Handler = Callable[[Conn, Timer, datetime], Awaitable[None]]
+# Fires several timers of one kind at once; returns the keys of those it could not act on now
+# (as `Later`: run again a moment later, no attempt counted).
+BatchHandler = Callable[[Conn, list[Timer], datetime], Awaitable[Collection[str]]]
 
 
 class Later(Exception):
@@ -225,6 +228,13 @@ _NEXT_SQL = f"""
 _FIRED_SQL = "UPDATE timers SET fired_at = clock_timestamp() WHERE key = ANY($1::text[])"
 
 
+def _by_kind(rows: list[asyncpg.Record]) -> dict[str, list[asyncpg.Record]]:
+    grouped: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        grouped.setdefault(row["kind"], []).append(row)
+    return grouped
+
+
 def _timer(row: asyncpg.Record) -> Timer:
     return Timer(row["key"], row["kind"], row["payload"], row["due_at"], row["attempts"])
 
@@ -235,7 +245,9 @@ class TimerWorker:
     Each of `lanes` loops claims up to `batch_size` due timers (earliest first) and fires them
     all in one transaction. If a handler fails, the batch's writes are rolled back to just after
     the claim (the locks stay) and its timers are fired again one per savepoint, so only the
-    failing timer is held back, and its handler runs once per attempt.
+    failing timer is held back, and its handler runs once per attempt. A kind with a batch
+    handler has the batch's timers of that kind fired by one call (its per-timer handler is
+    what fires them one by one after a failure).
     """
 
     def __init__(
@@ -243,6 +255,7 @@ class TimerWorker:
         pool: Pool,
         handlers: Mapping[str, Handler],
         *,
+        batch_handlers: Mapping[str, BatchHandler] | None = None,
         batch_size: int = 100,
         lanes: int = 2,
         max_wait_s: float = 1.0,
@@ -257,6 +270,9 @@ class TimerWorker:
             raise ValueError("a timer worker needs at least one handler")
         self._pool = pool
         self._handlers = dict(handlers)
+        self._batch_handlers = dict(batch_handlers or {})
+        if not self._batch_handlers.keys() <= self._handlers.keys():
+            raise ValueError("a batch handler needs a handler of its kind (for one-by-one)")
         self._kinds = sorted(self._handlers)
         self._batch = batch_size
         self._max_wait = max_wait_s
@@ -305,16 +321,25 @@ class TimerWorker:
             if not rows:
                 return 0
             failure: tuple[str, Exception] | None = None  # the handler that failed, and how
+            later: set[str] = set()
             try:
                 # a savepoint: a failure undoes the handlers' writes but keeps the claim's locks
                 async with conn.transaction():
-                    for row in rows:
-                        try:
-                            await self._handle(conn, _timer(row), row["now"])
-                        except Exception as exc:
-                            failure = (row["key"], exc)
-                            raise
-                fired = [r["key"] for r in rows]
+                    for kind, of_kind in _by_kind(rows).items():
+                        many = self._batch_handlers.get(kind)
+                        if many is not None:  # a failure: each again alone, by `_handle`
+                            later |= await self._handle_many(many, conn, of_kind)
+                            continue
+                        for row in of_kind:
+                            try:
+                                await self._handle(conn, _timer(row), row["now"])
+                            except Exception as exc:
+                                failure = (row["key"], exc)
+                                raise
+                fired = [r["key"] for r in rows if r["key"] not in later]
+                for row in rows:
+                    if row["key"] in later:
+                        await self._record_failure(conn, _timer(row), Later())
             except Exception as exc:
                 if is_transient(exc, conn):
                     raise
@@ -390,6 +415,13 @@ class TimerWorker:
             attempts,
             delay,
         )
+
+    async def _handle_many(
+        self, many: BatchHandler, conn: Conn, rows: list[asyncpg.Record]
+    ) -> set[str]:
+        """Run a batch handler on `rows`, within the time allowed; the keys it defers."""
+        async with asyncio.timeout(self._timeout):
+            return set(await many(conn, [_timer(r) for r in rows], rows[0]["now"]))
 
     async def _handle(self, conn: Conn, timer: Timer, now: datetime) -> None:
         """Run the handler for `timer`, within the time allowed."""

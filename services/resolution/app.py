@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -58,11 +59,20 @@ class Resolution(Service):
         ]
 
     async def on_open(self) -> None:
-        worker = timers.TimerWorker(self.pool, {cases.CLOCK_TIMER: self._fire})
+        worker = timers.TimerWorker(
+            self.pool,
+            {cases.CLOCK_TIMER: self._fire},
+            batch_handlers={cases.CLOCK_TIMER: self._fire_many},
+        )
         self.run_worker(timers.WORKER, worker)
 
     async def _fire(self, conn: Conn, timer: timers.Timer, now: datetime) -> None:
         await cases.fire(conn, timer, now, policies=self.policy)
+
+    async def _fire_many(
+        self, conn: Conn, due: list[timers.Timer], now: datetime
+    ) -> Collection[str]:
+        return await cases.fire_many(conn, due, now, policies=self.policy)
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,16 +75,11 @@ class Loaded:
     state: CaseState
 
 
-async def load(
-    conn: Conn, complaint_id: str, *, wait: bool = True, lock: bool = True
-) -> Loaded | None:
+async def load(conn: Conn, complaint_id: str, *, lock: bool = True) -> Loaded | None:
     """The case, its row locked until the transaction ends (one decision at a time per case);
-    None when no case has this id (or it is not opened yet). With `wait=False`, a case another
-    transaction holds raises `timers.Later` instead of waiting. Without `lock`, a read: nothing
+    None when no case has this id (or it is not opened yet). Without `lock`, a read: nothing
     is locked."""
-    found = await repository.lock_case_with_events(conn, complaint_id, wait=wait, lock=lock)
-    if found is None and not wait and await repository.case_exists(conn, complaint_id):
-        raise timers.Later()
+    found = await repository.lock_case_with_events(conn, complaint_id, lock=lock)
     if found is None or found[0]["version"] == 0:
         return None
     row, decided = found
@@ -135,7 +130,7 @@ async def open_many(
     await outbox.enqueue(
         conn, [replace(_message(e), trace=trace) for events, _, trace in decisions for e in events]
     )
-    await _rearm_many(conn, [(EMPTY, after, None) for _, after, _ in decisions])
+    await _rearm_many(conn, [(EMPTY, after, ()) for _, after, _ in decisions])
 
 
 async def act(
@@ -190,23 +185,80 @@ async def staff_action(
 
 async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: PolicySource) -> None:
     """A case clock's timer fired: warn, breach and escalate, climb an approval, or close a
-    response window (a stale timer decides nothing)."""
-    complaint_id = str(timer.payload["complaint_id"])
-    # never wait for a case while the worker holds this batch's timers: a decision holding the
-    # case may be arming or cancelling them (a deadlock); try again a moment later instead
-    loaded = await load(conn, complaint_id, wait=False)
-    if loaded is None:
-        return
-    command = ClockFired.from_payload(timer.payload)
-    policy = await policies(conn, pinned_version(loaded.state, command))
-    ctx = await context(conn, loaded.state, command, SYSTEM, policy=policy, now=now)
-    result = decide(loaded.state, command, ctx)
-    if isinstance(result, Refusal):
-        log.debug("clock %s refused on %s: %s", timer.key, complaint_id, result.code)
-        return
-    if not result:
-        return  # a stale or early timer: nothing to decide
-    await _commit(conn, loaded.state, result, policy=policy, firing=timer.key)
+    response window (a stale timer decides nothing). A case another transaction holds is never
+    waited for (`timers.Later`: see `fire_many`)."""
+    if await fire_many(conn, [timer], now, policies=policies):
+        raise timers.Later()
+
+
+async def fire_many(
+    conn: Conn, due: Sequence[timers.Timer], now: datetime, *, policies: PolicySource
+) -> set[str]:
+    """Case clocks' timers fired together, in a few statements: their cases locked and read
+    in one, each case's timers decided in turn on its state, every decision's log, read model,
+    remedies, outbox and clocks written together. A case another transaction holds is never
+    waited for (the worker holds these timers: a decision holding the case may be arming or
+    cancelling them, a deadlock); the keys of its timers are returned, to run a moment later."""
+    by_case: dict[str, list[timers.Timer]] = {}
+    for timer in sorted(due, key=lambda t: (t.due_at, t.key)):
+        by_case.setdefault(str(timer.payload["complaint_id"]), []).append(timer)
+    found = await repository.try_lock_cases_with_events(conn, list(by_case))
+    missing = [c for c in by_case if c not in found]
+    held = await repository.existing_cases(conn, missing) if missing else set()
+    later = {t.key for c in held for t in by_case[c]}
+    decided: list[tuple[list[Event], CaseState, CaseState, set[str], Policy]] = []
+    seen: dict[Any, Any] = {}  # the directory as this batch read it
+    for complaint_id in sorted(found):
+        row, events = found[complaint_id]
+        if row["version"] == 0:
+            continue  # not opened yet: nothing to decide
+        before = state = replay(
+            [Event.from_data(type_, data, event_id) for type_, data, event_id in events]
+        )
+        new: list[Event] = []
+        policy: Policy | None = None
+        for timer in by_case[complaint_id]:
+            command = ClockFired.from_payload(timer.payload)
+            policy = await policies(conn, pinned_version(state, command))
+            ctx = await context(conn, state, command, SYSTEM, policy=policy, now=now, seen=seen)
+            result = decide(state, command, ctx)
+            if isinstance(result, Refusal):
+                log.debug("clock %s refused on %s: %s", timer.key, complaint_id, result.code)
+                continue
+            if result:
+                new += result
+                state = replay(result, state)
+        if new and policy is not None:
+            firing = {t.key for t in by_case[complaint_id]}
+            decided.append((new, before, state, firing, policy))
+        await asyncio.sleep(0)  # pure work between two cases: let the process's other tasks run
+    if decided:
+        await _commit_many(conn, decided)
+    return later
+
+
+async def _commit_many(
+    conn: Conn, decided: Sequence[tuple[list[Event], CaseState, CaseState, set[str], Policy]]
+) -> None:
+    """`_commit` for the decisions of distinct cases, each statement once for all."""
+    await repository.record_decisions(
+        conn, [(events, _read_model(events, after)) for events, _, after, _, _ in decided]
+    )
+    applied = [
+        _remedy_row(e, after, policy)
+        for events, _, after, _, policy in decided
+        for e in events
+        if e.type is Kind.REMEDY_APPROVED
+    ]
+    if applied:
+        await repository.add_remedies(conn, applied)
+    await outbox.enqueue(conn, [_message(e) for events, *_ in decided for e in events])
+    await _rearm_many(conn, [(before, after, firing) for _, before, after, firing, _ in decided])
+
+
+def _read_model(events: Sequence[Event], after: CaseState) -> dict[str, Any]:
+    """The case's read model after `events` (which may record a breach)."""
+    return domain.case_view(after, breached=any(e.type is Kind.SLA_BREACHED for e in events))
 
 
 def pinned_version(state: CaseState, command: Command) -> int | None:
@@ -242,24 +294,33 @@ async def context(
     policy: Policy,
     now: datetime,
     expected: int | None = None,
+    seen: dict[Any, Any] | None = None,
 ) -> Context:
     """Everything `decide` needs besides the state and the command, read from the database
     (only what this command's rules read); `expected`: the case version the actor saw (None:
-    not checked)."""
+    not checked). With `seen`, the roles held in a chain and the assignees' roles are read
+    once per batch of decisions sharing it (not the caps and samples, which each changes)."""
     ctx = Context(actor=actor, policy=policy, now=now, expected_version=expected)
+    seen = {} if seen is None else seen
     if isinstance(command, Assign):
         found = await directory.find_member(conn, command.to)
         if found is not None:
             ctx = replace(ctx, target=Member(found.staff_id, found.role, found.team, found.active))
     if isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired):
-        named = [h.staff_id for h in state.staff]
-        ctx = replace(ctx, held_roles=await repository.held_roles(conn, state.team, named))
+        named = tuple(h.staff_id for h in state.staff)
+        key = ("held", state.team, named)
+        if key not in seen:
+            seen[key] = await repository.held_roles(conn, state.team, named)
+        ctx = replace(ctx, held_roles=seen[key])
     if isinstance(command, ProposeRemedy | Approve):
         ctx = replace(ctx, usage=await usage(conn, state, actor, policy, now))
     if isinstance(command, ProposeRemedy):
         ctx = replace(ctx, sample=await _sample(conn, state, command, policy, now))
     if isinstance(command, ClockFired) and state.assignee:
-        assignee = await directory.find_member(conn, state.assignee)
+        member_key = ("member", state.assignee)
+        if member_key not in seen:
+            seen[member_key] = await directory.find_member(conn, state.assignee)
+        assignee = seen[member_key]
         ctx = replace(ctx, assignee_role=assignee.role if assignee else None)
     return ctx
 
@@ -321,10 +382,7 @@ async def _commit(
     """Keep decided events: log and read model (and, with `answer`, the view after them, in
     the same statement), remedies, outbox, timers."""
     after = replay(events, before)
-    breached = any(e.type is Kind.SLA_BREACHED for e in events)
-    view = await repository.record_decision(
-        conn, events, domain.case_view(after, breached=breached), answer=answer
-    )
+    view = await repository.record_decision(conn, events, _read_model(events, after), answer=answer)
     applied = [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED]
     if applied:
         await repository.add_remedies(conn, applied)
@@ -336,19 +394,19 @@ async def _commit(
 async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str | None) -> None:
     """Make the armed timers match what the case wants: cancel what it no longer wants (not
     the timer firing now: the worker marks it fired), arm what is new or moved."""
-    await _rearm_many(conn, [(before, after, firing)])
+    await _rearm_many(conn, [(before, after, {firing} if firing else set())])
 
 
 async def _rearm_many(
-    conn: Conn, changes: Sequence[tuple[CaseState, CaseState, str | None]]
+    conn: Conn, changes: Sequence[tuple[CaseState, CaseState, Collection[str]]]
 ) -> None:
-    """`_rearm` for each `(before, after, firing)` of distinct cases, in one statement."""
+    """`_rearm` for each `(before, after, firing keys)` of distinct cases, in one statement."""
     cancel: list[str] = []
     arm: list[tuple[str, datetime, str, Any]] = []
     for before, after, firing in changes:
         old = {t.key: t for t in desired_timers(before)}
         new = {t.key: t for t in desired_timers(after)}
-        cancel += sorted(old.keys() - new.keys() - {firing})
+        cancel += sorted(old.keys() - new.keys() - set(firing))
         arm += [
             (key, spec.due_at, CLOCK_TIMER, spec.payload)
             for key, spec in sorted(new.items())

@@ -161,22 +161,17 @@ _LOCK_WITH_EVENTS = """SELECT c.*, (
 
 
 async def lock_case_with_events(
-    conn: Conn, complaint_id: str, *, wait: bool = True, lock: bool = True
+    conn: Conn, complaint_id: str, *, lock: bool = True
 ) -> tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]] | None:
     """The case row, locked until the transaction ends (one decision at a time per case;
     without `lock`, a plain read), and its decided events in order (type, data, event_id), in
-    one round trip; None when there is no such case, or (`wait=False`) another transaction
-    holds it.
+    one round trip; None when there is no such case.
 
     A statement reads the events as they were when it began, so after waiting for the lock
     (another decision committed meanwhile) they may be older than the row: the last event's
     sequence number is the row's version, and when the two differ the events are read again.
     """
-    sql = _LOCK_WITH_EVENTS
-    if not lock:
-        sql = sql.removesuffix(" FOR UPDATE")
-    elif not wait:
-        sql += " SKIP LOCKED"
+    sql = _LOCK_WITH_EVENTS if lock else _LOCK_WITH_EVENTS.removesuffix(" FOR UPDATE")
     row = await conn.fetchrow(sql, complaint_id)
     if row is None:
         return None
@@ -188,6 +183,36 @@ async def lock_case_with_events(
     return row, decided
 
 
+async def try_lock_cases_with_events(
+    conn: Conn, complaint_ids: Sequence[str]
+) -> dict[str, tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]]]:
+    """`lock_case_with_events` for several cases in one round trip, never waiting: the ones no
+    other transaction holds, by id (a case missing is held, or does not exist)."""
+    rows = await conn.fetch(
+        _LOCK_WITH_EVENTS.replace("complaint_id = $1", "complaint_id = ANY($1::text[])")
+        + " SKIP LOCKED",
+        list(complaint_ids),
+    )
+    found = {}
+    for row in rows:
+        decided = [(t, d, i) for t, d, i in row["decided"]]
+        if len(decided) != row["version"]:  # committed after this statement began: read again
+            decided = [
+                (r["type"], r["data"], r["event_id"])
+                for r in await case_events(conn, row["complaint_id"])
+            ]
+        found[row["complaint_id"]] = (row, decided)
+    return found
+
+
+async def existing_cases(conn: Conn, complaint_ids: Sequence[str]) -> set[str]:
+    """Which of these cases exist."""
+    rows = await conn.fetch(
+        "SELECT complaint_id FROM cases WHERE complaint_id = ANY($1::text[])", list(complaint_ids)
+    )
+    return {r["complaint_id"] for r in rows}
+
+
 async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.Record]:
     """Several cases' rows, locked until the transaction ends (one decision at a time per
     case), in the order of their ids (as every batch writes them: no deadlock)."""
@@ -195,10 +220,6 @@ async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.R
         "SELECT * FROM cases WHERE complaint_id = ANY($1::text[]) ORDER BY complaint_id FOR UPDATE",
         list(complaint_ids),
     )
-
-
-async def case_exists(conn: Conn, complaint_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM cases WHERE complaint_id = $1", complaint_id))
 
 
 async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:

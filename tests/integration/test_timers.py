@@ -393,3 +393,57 @@ async def test_timers_found_by_key_are_read_through_the_primary_key(schema: Sche
             plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE probe({argument})"))
             await conn.execute("DEALLOCATE probe")
             assert "timers_pkey" in plan and "timers_pending" not in plan, plan
+
+
+async def test_a_batch_handler_fires_a_batch_at_once_defers_what_it_returns_and_falls_back(
+    schema: Schema,
+):
+    """A kind with a batch handler gets a claimed batch's timers in one call; the keys it
+    returns run again a moment later (no attempt counted); if it fails, each timer is fired
+    alone by the kind's handler, so only a failing one is held back."""
+    now = await schema.now()
+    await schema.schedule(["x1", "x2", "x3"], [now, now, now])
+    calls: list[list[str]] = []
+    deferred_once: set[str] = set()
+
+    async def many(conn: db.Conn, due: list[Timer], at: datetime) -> set[str]:
+        calls.append(sorted(t.key for t in due))
+        later = {t.key for t in due if t.key == "x2" and "x2" not in deferred_once}
+        deferred_once.update(later)
+        for timer in due:
+            if timer.key not in later:
+                await _record_effect(conn, timer, at)
+        return later
+
+    worker = TimerWorker(
+        schema.pool, {"tick": _record_effect}, batch_handlers={"tick": many}, max_wait_s=0.2
+    )
+    async with _running(worker):
+        await _until(lambda: _has_effects(schema, 3))
+        await asyncio.sleep(0.3)
+    assert await _effects(schema) == {"x1": 1, "x2": 1, "x3": 1}
+    assert calls[0] == ["x1", "x2", "x3"] and ["x2"] in calls[1:]
+    x2 = (await schema.sql("SELECT attempts, fired_at FROM timers WHERE key = 'x2'"))[0]
+    assert x2["attempts"] == 0 and x2["fired_at"] is not None
+
+    # a batch handler that fails: each timer again alone, the poisoned one held back
+    await schema.schedule(["y1", "poison", "y2"], [now, now, now])
+
+    async def broken(conn: db.Conn, due: list[Timer], at: datetime) -> set[str]:
+        raise RuntimeError("the batch handler broke")
+
+    async def alone(conn: db.Conn, timer: Timer, at: datetime) -> None:
+        if timer.key == "poison":
+            raise ValueError("this one fails")
+        await _record_effect(conn, timer, at)
+
+    worker = TimerWorker(
+        schema.pool, {"tick": alone}, batch_handlers={"tick": broken}, max_wait_s=0.2
+    )
+    async with _running(worker):
+        await _until(lambda: _has_effects(schema, 5))
+        await asyncio.sleep(0.3)
+    effects = await _effects(schema)
+    assert effects["y1"] == effects["y2"] == 1 and "poison" not in effects
+    poison = (await schema.sql("SELECT attempts, fired_at FROM timers WHERE key = 'poison'"))[0]
+    assert poison["attempts"] == 1 and poison["fired_at"] is None
