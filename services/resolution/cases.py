@@ -68,6 +68,20 @@ class Kept:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """Decided events of one case, to be kept: the state before and after them, the policy
+    they were decided under, the timers firing them (never cancelled: the worker marks them
+    fired) and the trace their events continue (None: the current context)."""
+
+    events: Sequence[Event]
+    before: CaseState
+    after: CaseState
+    policy: Policy
+    firing: Collection[str] = ()
+    trace: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Loaded:
     """A case as a decision sees it: its row (locked) and its state."""
 
@@ -83,8 +97,12 @@ async def load(conn: Conn, complaint_id: str, *, lock: bool = True) -> Loaded | 
     if found is None or found[0]["version"] == 0:
         return None
     row, decided = found
-    events = [Event.from_data(type_, data, event_id) for type_, data, event_id in decided]
-    return Loaded(row, replay(events))
+    return Loaded(row, _replayed(decided))
+
+
+def _replayed(decided: repository.Decided) -> CaseState:
+    """The state a case's decided events, as read, fold to."""
+    return replay([Event.from_data(type_, data, event_id) for type_, data, event_id in decided])
 
 
 async def open_many(
@@ -103,7 +121,7 @@ async def open_many(
         first.setdefault(data.complaint_id, (data, trace))
     await repository.open_cases(conn, [data for data, _ in first.values()])
     rows = await repository.lock_cases(conn, list(first))
-    decisions: list[tuple[list[Event], CaseState, dict[str, str] | None]] = []
+    decisions: list[Decision] = []
     for row in rows:
         if row["version"] > 0:
             continue  # opened already (routed twice)
@@ -117,20 +135,12 @@ async def open_many(
         result = open_case(facts, Context(SYSTEM, policy, now))
         if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
             raise RuntimeError(f"opening refused: {result.code}")
-        decisions.append((result, replay(result, EMPTY), trace))
+        decisions.append(Decision(result, EMPTY, replay(result, EMPTY), policy, trace=trace))
         # a batch's decisions are pure work with no wait between them: let the other tasks of
         # the process (HTTP requests, other consumers) run between two, or a batch of 200
         # holds them all up (measured: 580 → 390 complaints/s routed in `complaints up`)
         await asyncio.sleep(0)
-    if not decisions:
-        return
-    await repository.record_decisions(
-        conn, [(events, domain.case_view(after, breached=False)) for events, after, _ in decisions]
-    )
-    await outbox.enqueue(
-        conn, [replace(_message(e), trace=trace) for events, _, trace in decisions for e in events]
-    )
-    await _rearm_many(conn, [(EMPTY, after, ()) for _, after, _ in decisions])
+    await _commit_many(conn, decisions)
 
 
 async def act(
@@ -206,15 +216,13 @@ async def fire_many(
     missing = [c for c in by_case if c not in found]
     held = await repository.existing_cases(conn, missing) if missing else set()
     later = {t.key for c in held for t in by_case[c]}
-    decided: list[tuple[list[Event], CaseState, CaseState, set[str], Policy]] = []
+    decided: list[Decision] = []
     seen: dict[Any, Any] = {}  # the directory as this batch read it
     for complaint_id in sorted(found):
         row, events = found[complaint_id]
         if row["version"] == 0:
             continue  # not opened yet: nothing to decide
-        before = state = replay(
-            [Event.from_data(type_, data, event_id) for type_, data, event_id in events]
-        )
+        before = state = _replayed(events)
         new: list[Event] = []
         policy: Policy | None = None
         for timer in by_case[complaint_id]:
@@ -230,30 +238,35 @@ async def fire_many(
                 state = replay(result, state)
         if new and policy is not None:
             firing = {t.key for t in by_case[complaint_id]}
-            decided.append((new, before, state, firing, policy))
+            decided.append(Decision(new, before, state, policy, firing))
         await asyncio.sleep(0)  # pure work between two cases: let the process's other tasks run
-    if decided:
-        await _commit_many(conn, decided)
+    await _commit_many(conn, decided)
     return later
 
 
-async def _commit_many(
-    conn: Conn, decided: Sequence[tuple[list[Event], CaseState, CaseState, set[str], Policy]]
-) -> None:
+async def _commit_many(conn: Conn, decided: Sequence[Decision]) -> None:
     """`_commit` for the decisions of distinct cases, each statement once for all."""
+    if not decided:
+        return
     await repository.record_decisions(
-        conn, [(events, _read_model(events, after)) for events, _, after, _, _ in decided]
+        conn, [(d.events, _read_model(d.events, d.after)) for d in decided]
     )
+    await _keep_effects(conn, decided)
+
+
+async def _keep_effects(conn: Conn, decided: Sequence[Decision]) -> None:
+    """What decisions kept in their log and read model lead to, each statement once for all:
+    the remedies they applied, their events in the outbox, the clocks they want armed."""
     applied = [
-        _remedy_row(e, after, policy)
-        for events, _, after, _, policy in decided
-        for e in events
+        _remedy_row(e, d.after, d.policy)
+        for d in decided
+        for e in d.events
         if e.type is Kind.REMEDY_APPROVED
     ]
     if applied:
         await repository.add_remedies(conn, applied)
-    await outbox.enqueue(conn, [_message(e) for events, *_ in decided for e in events])
-    await _rearm_many(conn, [(before, after, firing) for _, before, after, firing, _ in decided])
+    await outbox.enqueue(conn, [_message(e, d.trace) for d in decided for e in d.events])
+    await _rearm_many(conn, decided)
 
 
 def _read_model(events: Sequence[Event], after: CaseState) -> dict[str, Any]:
@@ -376,37 +389,25 @@ async def _commit(
     events: Sequence[Event],
     *,
     policy: Policy,
-    firing: str | None = None,
     answer: bool = False,
 ) -> Kept:
     """Keep decided events: log and read model (and, with `answer`, the view after them, in
     the same statement), remedies, outbox, timers."""
     after = replay(events, before)
     view = await repository.record_decision(conn, events, _read_model(events, after), answer=answer)
-    applied = [_remedy_row(e, after, policy) for e in events if e.type is Kind.REMEDY_APPROVED]
-    if applied:
-        await repository.add_remedies(conn, applied)
-    await outbox.enqueue(conn, [_message(e) for e in events])
-    await _rearm(conn, before, after, firing=firing)
+    await _keep_effects(conn, [Decision(events, before, after, policy)])
     return Kept(after, view)
 
 
-async def _rearm(conn: Conn, before: CaseState, after: CaseState, *, firing: str | None) -> None:
-    """Make the armed timers match what the case wants: cancel what it no longer wants (not
-    the timer firing now: the worker marks it fired), arm what is new or moved."""
-    await _rearm_many(conn, [(before, after, {firing} if firing else set())])
-
-
-async def _rearm_many(
-    conn: Conn, changes: Sequence[tuple[CaseState, CaseState, Collection[str]]]
-) -> None:
-    """`_rearm` for each `(before, after, firing keys)` of distinct cases, in one statement."""
+async def _rearm_many(conn: Conn, decided: Sequence[Decision]) -> None:
+    """Make the armed timers match what each case wants, in one statement: cancel what it no
+    longer wants (not the timers firing now), arm what is new or moved."""
     cancel: list[str] = []
     arm: list[tuple[str, datetime, str, Any]] = []
-    for before, after, firing in changes:
-        old = {t.key: t for t in desired_timers(before)}
-        new = {t.key: t for t in desired_timers(after)}
-        cancel += sorted(old.keys() - new.keys() - set(firing))
+    for d in decided:
+        old = {t.key: t for t in desired_timers(d.before)}
+        new = {t.key: t for t in desired_timers(d.after)}
+        cancel += sorted(old.keys() - new.keys() - set(d.firing))
         arm += [
             (key, spec.due_at, CLOCK_TIMER, spec.payload)
             for key, spec in sorted(new.items())
@@ -441,8 +442,9 @@ def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any
     }
 
 
-def _message(event: Event) -> outbox.Message:
-    """The decided event as its CloudEvent, under the id the decision log gave it."""
+def _message(event: Event, trace: dict[str, str] | None = None) -> outbox.Message:
+    """The decided event as its CloudEvent, under the id the decision log gave it, continuing
+    `trace` (None: the current context)."""
     return outbox.complaint_event(
         event.type,
         source=SOURCE,
@@ -450,4 +452,5 @@ def _message(event: Event) -> outbox.Message:
         data=event.data(),
         at=event.at,
         event_id=event.event_id,
+        trace=trace,
     )

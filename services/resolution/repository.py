@@ -154,55 +154,47 @@ def _view(row: asyncpg.Record) -> dict[str, Any]:
 # ---------------------------------------------------------------------- decided cases
 
 
-_LOCK_WITH_EVENTS = """SELECT c.*, (
+# Case rows with their decided events (type, data, event_id) in order, as one json array.
+_CASES_WITH_EVENTS = """SELECT c.*, (
         SELECT coalesce(json_agg(json_build_array(type, data, event_id) ORDER BY seq), '[]')
         FROM case_events e WHERE e.complaint_id = c.complaint_id) AS decided
-    FROM cases c WHERE complaint_id = $1 FOR UPDATE"""
+    FROM cases c WHERE {where}"""
+Decided = list[tuple[str, dict[str, Any], str]]
 
 
 async def lock_case_with_events(
     conn: Conn, complaint_id: str, *, lock: bool = True
-) -> tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]] | None:
+) -> tuple[asyncpg.Record, Decided] | None:
     """The case row, locked until the transaction ends (one decision at a time per case;
     without `lock`, a plain read), and its decided events in order (type, data, event_id), in
-    one round trip; None when there is no such case.
-
-    A statement reads the events as they were when it began, so after waiting for the lock
-    (another decision committed meanwhile) they may be older than the row: the last event's
-    sequence number is the row's version, and when the two differ the events are read again.
-    """
-    sql = _LOCK_WITH_EVENTS if lock else _LOCK_WITH_EVENTS.removesuffix(" FOR UPDATE")
-    row = await conn.fetchrow(sql, complaint_id)
-    if row is None:
-        return None
-    decided = [(t, d, i) for t, d, i in row["decided"]]
-    if len(decided) != row["version"]:  # events are numbered 1, 2, … and the version is the last
-        decided = [
-            (r["type"], r["data"], r["event_id"]) for r in await case_events(conn, complaint_id)
-        ]
-    return row, decided
+    one round trip; None when there is no such case."""
+    where = "complaint_id = $1" + (" FOR UPDATE" if lock else "")
+    row = await conn.fetchrow(_CASES_WITH_EVENTS.format(where=where), complaint_id)
+    return None if row is None else await _with_events(conn, row)
 
 
 async def try_lock_cases_with_events(
     conn: Conn, complaint_ids: Sequence[str]
-) -> dict[str, tuple[asyncpg.Record, list[tuple[str, dict[str, Any], str]]]]:
+) -> dict[str, tuple[asyncpg.Record, Decided]]:
     """`lock_case_with_events` for several cases in one round trip, never waiting: the ones no
     other transaction holds, by id (a case missing is held, or does not exist)."""
-    rows = await conn.fetch(
-        _LOCK_WITH_EVENTS.replace("complaint_id = $1", "complaint_id = ANY($1::text[])")
-        + " SKIP LOCKED",
-        list(complaint_ids),
-    )
-    found = {}
-    for row in rows:
-        decided = [(t, d, i) for t, d, i in row["decided"]]
-        if len(decided) != row["version"]:  # committed after this statement began: read again
-            decided = [
-                (r["type"], r["data"], r["event_id"])
-                for r in await case_events(conn, row["complaint_id"])
-            ]
-        found[row["complaint_id"]] = (row, decided)
-    return found
+    where = "complaint_id = ANY($1::text[]) FOR UPDATE SKIP LOCKED"
+    rows = await conn.fetch(_CASES_WITH_EVENTS.format(where=where), list(complaint_ids))
+    return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
+
+
+async def _with_events(conn: Conn, row: asyncpg.Record) -> tuple[asyncpg.Record, Decided]:
+    """A row read by `_CASES_WITH_EVENTS` and its events. A statement reads the events as they
+    were when it began, so when it had to wait for the row's lock (another decision committed
+    meanwhile) they may be older than the row: the last event's sequence number is the row's
+    version, and when the two differ the events are read again."""
+    decided = [(t, d, i) for t, d, i in row["decided"]]
+    if len(decided) != row["version"]:  # events are numbered 1, 2, … and the version is the last
+        decided = [
+            (r["type"], r["data"], r["event_id"])
+            for r in await case_events(conn, row["complaint_id"])
+        ]
+    return row, decided
 
 
 async def existing_cases(conn: Conn, complaint_ids: Sequence[str]) -> set[str]:
