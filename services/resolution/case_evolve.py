@@ -7,7 +7,6 @@ firings only mark a clock's `fired` set; the status is derived from the facts af
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from services.resolution.case_model import (
@@ -33,6 +32,7 @@ from services.resolution.policy import (
     Role,
 )
 from shared.events import Category, Channel, Money, Severity
+from shared.frozen import changed
 
 __all__ = ["evolve", "replay"]
 
@@ -42,9 +42,9 @@ __all__ = ["evolve", "replay"]
 def evolve(state: CaseState, event: Event) -> CaseState:
     """The state after `event` (pure; reads only the event)."""
     apply = _APPLY.get(event.type)
-    changed = apply(state, event) if apply else state
+    after = apply(state, event) if apply else state
     # the status reads neither the version nor the chain: one copy, not two
-    return replace(changed, version=event.seq, chain_head=event.hash, status=_status(changed))
+    return changed(after, version=event.seq, chain_head=event.hash, status=_status(after))
 
 
 def replay(events: Iterable[Event], state: CaseState = EMPTY) -> CaseState:
@@ -81,7 +81,7 @@ def _d(event: Event, key: str) -> Any:
 
 def _on_opened(s: CaseState, e: Event) -> CaseState:
     amount = _d(e, "amount_at_stake")
-    return replace(
+    return changed(
         s,
         complaint_id=e.complaint_id,
         team=_d(e, "team"),
@@ -102,12 +102,12 @@ def _on_deadlines(s: CaseState, e: Event) -> CaseState:
     runs = dict(s.last_run)
     for c in clocks:
         runs[c.kind] = max(runs.get(c.kind, 0), c.run)
-    return replace(s, clocks=clocks, last_run=tuple(sorted(runs.items())))
+    return changed(s, clocks=clocks, last_run=tuple(sorted(runs.items())))
 
 
 def _hearing(s: CaseState, staff_id: str, **changes: Any) -> CaseState:
-    return replace(
-        s, staff=tuple(replace(h, **changes) if h.staff_id == staff_id else h for h in s.staff)
+    return changed(
+        s, staff=tuple(changed(h, **changes) if h.staff_id == staff_id else h for h in s.staff)
     )
 
 
@@ -151,18 +151,18 @@ def _on_proposed(s: CaseState, e: Event) -> CaseState:
         justification=_d(e, "justification"),
         note=_d(e, "note"),
     )
-    return replace(s, pending=pending)
+    return changed(s, pending=pending)
 
 
 def _on_resolution_proposed(s: CaseState, e: Event) -> CaseState:
-    return replace(s, pending=_pending(PendingKind.NOT_UPHELD, e, message=_d(e, "message")))
+    return changed(s, pending=_pending(PendingKind.NOT_UPHELD, e, message=_d(e, "message")))
 
 
 def _on_approval_requested(s: CaseState, e: Event) -> CaseState:
     if s.pending is None:
         return s
-    return replace(
-        s, pending=replace(s.pending, waiting_role=Role(_d(e, "role")), approval_run=_d(e, "run"))
+    return changed(
+        s, pending=changed(s.pending, waiting_role=Role(_d(e, "role")), approval_run=_d(e, "run"))
     )
 
 
@@ -175,7 +175,7 @@ def _on_approved(s: CaseState, e: Event) -> CaseState:
         policy_exception=_d(e, "policy_exception"),
         at=e.at,
     )
-    return replace(s, applied=applied, pending=None)
+    return changed(s, applied=applied, pending=None)
 
 
 def _on_resolved(s: CaseState, e: Event) -> CaseState:
@@ -189,14 +189,14 @@ def _on_resolved(s: CaseState, e: Event) -> CaseState:
         confirmed_by=_d(e, "confirmed_by"),
         confirmed_role=Role(confirmed_role) if confirmed_role else None,
     )
-    return replace(
+    return changed(
         s, decision=decision, pending=None, reopened_to=None, awaiting_customer_since=None
     )
 
 
 def _on_reopened(s: CaseState, e: Event) -> CaseState:
     previous = s.previous_remedies + ((s.applied,) if s.applied else ())
-    return replace(
+    return changed(
         s,
         decision=None,
         closed_at=None,
@@ -210,7 +210,7 @@ def _on_reopened(s: CaseState, e: Event) -> CaseState:
 
 def _on_fired(s: CaseState, e: Event) -> CaseState:
     kind, run, what = ClockKind(_d(e, "clock")), _d(e, "run"), _d(e, "what")
-    return replace(
+    return changed(
         s, clocks=tuple(c.fire(what) if c.kind is kind and c.run == run else c for c in s.clocks)
     )
 
@@ -218,25 +218,25 @@ def _on_fired(s: CaseState, e: Event) -> CaseState:
 _APPLY: dict[Kind, Callable[[CaseState, Event], CaseState]] = {
     Kind.CASE_OPENED: _on_opened,
     Kind.DEADLINES_SET: _on_deadlines,
-    Kind.ACKNOWLEDGED: lambda s, e: replace(s, acknowledged_at=e.at),
-    Kind.ASSIGNED: lambda s, e: replace(s, assignee=_d(e, "to_assignee")),
-    Kind.INFORMATION_REQUESTED: lambda s, e: replace(s, awaiting_customer_since=e.at),
-    Kind.CUSTOMER_REPLIED: lambda s, e: replace(s, awaiting_customer_since=None),
+    Kind.ACKNOWLEDGED: lambda s, e: changed(s, acknowledged_at=e.at),
+    Kind.ASSIGNED: lambda s, e: changed(s, assignee=_d(e, "to_assignee")),
+    Kind.INFORMATION_REQUESTED: lambda s, e: changed(s, awaiting_customer_since=e.at),
+    Kind.CUSTOMER_REPLIED: lambda s, e: changed(s, awaiting_customer_since=None),
     Kind.STAFF_RESPONSE_REQUESTED: _on_staff_requested,
     Kind.STAFF_RESPONDED: _on_staff_responded,
     Kind.STAFF_RESPONSE_WINDOW_CLOSED: _on_window_closed,
     Kind.REMEDY_PROPOSED: _on_proposed,
     Kind.APPROVAL_REQUESTED: _on_approval_requested,
     Kind.REMEDY_APPROVED: _on_approved,
-    Kind.REMEDY_DECLINED: lambda s, e: replace(s, pending=None),
-    Kind.REMEDY_WITHDRAWN: lambda s, e: replace(s, pending=None),
+    Kind.REMEDY_DECLINED: lambda s, e: changed(s, pending=None),
+    Kind.REMEDY_WITHDRAWN: lambda s, e: changed(s, pending=None),
     Kind.RESOLUTION_PROPOSED: _on_resolution_proposed,
-    Kind.RESOLUTION_DECLINED: lambda s, e: replace(s, pending=None),
-    Kind.RESOLUTION_WITHDRAWN: lambda s, e: replace(s, pending=None),
+    Kind.RESOLUTION_DECLINED: lambda s, e: changed(s, pending=None),
+    Kind.RESOLUTION_WITHDRAWN: lambda s, e: changed(s, pending=None),
     Kind.RESOLVED: _on_resolved,
     Kind.REOPENED: _on_reopened,
-    Kind.CLOSED: lambda s, e: replace(s, closed_at=e.at),
+    Kind.CLOSED: lambda s, e: changed(s, closed_at=e.at),
     Kind.SLA_WARNING: _on_fired,
     Kind.SLA_BREACHED: _on_fired,
-    Kind.ESCALATED: lambda s, e: replace(s, escalated_to=Role(_d(e, "to_role"))),
+    Kind.ESCALATED: lambda s, e: changed(s, escalated_to=Role(_d(e, "to_role"))),
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -31,6 +31,7 @@ from services.resolution.policy import (
 )
 from shared.events import Category, Channel, Money, RoutedData, Severity
 from shared.events import Outcome as Outcome
+from shared.frozen import changed
 
 # --- vocabulary -------------------------------------------------------------------------------
 
@@ -552,5 +553,5 @@ def seal(state: CaseState, drafts: Sequence[Draft], actor: str, now: datetime) -
             kind, complaint_id, actor, now.astimezone(UTC), detail, seq, event_id, head, ""
         )
         head = entry_hash(head, draft.audit_entry())
-        out.append(replace(draft, hash=head))
+        out.append(changed(draft, hash=head))
     return out

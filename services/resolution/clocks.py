@@ -22,7 +22,7 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from services.resolution.policy import BusinessHours, Policy, Weekday
+from shared.frozen import changed
 
 __all__ = [
     "Calendar",
@@ -241,7 +242,7 @@ class Clock:
         if self.running_since is None:
             return self
         ran = calendar.working_between(self.running_since, now)
-        paused = replace(
+        paused = changed(
             self,
             accumulated=self.accumulated + ran,
             running_since=None,
@@ -253,7 +254,7 @@ class Clock:
         """The clock running again from `now`."""
         if self.running_since is not None:
             return self
-        return replace(self, running_since=now.astimezone(UTC), paused_at=None).timed(calendar)
+        return changed(self, running_since=now.astimezone(UTC), paused_at=None).timed(calendar)
 
     def elapsed(self, calendar: Calendar, now: datetime) -> timedelta:
         """Working time run so far."""
@@ -283,7 +284,7 @@ class Clock:
 
     def timed(self, calendar: Calendar) -> Clock:
         """The clock with its deadline and warning times computed in `calendar`."""
-        return replace(
+        return changed(
             self,
             deadline=self.due_at(calendar),
             warn_times=tuple(self.warnings(calendar, self.warn_at)),
@@ -291,7 +292,7 @@ class Clock:
 
     def fire(self, what: str) -> Clock:
         """The clock with `what` recorded as fired (it never fires again in this run)."""
-        return replace(self, fired=self.fired | {what})
+        return changed(self, fired=self.fired | {what})
 
     def time_of(self, what: str) -> datetime | None:
         """When `what` is due in this run (None: paused, or not one of this clock's)."""

@@ -154,47 +154,64 @@ def _view(row: asyncpg.Record) -> dict[str, Any]:
 # ---------------------------------------------------------------------- decided cases
 
 
-# Case rows with their decided events (type, data, event_id) in order, as one json array.
-_CASES_WITH_EVENTS = """SELECT c.*, (
+# Case rows with their decided events after the versions known already ($2: 0 for all of
+# them) as one json array (type, data, event_id), in order.
+_CASES_WITH_EVENTS = """SELECT c.*, k.known, (
         SELECT coalesce(json_agg(json_build_array(type, data, event_id) ORDER BY seq), '[]')
-        FROM case_events e WHERE e.complaint_id = c.complaint_id) AS decided
-    FROM cases c WHERE {where}"""
+        FROM case_events e WHERE e.complaint_id = c.complaint_id AND e.seq > k.known) AS decided
+    FROM unnest($1::text[], $2::int[]) AS k(complaint_id, known)
+    JOIN cases c USING (complaint_id) {lock}"""
 Decided = list[tuple[str, dict[str, Any], str]]
 
 
+@dataclass(frozen=True)
+class CaseRead:
+    """A case row and the decided events after version `after`, in order (type, data,
+    event_id): the row's version is `after` plus their number."""
+
+    row: asyncpg.Record
+    events: Decided
+    after: int
+
+
 async def lock_case_with_events(
-    conn: Conn, complaint_id: str, *, lock: bool = True
-) -> tuple[asyncpg.Record, Decided] | None:
+    conn: Conn, complaint_id: str, *, known: int = 0, lock: bool = True
+) -> CaseRead | None:
     """The case row, locked until the transaction ends (one decision at a time per case;
-    without `lock`, a plain read), and its decided events in order (type, data, event_id), in
-    one round trip; None when there is no such case."""
-    where = "complaint_id = $1" + (" FOR UPDATE" if lock else "")
-    row = await conn.fetchrow(_CASES_WITH_EVENTS.format(where=where), complaint_id)
+    without `lock`, a plain read), and its decided events after version `known` (all of them
+    when the case is not that far), in one round trip; None when there is no such case."""
+    lock_clause = "FOR UPDATE OF c" if lock else ""
+    row = await conn.fetchrow(_CASES_WITH_EVENTS.format(lock=lock_clause), [complaint_id], [known])
     return None if row is None else await _with_events(conn, row)
 
 
-async def try_lock_cases_with_events(
-    conn: Conn, complaint_ids: Sequence[str]
-) -> dict[str, tuple[asyncpg.Record, Decided]]:
-    """`lock_case_with_events` for several cases in one round trip, never waiting: the ones no
-    other transaction holds, by id (a case missing is held, or does not exist)."""
-    where = "complaint_id = ANY($1::text[]) FOR UPDATE SKIP LOCKED"
-    rows = await conn.fetch(_CASES_WITH_EVENTS.format(where=where), list(complaint_ids))
+async def try_lock_cases_with_events(conn: Conn, known: Mapping[str, int]) -> dict[str, CaseRead]:
+    """`lock_case_with_events` for several cases (each with the version known of it) in one
+    round trip, never waiting: the ones no other transaction holds, by id (a case missing is
+    held, or does not exist)."""
+    rows = await conn.fetch(
+        _CASES_WITH_EVENTS.format(lock="FOR UPDATE OF c SKIP LOCKED"),
+        list(known),
+        list(known.values()),
+    )
     return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
 
 
-async def _with_events(conn: Conn, row: asyncpg.Record) -> tuple[asyncpg.Record, Decided]:
+async def _with_events(conn: Conn, row: asyncpg.Record) -> CaseRead:
     """A row read by `_CASES_WITH_EVENTS` and its events. A statement reads the events as they
     were when it began, so when it had to wait for the row's lock (another decision committed
-    meanwhile) they may be older than the row: the last event's sequence number is the row's
-    version, and when the two differ the events are read again."""
-    decided = [(t, d, i) for t, d, i in row["decided"]]
-    if len(decided) != row["version"]:  # events are numbered 1, 2, … and the version is the last
+    meanwhile) they may be older than the row: events are numbered 1, 2, … and the row's
+    version is the last one's, so when the count falls short they are read again. A case not
+    as far as the version known (a decision that was never committed) is read whole."""
+    known: int = row["known"]
+    after = known if row["version"] >= known else 0
+    decided = [(t, d, i) for t, d, i in row["decided"]] if after == known else []
+    if after + len(decided) != row["version"]:
         decided = [
             (r["type"], r["data"], r["event_id"])
-            for r in await case_events(conn, row["complaint_id"])
+            for r in await case_events(conn, row["complaint_id"], after=after)
         ]
-    return row, decided
+    return CaseRead(row, decided, after)
 
 
 async def existing_cases(conn: Conn, complaint_ids: Sequence[str]) -> set[str]:
@@ -214,11 +231,13 @@ async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.R
     )
 
 
-async def case_events(conn: Conn, complaint_id: str) -> list[asyncpg.Record]:
-    """The case's decided events in order (type, data, event_id)."""
+async def case_events(conn: Conn, complaint_id: str, *, after: int = 0) -> list[asyncpg.Record]:
+    """The case's decided events after version `after`, in order (type, data, event_id)."""
     return await conn.fetch(
-        "SELECT type, data, event_id FROM case_events WHERE complaint_id = $1 ORDER BY seq",
+        """SELECT type, data, event_id FROM case_events
+           WHERE complaint_id = $1 AND seq > $2 ORDER BY seq""",
         complaint_id,
+        after,
     )
 
 

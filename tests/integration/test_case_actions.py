@@ -458,3 +458,44 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
     finally:
         await holder.close()
         await waiter.close()
+
+
+async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running) -> None:
+    """A decision keeps the case's new state for the next one before its transaction ends:
+    when the transaction rolls back, or the case goes on another way (another process), the
+    kept state does not continue the log, and the case is read whole."""
+    case = await _opened(running)
+    conn = await asyncpg.connect(running.settings.require_database_url())
+    actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
+    try:
+        await db.prepare_connection(conn)
+        await conn.execute("SET search_path TO resolution, public")
+        tx = conn.transaction()
+        await tx.start()
+        loaded = await cases.load(conn, case.id)
+        assert loaded is not None
+        never = await cases.act(
+            conn, loaded, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+        )
+        await tx.rollback()
+        assert not isinstance(never, Refusal)
+        assert cases.STATES.get(case.id) == never.state  # kept, though never committed
+
+        async with conn.transaction():  # the case is not as far as the kept state
+            again = await cases.load(conn, case.id)
+            assert again is not None and again.state == loaded.state
+            assert again.state.version < never.state.version
+            kept = await cases.act(
+                conn, again, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+            )
+            assert not isinstance(kept, Refusal)
+        # another history at the same version: the row's chain head is not the kept one's
+        assert kept.state.version == never.state.version
+        assert kept.state.chain_head != never.state.chain_head
+        cases.STATES.put(never.state)
+        async with conn.transaction():
+            last = await cases.load(conn, case.id, lock=False)
+        assert last is not None and last.state == kept.state
+        assert cases.STATES.get(case.id) == kept.state
+    finally:
+        await conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -55,6 +56,8 @@ from services.resolution.policy import (
     default_policy,
     within_caps,
 )
+from services.resolution.repository import CaseRead
+from services.resolution.states import fold
 from shared.events import Category, Channel, Money, Severity
 
 POLICY = default_policy()
@@ -237,3 +240,19 @@ def test_random_histories_keep_the_rules(
         stored = json.loads(json.dumps(event.data()))
         assert Event.from_data(str(event.type), stored, event.event_id) == event
     assert replay(Event.from_data(str(e.type), e.data(), e.event_id) for e in history) == state
+    check_folds_from_known_states(history, state)
+
+
+def check_folds_from_known_states(history: list[Event], state: CaseState) -> None:
+    """A state known at any version, folded with the events read after it, is the state the
+    whole history replays to; a state of another history at that version is never used."""
+    decided = [(str(e.type), json.loads(json.dumps(e.data())), e.event_id) for e in history]
+    row = {"complaint_id": state.complaint_id, "chain_head": state.chain_head}
+    for known in range(1, len(history) + 1):
+        base = replay(history[:known])
+        read = CaseRead(row, decided[known:], known)  # type: ignore[arg-type]
+        assert fold(read, base) == state
+        assert fold(read, None) is None  # nothing known here: the case is read whole
+        other = replace(base, chain_head="f" * 64)  # the same version of another history
+        assert fold(read, other) is None
+    assert fold(CaseRead(row, decided, 0), None) == state  # type: ignore[arg-type]
