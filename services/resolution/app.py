@@ -21,6 +21,7 @@ class Resolution(Service):
 
     def register(self) -> None:
         self._policies = PolicyCache()
+        cases.STATES.resize(self.settings.case_states)
         api.install(self, self.router, self.policy)
         review_api.install(self, self.router)
         self.consume_together(
