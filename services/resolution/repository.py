@@ -154,9 +154,11 @@ def _view(row: asyncpg.Record) -> dict[str, Any]:
 # ---------------------------------------------------------------------- decided cases
 
 
-# Case rows with their decided events after the versions known already ($2: 0 for all of
-# them) as one json array (type, data, event_id), in order.
-_CASES_WITH_EVENTS = """SELECT c.*, k.known, (
+# Case rows (what a decision and a reader's check need of them) with their decided events
+# after the versions known already ($2: 0 for all of them) as one json array (type, data,
+# event_id), in order.
+_CASES_WITH_EVENTS = """SELECT c.complaint_id, c.version, c.chain_head, c.team, c.channel,
+        c.staff_involved, k.known, (
         SELECT coalesce(json_agg(json_build_array(type, data, event_id) ORDER BY seq), '[]')
         FROM case_events e WHERE e.complaint_id = c.complaint_id AND e.seq > k.known) AS decided
     FROM unnest($1::text[], $2::int[]) AS k(complaint_id, known)
