@@ -290,9 +290,11 @@ async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
         )
 
 
-async def move_holder(conn: Conn, complaint_id: str, to: str | None) -> None:
-    """Resolution gave the case to `to` (a claim, an assignment): the holder and both
-    members' open load follow (nothing changes when `to` holds it already)."""
+async def move_holder(conn: Conn, complaint_id: str, to: str | None, at: datetime) -> None:
+    """Resolution gave the case to `to` at `at` (a claim, an assignment): the holder and both
+    members' open load follow, and `to` counts as assigned at `at` for fair assignment
+    (nothing changes when `to` holds it already)."""
+    # greatest(): a late or redelivered event never moves a member's last assignment back
     await conn.execute(
         """WITH before AS (
                SELECT staff_id, weight, open FROM assignments WHERE complaint_id = $1
@@ -302,10 +304,13 @@ async def move_holder(conn: Conn, complaint_id: str, to: str | None) -> None:
                WHERE a.complaint_id = $1 AND b.staff_id IS DISTINCT FROM $2
                RETURNING b.staff_id AS released, a.weight, a.open)
            UPDATE staff s
-           SET open_load = s.open_load + CASE WHEN s.staff_id = $2 THEN m.weight ELSE -m.weight END
+           SET open_load = s.open_load + CASE WHEN s.staff_id = $2 THEN m.weight ELSE -m.weight END,
+               last_assigned_at = CASE WHEN s.staff_id = $2
+                   THEN greatest(s.last_assigned_at, $3) ELSE s.last_assigned_at END
            FROM moved m WHERE m.open AND s.staff_id IN (m.released, $2)""",
         complaint_id,
         to,
+        at,
     )
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from services.intake import admin
+from services.intake import repository as intake_repository
 from services.resolution import admin as resolution_admin
 from services.resolution import cases
 from services.resolution.case import Acknowledge, Actor, Refusal
@@ -423,6 +425,51 @@ async def test_a_claim_moves_the_case_and_its_load_in_intake_too(running) -> Non
         return bool(rows and rows[0]["staff_id"] == claimer_id and rows[0]["open_load"] > 0)
 
     await eventually(followed, what="intake following the claim")
+
+
+async def test_a_claim_counts_as_the_claimers_latest_assignment_in_intake(running) -> None:
+    """Fair assignment prefers whoever was assigned longest ago: a member who claimed a case
+    was assigned at the claim, and an older event never moves that back."""
+    case = await _opened(running)
+    claimer_id = f"claimer-{uuid.uuid4().hex[:6]}"
+    await running.add_member(claimer_id, team=case.team, capacity=50)
+    claimed = await case.act(running.staff_token(claimer_id), {"action": "claim"})
+    assert claimed.status_code == 200, claimed.text
+    event = next(e for e in (await case.view())["timeline"] if e["type"] == "complaint.assigned")
+    claimed_at = datetime.fromisoformat(event["at"])
+
+    async def last_assigned() -> datetime | None:
+        rows = await running.sql(
+            "SELECT last_assigned_at FROM intake.staff WHERE staff_id = $1", claimer_id
+        )
+        return rows[0]["last_assigned_at"]
+
+    assert await eventually(last_assigned, what="intake following the claim") == claimed_at
+
+    # the case moves away and back by events older than the claim: the other member counts as
+    # assigned then, the claimer keeps the claim (rolled back: the system sees none of it)
+    other_id = f"other-{uuid.uuid4().hex[:6]}"
+    await running.add_member(other_id, team=case.team)
+    conn = await asyncpg.connect(
+        running.settings.require_database_url(), server_settings={"search_path": "intake"}
+    )
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        earlier = claimed_at - timedelta(hours=1)
+        await intake_repository.move_holder(conn, case.id, other_id, earlier)
+        await intake_repository.move_holder(conn, case.id, claimer_id, earlier)
+        rows = await conn.fetch(
+            "SELECT staff_id, last_assigned_at FROM staff WHERE staff_id = ANY($1::text[])",
+            [claimer_id, other_id],
+        )
+        assert {r["staff_id"]: r["last_assigned_at"] for r in rows} == {
+            claimer_id: claimed_at,
+            other_id: earlier,
+        }
+    finally:
+        await transaction.rollback()
+        await conn.close()
 
 
 async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhile(
