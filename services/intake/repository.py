@@ -20,6 +20,7 @@ from services.intake.domain import (
     RoutingRule,
     StaffLoad,
 )
+from shared import quotas
 from shared.db import Conn
 from shared.events import SubmittedData
 
@@ -448,42 +449,5 @@ async def revoke_channel_key(conn: Conn, key_id: str) -> tuple[str, str] | None:
     )
     if row is None:
         return None
-    await conn.execute("DELETE FROM key_buckets WHERE key_id = $1", key_id)
+    await quotas.forget(conn, key_id)
     return (row["channel"], row["key_hash"])
-
-
-# The level of a bucket row at the taking statement's time (`quota.refill` in SQL).
-_LEVEL = """least($3::float8, b.tokens + $2::float8 * greatest(0::float8,
-    extract(epoch FROM EXCLUDED.refilled_at - b.refilled_at)::float8))"""
-
-
-async def take_tokens(
-    conn: Conn,
-    key_id: str,
-    *,
-    rate_per_s: float,
-    burst: int,
-    want: int,
-    now: datetime | None = None,
-) -> tuple[int, float]:
-    """Draw up to `want` tokens from a key's shared bucket (`quota.draw`, in one statement);
-    the tokens granted and those left. The clock is the database's (one for every replica);
-    `now` overrides it for tests."""
-    row = await conn.fetchrow(
-        f"""INSERT INTO key_buckets AS b (key_id, tokens, granted, refilled_at)
-            SELECT $1, $3::float8 - n.granted, n.granted, n.at
-            FROM (SELECT least($4::int, $3::int) AS granted,
-                         coalesce($5::timestamptz, clock_timestamp()) AS at) AS n
-            ON CONFLICT (key_id) DO UPDATE SET
-                granted = least($4::int, floor({_LEVEL}))::int,
-                tokens = {_LEVEL} - least($4::int, floor({_LEVEL})),
-                refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at)
-            RETURNING granted, tokens""",
-        key_id,
-        rate_per_s,
-        burst,
-        want,
-        now,
-    )
-    assert row is not None
-    return int(row["granted"]), float(row["tokens"])
