@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # `key_burst` (a key created with its own rate keeps it), across every intake replica.
     key_rate_per_s: float = Field(default=50.0, gt=0)
     key_burst: int = Field(default=200, ge=1)
+    # Each staff member may act (HTTP actions and commands together) `staff_action_rate` times
+    # a second with bursts of `staff_action_burst`, across every resolution replica.
+    staff_action_rate: float = Field(default=10.0, gt=0)
+    staff_action_burst: int = Field(default=50, ge=1)
     # At most this many receipts per customer address (case-insensitive) per digest interval;
     # past it the address gets one digest per interval instead.
     receipt_limit_per_address: int = Field(default=5, ge=1)

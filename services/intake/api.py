@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
-from services.intake import handlers, quota, repository
-from shared import auth, jsonsafe
+from services.intake import handlers, repository
+from shared import auth, jsonsafe, quota, quotas
 from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
@@ -122,7 +122,7 @@ class Submissions:
     def __init__(self, service: Service) -> None:
         self._service = service
         self.batcher: Batcher[handlers.Submission, tuple[str, bool]] = Batcher(self._write)
-        self.quotas = KeyQuotas(service)
+        self.quotas = quotas.Quotas(lambda: service.pool)
         self._keys: dict[str, tuple[Caller | None, float]] = {}
 
     async def _write(self, items: Sequence[handlers.Submission]) -> list[tuple[str, bool]]:
@@ -162,58 +162,6 @@ class Submissions:
             self._keys.clear()
         self._keys[digest] = (caller, now + KEY_CACHE_S)
         return caller
-
-
-@dataclass
-class _Held:
-    """This replica's share of one key's bucket."""
-
-    tokens: int = 0
-    empty_until: float = 0.0  # monotonic; the shared bucket holds no whole token before then
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class KeyQuotas:
-    """Per-key limits across replicas: tokens are drawn from the key's shared bucket in the
-    database a chunk at a time (`quota.chunk`) and spent here; one draw per key at a time."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self._held: dict[str, _Held] = {}
-
-    async def spend(self, key_id: str, limit: quota.Limit) -> float | None:
-        """Spend one of the key's tokens: None when there was one, else the seconds to wait."""
-        held = self._held.get(key_id)
-        if held is None:
-            if len(self._held) > 10_000:
-                self._held.clear()  # forgetting held tokens only errs on the strict side
-            held = self._held[key_id] = _Held()
-        if held.tokens > 0:
-            held.tokens -= 1
-            return None
-        if (refused := held.empty_until - time.monotonic()) > 0:
-            return refused
-        async with held.lock:
-            # another request may have drawn (or been refused) while this one waited
-            if held.tokens > 0:
-                held.tokens -= 1
-                return None
-            if (refused := held.empty_until - time.monotonic()) > 0:
-                return refused
-            async with self._service.pool.acquire() as conn:
-                granted, left = await repository.take_tokens(
-                    conn,
-                    key_id,
-                    rate_per_s=limit.rate_per_s,
-                    burst=limit.burst,
-                    want=quota.chunk(limit),
-                )
-            if granted == 0:
-                wait = quota.wait_s(left, limit)
-                held.empty_until = time.monotonic() + wait
-                return wait
-            held.tokens = granted - 1
-            return None
 
 
 def _too_many(request: Request, limit: quota.Limit, wait: float) -> JSONResponse:

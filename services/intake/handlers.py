@@ -350,8 +350,8 @@ async def reopened(conn: Conn, data: CaseEventData, delivery: Delivery) -> None:
 
 
 @cases.on(EventType.ASSIGNED, model=AssignedData)
-async def assigned(conn: Conn, data: AssignedData, _: Delivery) -> None:
-    await repository.move_holder(conn, data.complaint_id, data.to_assignee)
+async def assigned(conn: Conn, data: AssignedData, delivery: Delivery) -> None:
+    await repository.move_holder(conn, data.complaint_id, data.to_assignee, data.at or delivery.now)
 
 
 @cases.on(EventType.RESOLVED, model=ResolvedData)

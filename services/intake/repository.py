@@ -20,6 +20,7 @@ from services.intake.domain import (
     RoutingRule,
     StaffLoad,
 )
+from shared import quotas
 from shared.db import Conn
 from shared.events import SubmittedData
 
@@ -290,9 +291,11 @@ async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
         )
 
 
-async def move_holder(conn: Conn, complaint_id: str, to: str | None) -> None:
-    """Resolution gave the case to `to` (a claim, an assignment): the holder and both
-    members' open load follow (nothing changes when `to` holds it already)."""
+async def move_holder(conn: Conn, complaint_id: str, to: str | None, at: datetime) -> None:
+    """Resolution gave the case to `to` at `at` (a claim, an assignment): the holder and both
+    members' open load follow, and `to` counts as assigned at `at` for fair assignment
+    (nothing changes when `to` holds it already)."""
+    # greatest(): a late or redelivered event never moves a member's last assignment back
     await conn.execute(
         """WITH before AS (
                SELECT staff_id, weight, open FROM assignments WHERE complaint_id = $1
@@ -302,10 +305,13 @@ async def move_holder(conn: Conn, complaint_id: str, to: str | None) -> None:
                WHERE a.complaint_id = $1 AND b.staff_id IS DISTINCT FROM $2
                RETURNING b.staff_id AS released, a.weight, a.open)
            UPDATE staff s
-           SET open_load = s.open_load + CASE WHEN s.staff_id = $2 THEN m.weight ELSE -m.weight END
+           SET open_load = s.open_load + CASE WHEN s.staff_id = $2 THEN m.weight ELSE -m.weight END,
+               last_assigned_at = CASE WHEN s.staff_id = $2
+                   THEN greatest(s.last_assigned_at, $3) ELSE s.last_assigned_at END
            FROM moved m WHERE m.open AND s.staff_id IN (m.released, $2)""",
         complaint_id,
         to,
+        at,
     )
 
 
@@ -443,42 +449,5 @@ async def revoke_channel_key(conn: Conn, key_id: str) -> tuple[str, str] | None:
     )
     if row is None:
         return None
-    await conn.execute("DELETE FROM key_buckets WHERE key_id = $1", key_id)
+    await quotas.forget(conn, key_id)
     return (row["channel"], row["key_hash"])
-
-
-# The level of a bucket row at the taking statement's time (`quota.refill` in SQL).
-_LEVEL = """least($3::float8, b.tokens + $2::float8 * greatest(0::float8,
-    extract(epoch FROM EXCLUDED.refilled_at - b.refilled_at)::float8))"""
-
-
-async def take_tokens(
-    conn: Conn,
-    key_id: str,
-    *,
-    rate_per_s: float,
-    burst: int,
-    want: int,
-    now: datetime | None = None,
-) -> tuple[int, float]:
-    """Draw up to `want` tokens from a key's shared bucket (`quota.draw`, in one statement);
-    the tokens granted and those left. The clock is the database's (one for every replica);
-    `now` overrides it for tests."""
-    row = await conn.fetchrow(
-        f"""INSERT INTO key_buckets AS b (key_id, tokens, granted, refilled_at)
-            SELECT $1, $3::float8 - n.granted, n.granted, n.at
-            FROM (SELECT least($4::int, $3::int) AS granted,
-                         coalesce($5::timestamptz, clock_timestamp()) AS at) AS n
-            ON CONFLICT (key_id) DO UPDATE SET
-                granted = least($4::int, floor({_LEVEL}))::int,
-                tokens = {_LEVEL} - least($4::int, floor({_LEVEL})),
-                refilled_at = greatest(b.refilled_at, EXCLUDED.refilled_at)
-            RETURNING granted, tokens""",
-        key_id,
-        rate_per_s,
-        burst,
-        want,
-        now,
-    )
-    assert row is not None
-    return int(row["granted"]), float(row["tokens"])

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.resolution import actions, cases, repository
+from services.resolution.action_limit import ActionLimit
 from services.resolution.case import Actor, ActorKind, Refusal
 from services.resolution.policy import Remaining, remaining
 from shared import auth, directory
@@ -132,8 +133,11 @@ def channel_view(found: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> None:
-    """Add resolution's routes to `router`; decisions use the active `policy`."""
+def install(
+    service: Service, router: APIRouter, policy: cases.PolicySource, limit: ActionLimit
+) -> None:
+    """Add resolution's routes to `router`; decisions use the active `policy`, and staff
+    actions spend the member's rate `limit`."""
 
     @router.get(
         "/v1/complaints/{complaint_id}",
@@ -167,6 +171,17 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
                 "the `version` sent is stale (`current_version`)"
             },
             422: {"description": "a malformed action (the field is named)"},
+            429: {
+                "description": "the member's action limit is spent (a rate and a burst, per "
+                "member, across every replica, with the command topic); retry after "
+                "`Retry-After` seconds",
+                "headers": {
+                    "Retry-After": {
+                        "description": "whole seconds until the member may act again",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+            },
         },
         summary="A staff action on a complaint; authority is checked here, never trusted",
     )
@@ -177,40 +192,45 @@ def install(service: Service, router: APIRouter, policy: cases.PolicySource) -> 
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
-        async with service.pool.acquire() as conn, conn.transaction():
+        async with service.pool.acquire() as conn:
             member = await service.staff_or_401(conn, bearer(request))
-            found = await cases.load(conn, complaint_id)
-            if found is None:
-                raise Problem(404, "Not found", f"no complaint {complaint_id}")
-            if idempotency_key is not None:
-                # under the case's lock: a retry racing the first attempt waits for its answer
-                saved = await repository.saved_answer(
-                    conn, complaint_id, member.staff_id, idempotency_key
+            # outside the action's transaction: the bucket's row is not held while it decides
+            limited = await limit.check(conn, member.staff_id)
+            if limited is not None:
+                return _too_many(limited, request.url.path)
+            async with conn.transaction():
+                found = await cases.load(conn, complaint_id)
+                if found is None:
+                    raise Problem(404, "Not found", f"no complaint {complaint_id}")
+                if idempotency_key is not None:
+                    # under the case's lock: a retry racing the first attempt waits for its answer
+                    saved = await repository.saved_answer(
+                        conn, complaint_id, member.staff_id, idempotency_key
+                    )
+                    if saved is not None:
+                        if saved["request_sha256"] != _digest(action):
+                            raise Problem(
+                                422,
+                                "Invalid request",
+                                "this Idempotency-Key was used for another action",
+                            )
+                        return _replayed(saved["status"], saved["body"], response)
+                result = await cases.staff_action(
+                    conn, found, action, member, policies=policy, now=utcnow(), answer=True
                 )
-                if saved is not None:
-                    if saved["request_sha256"] != _digest(action):
-                        raise Problem(
-                            422,
-                            "Invalid request",
-                            "this Idempotency-Key was used for another action",
-                        )
-                    return _replayed(saved["status"], saved["body"], response)
-            result = await cases.staff_action(
-                conn, found, action, member, policies=policy, now=utcnow(), answer=True
-            )
-            status, body = await _answer(
-                conn, complaint_id, result, staff=True, instance=request.url.path
-            )
-            if idempotency_key is not None:
-                await repository.save_answer(
-                    conn,
-                    complaint_id,
-                    member.staff_id,
-                    idempotency_key,
-                    _digest(action),
-                    status,
-                    body,
+                status, body = await _answer(
+                    conn, complaint_id, result, staff=True, instance=request.url.path
                 )
+                if idempotency_key is not None:
+                    await repository.save_answer(
+                        conn,
+                        complaint_id,
+                        member.staff_id,
+                        idempotency_key,
+                        _digest(action),
+                        status,
+                        body,
+                    )
         return _replayed(status, body, response)
 
     @router.post(
@@ -323,7 +343,7 @@ async def _answer(
     return 200, staff_view(found) if staff else channel_view(found)
 
 
-TITLES = {403: "Forbidden", 409: "Conflict", 422: "Invalid action"}
+TITLES = {403: "Forbidden", 409: "Conflict", 422: "Invalid action", 429: "Too many requests"}
 NOTHING = Remaining(
     money={},
     any_other_currency=False,
@@ -345,6 +365,16 @@ def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
         extra["current_version"] = refusal.current_version
     title = TITLES.get(refusal.status, "Refused")
     return Problem(refusal.status, title, refusal.reason, **extra).document(instance)
+
+
+def _too_many(refusal: Refusal, instance: str) -> JSONResponse:
+    """429 with `Retry-After` in whole seconds and a problem document."""
+    return JSONResponse(
+        _refusal_document(refusal, instance),
+        status_code=429,
+        media_type="application/problem+json",
+        headers={"Retry-After": str(refusal.retry_after)},
+    )
 
 
 def _replayed(status: int, body: dict[str, Any], response: Response) -> Any:

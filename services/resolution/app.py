@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.resolution import api, cases, handlers, review_api
+from services.resolution.action_limit import ActionLimit
 from services.resolution.policies import PolicyCache
 from services.resolution.policy import Policy
 from shared import retention, timers, topics
@@ -22,7 +23,9 @@ class Resolution(Service):
     def register(self) -> None:
         self._policies = PolicyCache()
         cases.STATES.resize(self.settings.case_states)
-        api.install(self, self.router, self.policy)
+        # one bucket share per member in this replica, for HTTP actions and commands alike
+        limit = ActionLimit(self.settings, lambda: self.pool)
+        api.install(self, self.router, self.policy, limit)
         review_api.install(self, self.router)
         self.consume_together(
             topics.EVENTS,
@@ -39,7 +42,7 @@ class Resolution(Service):
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff", follower=True)
         self.consume(
             topics.COMMANDS,
-            handlers.command_router(self.staff_member, self.policy),
+            handlers.command_router(self.staff_member, self.policy, limit),
             group=f"{self.group_id}-commands",
             # a decision locks its case, then its caps: never two cases in one transaction
             one_per_transaction=True,

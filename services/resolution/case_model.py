@@ -340,7 +340,8 @@ Command: TypeAlias = (
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a command is refused: 403 (who), 409 (state), 422 (malformed)."""
+    """Why a command is refused: 403 (who), 409 (state), 422 (malformed), 429 (too many:
+    `retry_after` whole seconds until the actor may act again)."""
 
     status: int
     reason: str
@@ -349,6 +350,7 @@ class Refusal:
     missing: list[str] = field(default_factory=list)
     state: str = ""
     current_version: int | None = None
+    retry_after: int | None = None
 
 
 # --- state ------------------------------------------------------------------------------------

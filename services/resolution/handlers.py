@@ -12,6 +12,7 @@ from opentelemetry import trace as otel_trace
 from pydantic import BaseModel, ValidationError
 
 from services.resolution import actions, cases, domain, repository
+from services.resolution.action_limit import ActionLimit
 from services.resolution.case import SYSTEM, Kind, Reassigned, Refusal
 from shared import auth, directory, inbox, outbox, telemetry
 from shared.db import Conn
@@ -153,11 +154,12 @@ directory.learn_staff(staff)
 Verify = Callable[[Conn, str], Awaitable[directory.Member]]
 
 
-def command_router(verify: Verify, policy: cases.PolicySource) -> EventRouter:
+def command_router(verify: Verify, policy: cases.PolicySource, limit: ActionLimit) -> EventRouter:
     """Staff actions from `complaints.commands.v1`: the bearer token in the `authorization`
-    header is checked exactly as over HTTP, the action decided as over HTTP; a refused command
-    (token, form, authority, state) yields `complaint.action_refused`, never silence. The
-    command's event id makes it idempotent (the inbox)."""
+    header is checked exactly as over HTTP, the member's rate `limit` spent, the action decided
+    as over HTTP; a refused command (token, limit, form, authority, state) yields
+    `complaint.action_refused`, never silence. The command's event id makes it idempotent (the
+    inbox)."""
     commands = EventRouter(f"{CONSUMER}-commands", strict=True)
 
     @commands.on(EventType.COMMAND, model=AnyData)
@@ -165,7 +167,7 @@ def command_router(verify: Verify, policy: cases.PolicySource) -> EventRouter:
         complaint_id = delivery.complaint_id
         if not complaint_id:
             raise Rejected("schema_violation", "a command names its complaint in `subject`")
-        outcome = await _run_command(conn, data.root, delivery, verify, policy)
+        outcome = await _run_command(conn, data.root, delivery, verify, policy, limit)
         if isinstance(outcome, Refusal):
             await outbox.enqueue(conn, [_refused(complaint_id, delivery, data.root, outcome)])
 
@@ -173,7 +175,12 @@ def command_router(verify: Verify, policy: cases.PolicySource) -> EventRouter:
 
 
 async def _run_command(
-    conn: Conn, body: Any, delivery: Delivery, verify: Verify, policy: cases.PolicySource
+    conn: Conn,
+    body: Any,
+    delivery: Delivery,
+    verify: Verify,
+    policy: cases.PolicySource,
+    limit: ActionLimit,
 ) -> Refusal | None:
     """Check, decide and keep one command; the refusal, if any."""
     token = _bearer(delivery.record.headers)
@@ -181,6 +188,10 @@ async def _run_command(
         member = await verify(conn, token or "")
     except auth.InvalidToken as exc:
         return Refusal(401, f"staff token rejected: {exc}", "unauthorized")
+    # a draw locks the member's bucket row until this transaction ends: before the case's
+    # lock (no transaction takes the two the other way round; HTTP draws outside its own)
+    if (limited := await limit.check(conn, member.staff_id)) is not None:
+        return limited
     try:
         action = actions.ACTION.validate_python(body)
     except ValidationError as exc:
@@ -220,6 +231,7 @@ def _refused(complaint_id: str, delivery: Delivery, body: Any, refusal: Refusal)
         "required_role": refusal.required_role,
         "missing": refusal.missing,
         "current_version": refusal.current_version,
+        "retry_after": refusal.retry_after,
     }
     return outbox.complaint_event(
         EventType.ACTION_REFUSED,

@@ -371,9 +371,10 @@ async def held_roles(conn: Conn, team: str, named: Sequence[str] = ()) -> frozen
 async def lock_totals(conn: Conn, *, customer_id: str, staff_id: str) -> None:
     """Serialise decisions that spend under the same customer's or staff member's caps (the
     customer first, then the staff member: one order, no deadlock)."""
+    # 64-bit keys: two customers (or members) rarely share a lock, as 32-bit `hashtext` would
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('cap:customer:' || $1)), "
-        "pg_advisory_xact_lock(hashtext('cap:staff:' || $2))",
+        "SELECT pg_advisory_xact_lock(hashtextextended('cap:customer:' || $1, 0)), "
+        "pg_advisory_xact_lock(hashtextextended('cap:staff:' || $2, 0))",
         customer_id,
         staff_id,
     )

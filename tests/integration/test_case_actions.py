@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaProducer
 
 from services.intake import admin
+from services.intake import repository as intake_repository
 from services.resolution import admin as resolution_admin
 from services.resolution import cases
 from services.resolution.case import Acknowledge, Actor, Refusal
 from services.resolution.policy import default_policy
-from shared import auth, db, topics
+from shared import auth, db, quota, topics
 from shared.events import EventType, Role, new_event, utcnow
 from tests.support import activate_policy, eventually, read_topic, submission
 
@@ -425,6 +429,51 @@ async def test_a_claim_moves_the_case_and_its_load_in_intake_too(running) -> Non
     await eventually(followed, what="intake following the claim")
 
 
+async def test_a_claim_counts_as_the_claimers_latest_assignment_in_intake(running) -> None:
+    """Fair assignment prefers whoever was assigned longest ago: a member who claimed a case
+    was assigned at the claim, and an older event never moves that back."""
+    case = await _opened(running)
+    claimer_id = f"claimer-{uuid.uuid4().hex[:6]}"
+    await running.add_member(claimer_id, team=case.team, capacity=50)
+    claimed = await case.act(running.staff_token(claimer_id), {"action": "claim"})
+    assert claimed.status_code == 200, claimed.text
+    event = next(e for e in (await case.view())["timeline"] if e["type"] == "complaint.assigned")
+    claimed_at = datetime.fromisoformat(event["at"])
+
+    async def last_assigned() -> datetime | None:
+        rows = await running.sql(
+            "SELECT last_assigned_at FROM intake.staff WHERE staff_id = $1", claimer_id
+        )
+        return rows[0]["last_assigned_at"]
+
+    assert await eventually(last_assigned, what="intake following the claim") == claimed_at
+
+    # the case moves away and back by events older than the claim: the other member counts as
+    # assigned then, the claimer keeps the claim (rolled back: the system sees none of it)
+    other_id = f"other-{uuid.uuid4().hex[:6]}"
+    await running.add_member(other_id, team=case.team)
+    conn = await asyncpg.connect(
+        running.settings.require_database_url(), server_settings={"search_path": "intake"}
+    )
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        earlier = claimed_at - timedelta(hours=1)
+        await intake_repository.move_holder(conn, case.id, other_id, earlier)
+        await intake_repository.move_holder(conn, case.id, claimer_id, earlier)
+        rows = await conn.fetch(
+            "SELECT staff_id, last_assigned_at FROM staff WHERE staff_id = ANY($1::text[])",
+            [claimer_id, other_id],
+        )
+        assert {r["staff_id"]: r["last_assigned_at"] for r in rows} == {
+            claimer_id: claimed_at,
+            other_id: earlier,
+        }
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
 async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhile(
     running,
 ) -> None:
@@ -499,3 +548,108 @@ async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running
         assert cases.STATES.get(case.id) == kept.state
     finally:
         await conn.close()
+
+
+async def test_past_their_burst_a_member_gets_429_with_retry_after_and_others_act_on(
+    running,
+) -> None:
+    """A member may act `staff_action_rate` times a second and `staff_action_burst` at once:
+    past that, 429 with Retry-After. The limit is spent once the token is verified, before the
+    case is looked up (an action on no complaint counts); another member's bucket is theirs."""
+    rate, burst = running.settings.staff_action_rate, running.settings.staff_action_burst
+    case = await _opened(running)
+    flooder = await case.member("agent")
+    other = await case.member("agent")
+    note = {"action": "note", "text": "checked"}
+    nowhere = f"/v1/complaints/{uuid.uuid4()}/actions"
+
+    # a client of its own (its connections are closed after, not left idle for the next tests
+    # to reuse as the server drops them), at most 50 requests at a time (within its pool)
+    gate = asyncio.Semaphore(50)
+    async with httpx.AsyncClient(base_url=running.settings.base_url(), timeout=30) as http:
+
+        async def flood() -> Any:
+            async with gate:
+                return await http.post(nowhere, json=note, headers=_auth(flooder))
+
+        started = time.monotonic()
+        answers = await asyncio.gather(*(flood() for _ in range(2 * burst)))
+        elapsed = time.monotonic() - started
+    codes = [a.status_code for a in answers]
+    assert set(codes) == {404, 429}, codes
+    # the burst, and no more than the refill over the flood
+    assert burst <= codes.count(404) <= burst + rate * elapsed + 1, (codes.count(404), elapsed)
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert problem["status"] == 429 and problem["code"] == "rate_limited"
+    assert problem["title"] == "Too many requests"
+    assert problem["instance"] == nowhere
+    assert f"{rate:g} times a second and {burst} at once" in problem["detail"]
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= quota.retry_after(1 / rate)  # one token back, rounded up
+
+    # a token that names nobody is still 401, not counted against anyone
+    unknown = await running.http.post(
+        nowhere, json=note, headers=_auth(running.staff_token("nobody"))
+    )
+    assert unknown.status_code == 401
+    # another member acts on
+    assert (await case.act(other, note)).status_code == 200
+
+    await asyncio.sleep(retry_after)
+    again = await case.act(flooder, note)
+    assert again.status_code == 200, again.text
+
+    doc = (await running.http.get("/openapi.json")).json()
+    answer = doc["paths"]["/v1/complaints/{complaint_id}/actions"]["post"]["responses"]["429"]
+    assert "Retry-After" in answer["headers"]
+
+
+async def test_a_command_past_the_members_limit_is_refused_with_429(running) -> None:
+    """Commands spend the same bucket as HTTP actions; one past the limit is refused with
+    `complaint.action_refused` (429, `rate_limited`), never dropped."""
+    rate, burst = running.settings.staff_action_rate, running.settings.staff_action_burst
+    case = await _opened(running)
+    flooder = await case.member("agent")
+    nowhere = str(uuid.uuid4())
+    headers = [
+        ("content-type", b"application/cloudevents+json"),
+        ("authorization", f"Bearer {flooder}".encode()),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=running.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = []
+        for _ in range(3 * burst):
+            event = new_event(
+                type=EventType.COMMAND,
+                source="console/test",
+                subject=nowhere,
+                data={"action": "note", "text": "checked"},
+            )
+            await producer.send(
+                topics.COMMANDS, event.to_bytes(), key=nowhere.encode(), headers=headers
+            )
+            sent.append(event.id)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def every_refusal() -> dict[str, dict[str, Any]] | None:
+        records = await read_topic(running.settings.kafka_bootstrap, topics.EVENTS, timeout_s=2)
+        found = {}
+        for record in records:
+            if b"complaint.action_refused" in record.value and nowhere.encode() in record.value:
+                data = json.loads(record.value)["data"]
+                found[data["command_id"]] = data
+        return found if set(found) >= set(sent) else None
+
+    refusals = await eventually(every_refusal, what="a refusal of every command")
+    statuses = [refusals[command_id]["status"] for command_id in sent]
+    assert set(statuses) == {404, 429}, statuses  # within the limit: no such complaint
+    assert statuses.count(404) >= burst
+    limited = next(r for r in refusals.values() if r["status"] == 429)
+    assert limited["code"] == "rate_limited"
+    assert f"{rate:g} times a second and {burst} at once" in limited["reason"]
+    assert 1 <= limited["retry_after"] <= quota.retry_after(1 / rate)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 
-from services.intake import admin, quota, repository
-from shared import auth, devinfra
+from services.intake import admin
+from shared import auth, devinfra, quota, quotas
 from tests.conftest import Running
 from tests.support import complaints_cli_text, service_process_env, submission
 
@@ -75,7 +75,7 @@ async def test_a_key_without_its_own_limit_has_the_default(running: Running):
     answer = await running.http.post("/v1/complaints", json=submission("web"), headers=_auth(key))
     assert answer.status_code == 202
     bucket = await running.sql(
-        "SELECT tokens, granted FROM intake.key_buckets WHERE key_id = $1",
+        "SELECT tokens, granted FROM intake.quota_buckets WHERE bucket_id = $1",
         auth.hash_key(key)[:12],
     )
     # the default limit (50/s, burst 200): a replica draws 5 tokens at once
@@ -84,7 +84,7 @@ async def test_a_key_without_its_own_limit_has_the_default(running: Running):
 
 
 async def test_the_bucket_statement_does_what_the_arithmetic_says(running: Running):
-    """The SQL of `take_tokens` pinned to `quota.draw` over a sequence of draws."""
+    """The SQL of `quotas.take_tokens` pinned to `quota.draw` over a sequence of draws."""
     conn = await asyncpg.connect(
         running.settings.require_database_url(), server_settings={"search_path": "intake"}
     )
@@ -94,7 +94,7 @@ async def test_the_bucket_statement_does_what_the_arithmetic_says(running: Runni
     bucket: quota.Bucket | None = None
     try:
         for at_s, want in steps:
-            granted, left = await repository.take_tokens(
+            granted, left = await quotas.take_tokens(
                 conn,
                 "contract-test",
                 rate_per_s=limit.rate_per_s,
@@ -106,7 +106,7 @@ async def test_the_bucket_statement_does_what_the_arithmetic_says(running: Runni
             assert granted == expected, (at_s, want)
             assert abs(left - bucket.tokens) < 1e-9, (at_s, want)
     finally:
-        await conn.execute("DELETE FROM key_buckets WHERE key_id = 'contract-test'")
+        await conn.execute("DELETE FROM quota_buckets WHERE bucket_id = 'contract-test'")
         await conn.close()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.intake import quota
-from services.intake.quota import Bucket, Limit
+from shared import quota
+from shared.quota import Bucket, Limit
 
 DEFAULT = Limit(rate_per_s=50.0, burst=200)
 

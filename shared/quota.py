@@ -1,8 +1,9 @@
-"""Token buckets for channel keys, as pure arithmetic: refill, grant, retry-after.
+"""Token buckets as pure arithmetic: refill, grant, retry-after.
 
-A key may submit `rate_per_s` requests a second on average and `burst` at once. The bucket is
-shared by every intake replica (a row in PostgreSQL, `repository.take_tokens`, which runs the
-same arithmetic in SQL); each replica draws a few tokens at a time and spends them locally.
+A caller (a channel key in intake, a staff member in resolution) may act `rate_per_s` times a
+second on average and `burst` at once. The bucket is shared by every replica of the service (a
+row in PostgreSQL, `quotas.take_tokens`, which runs the same arithmetic in SQL); each replica
+draws a few tokens at a time and spends them locally (`quotas.Quotas`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 # A replica draws at most this long's worth of tokens at once (and at most a quarter of the
 # burst): little enough that tokens held by idle replicas barely matter, enough that a busy
-# key costs one database round trip per chunk rather than per request.
+# caller costs one database round trip per chunk rather than per request.
 CHUNK_S = 0.1
 
 
@@ -31,7 +32,7 @@ class Bucket:
 def limit_for(
     rate_per_s: float | None, burst: int | None, *, default_rate: float, default_burst: int
 ) -> Limit:
-    """A key's limit: its own values, the defaults where it has none."""
+    """A caller's limit: its own values, the defaults where it has none."""
     return Limit(
         rate_per_s=default_rate if rate_per_s is None else rate_per_s,
         burst=default_burst if burst is None else burst,
