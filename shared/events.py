@@ -151,6 +151,8 @@ def parse_rfc3339(value: str) -> datetime:
         raise ValueError("leap seconds (:60) cannot be represented; send :59")
     if found["sign"] and (int(found["oh"]) > 23 or int(found["om"]) > 59):
         raise ValueError("the time zone offset is out of range")
+    if found["hour"] > "23":  # newer Pythons read 24:00 as the next midnight; RFC 3339 does not
+        raise ValueError("is not a valid date and time")
     with contextlib.suppress(ValueError):
         # the form is checked: Python reads what it can of it (upper-case T and Z, valid
         # dates) twenty times faster than the parts below; the rest is read part by part

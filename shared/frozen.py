@@ -35,6 +35,7 @@ def _fields_of(cls: type) -> frozenset[str]:
     if (
         params is None
         or not params.frozen
+        or not params.init
         or hasattr(cls, "__post_init__")
         or hasattr(cls, "__slots__")
     ):

@@ -47,9 +47,9 @@ class Settings(BaseSettings):
     # claims longer (signed with an old setting, say) is refused.
     staff_token_max_lifetime_s: int = Field(default=12 * 3600, ge=60)
     database_pool_size: int = Field(default=8, ge=1)
-    # Case states a resolution replica keeps for its next decisions (about 4 KB each; 0: none,
-    # every decision replays its case's whole log).
-    case_states: int = Field(default=20_000, ge=0)
+    # MB of case states a resolution replica keeps for its next decisions (about 4 KB an opened
+    # case, more with the text written into it; 0: none, every decision replays its whole log).
+    case_states_mb: int = Field(default=128, ge=0)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     # Retention (see shared/retention.py). Published outbox rows: as long as the broker keeps
     # its topics, to refill a broker that lost data. Inbox rows: longer than that, or a record

@@ -22,7 +22,7 @@ class Resolution(Service):
 
     def register(self) -> None:
         self._policies = PolicyCache()
-        cases.STATES.resize(self.settings.case_states)
+        cases.STATES.resize(self.settings.case_states_mb * 1024 * 1024)
         # one bucket share per member in this replica, for HTTP actions and commands alike
         limit = ActionLimit(self.settings, lambda: self.pool)
         api.install(self, self.router, self.policy, limit)

@@ -101,17 +101,21 @@ async def load(conn: Conn, complaint_id: str, *, lock: bool = True) -> Loaded | 
     )
     if read is None or read.row["version"] == 0:
         return None
-    return Loaded(read.row, await _current(conn, read, base))
+    # a plain read is kept for no decision (and may be of a case the reader may not see)
+    return Loaded(read.row, await _current(conn, read, base, keep=lock))
 
 
-async def _current(conn: Conn, read: repository.CaseRead, base: CaseState | None) -> CaseState:
+async def _current(
+    conn: Conn, read: repository.CaseRead, base: CaseState | None, *, keep: bool = True
+) -> CaseState:
     """The state of a case as read (onto `base`, the state this process knew before the
-    read), kept for the next decision on it."""
+    read); with `keep`, kept for the next decision on it."""
     state = states.fold(read, base)
     if state is None:  # `base` is not this case's history: read it whole
         whole = await repository.case_events(conn, read.row["complaint_id"])
         state = replay(states.events_of([(r["type"], r["data"], r["event_id"]) for r in whole]))
-    STATES.put(state)
+    if keep:
+        STATES.put(state)
     return state
 
 

@@ -213,6 +213,8 @@ async def _with_events(conn: Conn, row: asyncpg.Record) -> CaseRead:
             (r["type"], r["data"], r["event_id"])
             for r in await case_events(conn, row["complaint_id"], after=after)
         ]
+        if after + len(decided) != row["version"]:  # a fresh statement sees what the row does
+            raise RuntimeError(f"case {row['complaint_id']}: its log does not reach its version")
     return CaseRead(row, decided, after)
 
 

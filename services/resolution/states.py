@@ -16,50 +16,78 @@ from collections.abc import Collection
 from services.resolution.case import EMPTY, CaseState, Event, replay
 from services.resolution.repository import CaseRead, Decided
 
-# About 4 KB a state (measured: an opened case with its clocks and one named person): 20,000
-# are some 90 MB, the cases a busy replica touches within minutes (COMPLAINTS_CASE_STATES).
-CAPACITY = 20_000
+# An opened case's state is about 4 KB (measured with one named person); the text people
+# write into a case (statements, a decision's message, a proposal's note) comes on top, up to
+# hundreds of KB for a worked case naming many people. The budget counts both.
+BUDGET_BYTES = 128 * 1024 * 1024
+_BASE_BYTES = 4096
+_PER_ENTRY_BYTES = 512  # each named person and each remedy applied before a reopening
+
+
+def weight(state: CaseState) -> int:
+    """Roughly the bytes a kept state holds (its structure, and the text written into it at up
+    to four bytes a character)."""
+    texts = [h.statement or "" for h in state.staff]
+    if state.decision is not None:
+        texts.append(state.decision.message)
+    if state.pending is not None:
+        texts += [state.pending.note, state.pending.message, state.pending.justification or ""]
+    entries = len(state.staff) + len(state.previous_remedies)
+    return _BASE_BYTES + _PER_ENTRY_BYTES * entries + 4 * sum(len(t) for t in texts)
 
 
 class States:
-    """The last `capacity` case states kept, by complaint id, the least recently used dropped."""
+    """Case states kept by complaint id within a budget of bytes (`weight`), the least recently
+    used dropped first."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
-        self._capacity = capacity
-        self._states: OrderedDict[str, CaseState] = OrderedDict()
+    def __init__(self, budget_bytes: int = BUDGET_BYTES) -> None:
+        self._budget = budget_bytes
+        self._used = 0
+        self._states: OrderedDict[str, tuple[CaseState, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._states)
 
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
     def get(self, complaint_id: str) -> CaseState | None:
-        state = self._states.get(complaint_id)
-        if state is not None:
-            self._states.move_to_end(complaint_id)
-        return state
+        kept = self._states.get(complaint_id)
+        if kept is None:
+            return None
+        self._states.move_to_end(complaint_id)
+        return kept[0]
 
     def known(self, complaint_ids: Collection[str]) -> dict[str, CaseState | None]:
         """The states kept of these cases (None where none is)."""
         return {complaint_id: self.get(complaint_id) for complaint_id in complaint_ids}
 
-    def resize(self, capacity: int) -> None:
-        """Keep at most `capacity` states from now on (0: none)."""
-        self._capacity = capacity
+    def resize(self, budget_bytes: int) -> None:
+        """Keep at most `budget_bytes` of states from now on (0: none)."""
+        self._budget = budget_bytes
         self._trim()
 
     def put(self, state: CaseState) -> None:
         """Keep a case's state (a case not opened yet is not kept)."""
         if not state.complaint_id or state.version == 0:
             return
-        self._states[state.complaint_id] = state
-        self._states.move_to_end(state.complaint_id)
+        size = weight(state)
+        previous = self._states.pop(state.complaint_id, None)
+        if previous is not None:
+            self._used -= previous[1]
+        self._states[state.complaint_id] = (state, size)
+        self._used += size
         self._trim()
 
     def _trim(self) -> None:
-        while len(self._states) > self._capacity:
-            self._states.popitem(last=False)
+        while self._used > self._budget and self._states:
+            _, (_, size) = self._states.popitem(last=False)
+            self._used -= size
 
     def clear(self) -> None:
         self._states.clear()
+        self._used = 0
 
 
 def events_of(decided: Decided) -> list[Event]:

@@ -543,9 +543,14 @@ async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running
         assert kept.state.chain_head != never.state.chain_head
         cases.STATES.put(never.state)
         async with conn.transaction():
-            last = await cases.load(conn, case.id, lock=False)
+            last = await cases.load(conn, case.id)
         assert last is not None and last.state == kept.state
         assert cases.STATES.get(case.id) == kept.state
+        # a plain read (a reader's, who may not see the case) keeps nothing
+        cases.STATES.put(never.state)
+        read = await cases.load(conn, case.id, lock=False)
+        assert read is not None and read.state == kept.state
+        assert cases.STATES.get(case.id) == never.state
     finally:
         await conn.close()
 

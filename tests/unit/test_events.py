@@ -154,6 +154,8 @@ def test_rfc3339_times_read_as_written(
         "2026-11-22T10:00:00",
         "2026-11-22 10:00:00Z",
         "2026-11-22T25:00:00Z",
+        "2026-11-22T24:00:00Z",
+        "2026-11-22T10:60:00Z",
     ],
 )
 def test_rfc3339_refuses_what_is_not_a_time(text: str) -> None:

@@ -50,3 +50,15 @@ def test_only_plain_frozen_dataclasses_are_copied() -> None:
     for obj in (Mutable(1), Checked(1), object()):
         with pytest.raises(TypeError, match="frozen dataclasses"):
             changed(obj, x=2)
+
+
+def test_a_dataclass_without_a_generated_init_is_refused() -> None:
+    @dataclass(frozen=True, init=False)
+    class Derived:
+        x: int
+
+        def __init__(self, x: int) -> None:
+            object.__setattr__(self, "x", abs(x))
+
+    with pytest.raises(TypeError, match="frozen dataclasses"):
+        changed(Derived(-1), x=-2)
