@@ -13,6 +13,7 @@ from services.resolution import actions, cases, repository
 from services.resolution.action_limit import ActionLimit
 from services.resolution.case import Actor, ActorKind, Refusal
 from services.resolution.policy import Remaining, remaining
+from services.resolution.states import States
 from shared import auth, directory
 from shared.db import Conn
 from shared.events import utcnow
@@ -134,10 +135,15 @@ def channel_view(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def install(
-    service: Service, router: APIRouter, policy: cases.PolicySource, limit: ActionLimit
+    service: Service,
+    router: APIRouter,
+    policy: cases.PolicySource,
+    limit: ActionLimit,
+    known: States,
 ) -> None:
-    """Add resolution's routes to `router`; decisions use the active `policy`, and staff
-    actions spend the member's rate `limit`."""
+    """Add resolution's routes to `router`; decisions use the active `policy` and go on from
+    the case states `known` to this replica, and staff actions spend the member's rate
+    `limit`."""
 
     @router.get(
         "/v1/complaints/{complaint_id}",
@@ -199,7 +205,7 @@ def install(
             if limited is not None:
                 return _too_many(limited, request.url.path)
             async with conn.transaction():
-                found = await cases.load(conn, complaint_id)
+                found = await cases.load(conn, complaint_id, known=known)
                 if found is None:
                     raise Problem(404, "Not found", f"no complaint {complaint_id}")
                 if idempotency_key is not None:
@@ -216,7 +222,14 @@ def install(
                             )
                         return _replayed(saved["status"], saved["body"], response)
                 result = await cases.staff_action(
-                    conn, found, action, member, policies=policy, now=utcnow(), answer=True
+                    conn,
+                    found,
+                    action,
+                    member,
+                    policies=policy,
+                    now=utcnow(),
+                    known=known,
+                    answer=True,
                 )
                 status, body = await _answer(
                     conn, complaint_id, result, staff=True, instance=request.url.path
@@ -250,7 +263,7 @@ def install(
             channel = await directory.channel_for_key(conn, auth.hash_key(bearer(request)))
             if channel is None:
                 raise Problem(401, "Unauthorized", "send the submitting channel's live key")
-            found = await cases.load(conn, complaint_id)
+            found = await cases.load(conn, complaint_id, known=known)
             if found is None or found.state.channel.value != channel:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             result = await cases.act(
@@ -260,6 +273,7 @@ def install(
                 Actor(id=f"customer:{channel}", kind=ActorKind.CUSTOMER),
                 policy=await policy(conn, None),
                 now=utcnow(),
+                known=known,
                 answer=True,
             )
             status, body = await _answer(
@@ -275,7 +289,7 @@ def install(
     async def get_authority(complaint_id: str, request: Request) -> dict[str, Any]:
         async with service.pool.acquire() as conn:
             member = await service.staff_or_401(conn, bearer(request))
-            loaded = await cases.load(conn, complaint_id, lock=False)
+            loaded = await cases.load(conn, complaint_id, known=known, lock=False)
             if loaded is None or not _may_read(dict(loaded.row), member, None):
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             active = await policy(conn, None)

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.resolution import api, cases, handlers, review_api
+from services.resolution import api, cases, handlers, review_api, states
 from services.resolution.action_limit import ActionLimit
 from services.resolution.policies import PolicyCache
 from services.resolution.policy import Policy
@@ -22,15 +22,16 @@ class Resolution(Service):
 
     def register(self) -> None:
         self._policies = PolicyCache()
-        cases.STATES.resize(self.settings.case_states_mb * 1024 * 1024)
+        # the states of the cases this replica decided on lately (see `states`)
+        self.known = states.States(self.settings.case_states_mb * 1024 * 1024)
         # one bucket share per member in this replica, for HTTP actions and commands alike
         limit = ActionLimit(self.settings, lambda: self.pool)
-        api.install(self, self.router, self.policy, limit)
+        api.install(self, self.router, self.policy, limit, self.known)
         review_api.install(self, self.router)
         self.consume_together(
             topics.EVENTS,
             handlers.parse_record,
-            handlers.batch_handler(self.policy),
+            handlers.batch_handler(self.policy, self.known),
             skip=handlers.OWN,
         )
         # the directories' replicas follow within a follower's fetch cycle (a quarter second;
@@ -42,7 +43,7 @@ class Resolution(Service):
         self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff", follower=True)
         self.consume(
             topics.COMMANDS,
-            handlers.command_router(self.staff_member, self.policy, limit),
+            handlers.command_router(self.staff_member, self.policy, limit, self.known),
             group=f"{self.group_id}-commands",
             # a decision locks its case, then its caps: never two cases in one transaction
             one_per_transaction=True,
@@ -71,12 +72,12 @@ class Resolution(Service):
         self.run_worker(timers.WORKER, worker)
 
     async def _fire(self, conn: Conn, timer: timers.Timer, now: datetime) -> None:
-        await cases.fire(conn, timer, now, policies=self.policy)
+        await cases.fire(conn, timer, now, policies=self.policy, known=self.known)
 
     async def _fire_many(
         self, conn: Conn, due: list[timers.Timer], now: datetime
     ) -> Collection[str]:
-        return await cases.fire_many(conn, due, now, policies=self.policy)
+        return await cases.fire_many(conn, due, now, policies=self.policy, known=self.known)
 
 
 def build_app(settings: Settings, **kwargs: Any) -> Resolution:

@@ -56,8 +56,6 @@ SOURCE = "complaints/resolution"
 PolicySource = Callable[[Conn, int | None], Awaitable[Policy]]
 # The timer kind every case clock (warnings, breaches, approval and response windows) uses.
 CLOCK_TIMER = "case_clock"
-# The states of the cases this process decided on lately (see `states`).
-STATES = states.States()
 
 
 @dataclass(frozen=True)
@@ -91,31 +89,33 @@ class Loaded:
     state: CaseState
 
 
-async def load(conn: Conn, complaint_id: str, *, lock: bool = True) -> Loaded | None:
+async def load(
+    conn: Conn, complaint_id: str, *, known: states.States, lock: bool = True
+) -> Loaded | None:
     """The case, its row locked until the transaction ends (one decision at a time per case);
     None when no case has this id (or it is not opened yet). Without `lock`, a read: nothing
-    is locked."""
-    base = STATES.get(complaint_id)
+    is locked. `known`: the states this process keeps (a read goes on from the case's)."""
+    base = known.get(complaint_id)
     read = await repository.lock_case_with_events(
         conn, complaint_id, known=base.version if base else 0, lock=lock
     )
     if read is None or read.row["version"] == 0:
         return None
     # a plain read is kept for no decision (and may be of a case the reader may not see)
-    return Loaded(read.row, await _current(conn, read, base, keep=lock))
+    return Loaded(read.row, await _current(conn, read, base, known if lock else None))
 
 
 async def _current(
-    conn: Conn, read: repository.CaseRead, base: CaseState | None, *, keep: bool = True
+    conn: Conn, read: repository.CaseRead, base: CaseState | None, known: states.States | None
 ) -> CaseState:
     """The state of a case as read (onto `base`, the state this process knew before the
-    read); with `keep`, kept for the next decision on it."""
+    read); kept in `known` (if given) for the next decision on it."""
     state = states.fold(read, base)
     if state is None:  # `base` is not this case's history: read it whole
         whole = await repository.case_events(conn, read.row["complaint_id"])
         state = replay(states.events_of([(r["type"], r["data"], r["event_id"]) for r in whole]))
-    if keep:
-        STATES.put(state)
+    if known is not None:
+        known.put(state)
     return state
 
 
@@ -125,6 +125,7 @@ async def open_many(
     *,
     policy: Policy,
     now: datetime,
+    known: states.States,
 ) -> None:
     """Open the cases of routed complaints (their clocks, and a request to each named person)
     in a few statements, whatever their number: each `(routed, trace)`'s case is decided
@@ -150,7 +151,7 @@ async def open_many(
         if isinstance(result, Refusal):  # a routed complaint is always openable: a bug if not
             raise RuntimeError(f"opening refused: {result.code}")
         after = replay(result, EMPTY)
-        STATES.put(after)
+        known.put(after)
         decisions.append(Decision(result, EMPTY, after, policy, trace=trace))
         # a batch's decisions are pure work with no wait between them: let the other tasks of
         # the process (HTTP requests, other consumers) run between two, or a batch of 200
@@ -167,6 +168,7 @@ async def act(
     *,
     policy: Policy,
     now: datetime,
+    known: states.States,
     expected_version: int | None = None,
     answer: bool = False,
 ) -> Kept | Refusal:
@@ -180,7 +182,7 @@ async def act(
         return result
     if not result:
         return Kept(loaded.state)  # nothing to decide (a move to where the case already is)
-    return await _commit(conn, loaded.state, result, policy=policy, answer=answer)
+    return await _commit(conn, loaded.state, result, policy=policy, known=known, answer=answer)
 
 
 async def staff_action(
@@ -191,6 +193,7 @@ async def staff_action(
     *,
     policies: PolicySource,
     now: datetime,
+    known: states.States,
     answer: bool = False,
 ) -> Kept | Refusal:
     """A staff member's action, from HTTP or the command topic alike, decided and kept (see
@@ -204,21 +207,34 @@ async def staff_action(
         staff_actor(member, loaded.state),
         policy=await policies(conn, pinned_version(loaded.state, command)),
         now=now,
+        known=known,
         expected_version=action.version,
         answer=answer,
     )
 
 
-async def fire(conn: Conn, timer: timers.Timer, now: datetime, *, policies: PolicySource) -> None:
+async def fire(
+    conn: Conn,
+    timer: timers.Timer,
+    now: datetime,
+    *,
+    policies: PolicySource,
+    known: states.States,
+) -> None:
     """A case clock's timer fired: warn, breach and escalate, climb an approval, or close a
     response window (a stale timer decides nothing). A case another transaction holds is never
     waited for (`timers.Later`: see `fire_many`)."""
-    if await fire_many(conn, [timer], now, policies=policies):
+    if await fire_many(conn, [timer], now, policies=policies, known=known):
         raise timers.Later()
 
 
 async def fire_many(
-    conn: Conn, due: Sequence[timers.Timer], now: datetime, *, policies: PolicySource
+    conn: Conn,
+    due: Sequence[timers.Timer],
+    now: datetime,
+    *,
+    policies: PolicySource,
+    known: states.States,
 ) -> set[str]:
     """Case clocks' timers fired together, in a few statements: their cases locked and read
     in one, each case's timers decided in turn on its state, every decision's log, read model,
@@ -228,7 +244,7 @@ async def fire_many(
     by_case: dict[str, list[timers.Timer]] = {}
     for timer in sorted(due, key=lambda t: (t.due_at, t.key)):
         by_case.setdefault(str(timer.payload["complaint_id"]), []).append(timer)
-    bases = STATES.known(by_case)
+    bases = known.of(by_case)
     found = await repository.try_lock_cases_with_events(
         conn, {c: base.version if base else 0 for c, base in bases.items()}
     )
@@ -241,7 +257,7 @@ async def fire_many(
         read = found[complaint_id]
         if read.row["version"] == 0:
             continue  # not opened yet: nothing to decide
-        before = state = await _current(conn, read, bases[complaint_id])
+        before = state = await _current(conn, read, bases[complaint_id], known)
         new: list[Event] = []
         policy: Policy | None = None
         for timer in by_case[complaint_id]:
@@ -256,7 +272,7 @@ async def fire_many(
                 new += result
                 state = replay(result, state)
         if new and policy is not None:
-            STATES.put(state)
+            known.put(state)
             firing = {t.key for t in by_case[complaint_id]}
             decided.append(Decision(new, before, state, policy, firing))
         await asyncio.sleep(0)  # pure work between two cases: let the process's other tasks run
@@ -409,12 +425,13 @@ async def _commit(
     events: Sequence[Event],
     *,
     policy: Policy,
+    known: states.States,
     answer: bool = False,
 ) -> Kept:
     """Keep decided events: log and read model (and, with `answer`, the view after them, in
     the same statement), remedies, outbox, timers."""
     after = replay(events, before)
-    STATES.put(after)
+    known.put(after)
     view = await repository.record_decision(conn, events, _read_model(events, after), answer=answer)
     await _keep_effects(conn, [Decision(events, before, after, policy)])
     return Kept(after, view)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from services.resolution import actions, cases, domain, repository
 from services.resolution.action_limit import ActionLimit
 from services.resolution.case import SYSTEM, Kind, Reassigned, Refusal
+from services.resolution.states import States
 from shared import auth, directory, inbox, outbox, telemetry
 from shared.db import Conn
 from shared.events import CloudEvent, EventType, ReassignedData, ReceivedData, RoutedData
@@ -55,11 +56,12 @@ def parse_record(record: Record) -> Incoming:
 Apply = Callable[[Conn, list[tuple[Incoming, dict[str, str]]], datetime], Awaitable[None]]
 
 
-def batch_handler(policy: cases.PolicySource) -> Apply:
+def batch_handler(policy: cases.PolicySource, known: States) -> Apply:
     """Every event of a complaint lands on its case's timeline; a received complaint gives its
     case the customer and the amount at stake; a routed one opens its case under the active
-    `policy`; a reassignment moves the case. A batch takes a few statements whatever its size
-    (a reassignment is decided on its own, in its place in the batch's order)."""
+    `policy`; a reassignment moves the case (decisions go on from the states `known`). A batch
+    takes a few statements whatever its size (a reassignment is decided on its own, in its
+    place in the batch's order)."""
 
     async def apply(
         conn: Conn, items: list[tuple[Incoming, dict[str, str]]], now: datetime
@@ -74,13 +76,13 @@ def batch_handler(policy: cases.PolicySource) -> Apply:
                 continue  # handled before (or repeated in this batch)
             fresh_ids.discard(incoming.event.id)
             if isinstance(incoming.data, ReassignedData):
-                await _apply_run(conn, run, policy, now)
+                await _apply_run(conn, run, policy, now, known)
                 run = []
                 with telemetry.traced(trace):  # its decision continues the record's trace
-                    await _reassigned(conn, incoming, policy, now)
+                    await _reassigned(conn, incoming, policy, now, known)
             else:
                 run.append((incoming, trace))
-        await _apply_run(conn, run, policy, now)
+        await _apply_run(conn, run, policy, now, known)
 
     return apply
 
@@ -90,12 +92,13 @@ async def _apply_run(
     run: list[tuple[Incoming, dict[str, str]]],
     policy: cases.PolicySource,
     now: datetime,
+    known: States,
 ) -> None:
     """Events that only add to timelines, give cases their customers or open them: in a few
     statements. The received rows are written before any case opens, so a case opened in
     this run has its customer and amount whatever the order of the two in the batch."""
     for first in range(0, len(run), RUN_CHUNK):
-        await _apply_chunk(conn, run[first : first + RUN_CHUNK], policy, now)
+        await _apply_chunk(conn, run[first : first + RUN_CHUNK], policy, now, known)
 
 
 # Records applied together at most: between two chunks the process's other tasks run (a run of
@@ -108,6 +111,7 @@ async def _apply_chunk(
     run: list[tuple[Incoming, dict[str, str]]],
     policy: cases.PolicySource,
     now: datetime,
+    known: States,
 ) -> None:
     await repository.append_timelines(
         conn,
@@ -122,16 +126,16 @@ async def _apply_chunk(
     )
     routed = [(i.data, trace) for i, trace in run if isinstance(i.data, RoutedData)]
     if routed:
-        await cases.open_many(conn, routed, policy=await policy(conn, None), now=now)
+        await cases.open_many(conn, routed, policy=await policy(conn, None), now=now, known=known)
 
 
 async def _reassigned(
-    conn: Conn, incoming: Incoming, policy: cases.PolicySource, now: datetime
+    conn: Conn, incoming: Incoming, policy: cases.PolicySource, now: datetime, known: States
 ) -> None:
     data: ReassignedData = incoming.data
     entry = domain.timeline_entry(incoming.event, received=now)
     await repository.append_timelines(conn, [(data.complaint_id, incoming.event.id, entry)])
-    loaded = await cases.load(conn, data.complaint_id)
+    loaded = await cases.load(conn, data.complaint_id, known=known)
     if loaded is not None:  # a case not opened yet keeps routing's holder until it opens
         await cases.act(
             conn,
@@ -140,6 +144,7 @@ async def _reassigned(
             SYSTEM,
             policy=await policy(conn, None),
             now=now,
+            known=known,
         )
 
 
@@ -154,7 +159,9 @@ directory.learn_staff(staff)
 Verify = Callable[[Conn, str], Awaitable[directory.Member]]
 
 
-def command_router(verify: Verify, policy: cases.PolicySource, limit: ActionLimit) -> EventRouter:
+def command_router(
+    verify: Verify, policy: cases.PolicySource, limit: ActionLimit, known: States
+) -> EventRouter:
     """Staff actions from `complaints.commands.v1`: the bearer token in the `authorization`
     header is checked exactly as over HTTP, the member's rate `limit` spent, the action decided
     as over HTTP; a refused command (token, limit, form, authority, state) yields
@@ -167,7 +174,7 @@ def command_router(verify: Verify, policy: cases.PolicySource, limit: ActionLimi
         complaint_id = delivery.complaint_id
         if not complaint_id:
             raise Rejected("schema_violation", "a command names its complaint in `subject`")
-        outcome = await _run_command(conn, data.root, delivery, verify, policy, limit)
+        outcome = await _run_command(conn, data.root, delivery, verify, policy, limit, known)
         if isinstance(outcome, Refusal):
             await outbox.enqueue(conn, [_refused(complaint_id, delivery, data.root, outcome)])
 
@@ -181,6 +188,7 @@ async def _run_command(
     verify: Verify,
     policy: cases.PolicySource,
     limit: ActionLimit,
+    known: States,
 ) -> Refusal | None:
     """Check, decide and keep one command; the refusal, if any."""
     token = _bearer(delivery.record.headers)
@@ -197,11 +205,11 @@ async def _run_command(
     except ValidationError as exc:
         return Refusal(422, summarise(field_errors(exc.errors(), prefix=("data",))), "invalid")
     complaint_id = delivery.complaint_id or ""
-    loaded = await cases.load(conn, complaint_id)
+    loaded = await cases.load(conn, complaint_id, known=known)
     if loaded is None:
         return Refusal(404, f"no complaint {complaint_id}", "not_found")
     result = await cases.staff_action(
-        conn, loaded, action, member, policies=policy, now=delivery.now
+        conn, loaded, action, member, policies=policy, now=delivery.now, known=known
     )
     return result if isinstance(result, Refusal) else None
 

@@ -59,7 +59,7 @@ class States:
         self._states.move_to_end(complaint_id)
         return kept[0]
 
-    def known(self, complaint_ids: Collection[str]) -> dict[str, CaseState | None]:
+    def of(self, complaint_ids: Collection[str]) -> dict[str, CaseState | None]:
         """The states kept of these cases (None where none is)."""
         return {complaint_id: self.get(complaint_id) for complaint_id in complaint_ids}
 

@@ -22,6 +22,7 @@ from services.resolution import admin as resolution_admin
 from services.resolution import cases
 from services.resolution.case import Acknowledge, Actor, Refusal
 from services.resolution.policy import default_policy
+from services.resolution.states import States
 from shared import auth, db, quota, topics
 from shared.events import EventType, Role, new_event, utcnow
 from tests.support import activate_policy, eventually, read_topic, submission
@@ -480,6 +481,7 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
     """The case row and its events are read in one statement, whose snapshot predates the
     wait for the row's lock: the events another decision committed meanwhile must be read."""
     case = await _opened(running)
+    known = States()  # the states one replica keeps
     holder = await asyncpg.connect(running.settings.require_database_url())
     waiter = await asyncpg.connect(running.settings.require_database_url())
     try:
@@ -487,16 +489,22 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
             await db.prepare_connection(conn)
             await conn.execute("SET search_path TO resolution, public")
         async with holder.transaction():
-            held = await cases.load(holder, case.id)
+            held = await cases.load(holder, case.id, known=known)
             assert held is not None
             waiter_tx = waiter.transaction()
             await waiter_tx.start()
-            waiting = asyncio.create_task(cases.load(waiter, case.id))
+            waiting = asyncio.create_task(cases.load(waiter, case.id, known=known))
             await asyncio.sleep(0.3)  # its statement has begun, and waits for the lock
             assert not waiting.done()
             actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
             decided = await cases.act(
-                holder, held, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+                holder,
+                held,
+                Acknowledge(),
+                actor,
+                policy=default_policy(),
+                now=utcnow(),
+                known=known,
             )
             assert not isinstance(decided, Refusal)
         loaded = await waiting
@@ -514,6 +522,7 @@ async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running
     when the transaction rolls back, or the case goes on another way (another process), the
     kept state does not continue the log, and the case is read whole."""
     case = await _opened(running)
+    known = States()
     conn = await asyncpg.connect(running.settings.require_database_url())
     actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
     try:
@@ -521,36 +530,42 @@ async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running
         await conn.execute("SET search_path TO resolution, public")
         tx = conn.transaction()
         await tx.start()
-        loaded = await cases.load(conn, case.id)
+        loaded = await cases.load(conn, case.id, known=known)
         assert loaded is not None
         never = await cases.act(
-            conn, loaded, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+            conn, loaded, Acknowledge(), actor, policy=default_policy(), now=utcnow(), known=known
         )
         await tx.rollback()
         assert not isinstance(never, Refusal)
-        assert cases.STATES.get(case.id) == never.state  # kept, though never committed
+        assert known.get(case.id) == never.state  # kept, though never committed
 
         async with conn.transaction():  # the case is not as far as the kept state
-            again = await cases.load(conn, case.id)
+            again = await cases.load(conn, case.id, known=known)
             assert again is not None and again.state == loaded.state
             assert again.state.version < never.state.version
             kept = await cases.act(
-                conn, again, Acknowledge(), actor, policy=default_policy(), now=utcnow()
+                conn,
+                again,
+                Acknowledge(),
+                actor,
+                policy=default_policy(),
+                now=utcnow(),
+                known=known,
             )
             assert not isinstance(kept, Refusal)
         # another history at the same version: the row's chain head is not the kept one's
         assert kept.state.version == never.state.version
         assert kept.state.chain_head != never.state.chain_head
-        cases.STATES.put(never.state)
+        known.put(never.state)
         async with conn.transaction():
-            last = await cases.load(conn, case.id)
+            last = await cases.load(conn, case.id, known=known)
         assert last is not None and last.state == kept.state
-        assert cases.STATES.get(case.id) == kept.state
+        assert known.get(case.id) == kept.state
         # a plain read (a reader's, who may not see the case) keeps nothing
-        cases.STATES.put(never.state)
-        read = await cases.load(conn, case.id, lock=False)
+        known.put(never.state)
+        read = await cases.load(conn, case.id, known=known, lock=False)
         assert read is not None and read.state == kept.state
-        assert cases.STATES.get(case.id) == never.state
+        assert known.get(case.id) == never.state
     finally:
         await conn.close()
 

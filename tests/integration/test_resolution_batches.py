@@ -14,6 +14,7 @@ import pytest
 from complaints.samples import submission
 from services.resolution import handlers
 from services.resolution.policy import Policy, default_policy
+from services.resolution.states import States
 from shared import db, migrate, topics
 from shared.events import (
     Category,
@@ -78,7 +79,7 @@ def _routed(complaint_id: str, team: str) -> RoutedData:
 
 
 async def _apply(pool: db.Pool, records: list[Record]) -> None:
-    apply = handlers.batch_handler(_policy)
+    apply = handlers.batch_handler(_policy, States())
     async with pool.acquire() as conn, conn.transaction():
         await apply(conn, [(handlers.parse_record(r), {}) for r in records], NOW)
 

@@ -25,7 +25,7 @@ def test_the_least_recently_used_state_goes_first() -> None:
     assert states.get("a") is not None  # "a" is now the most recently used
     states.put(_state("c"))
     assert states.get("b") is None
-    assert states.known(["a", "c", "x"]) == {"a": _state("a"), "c": _state("c"), "x": None}
+    assert states.of(["a", "c", "x"]) == {"a": _state("a"), "c": _state("c"), "x": None}
     assert states.used_bytes == 2 * ONE
 
 
@@ -44,7 +44,7 @@ def test_text_written_into_a_case_counts_against_the_budget() -> None:
     states.put(_state("a"))
     states.put(_state("b"))
     states.put(heavy)  # room for it and one more: the oldest goes
-    assert states.known(["a", "b", "h"]) == {"a": None, "b": _state("b"), "h": heavy}
+    assert states.of(["a", "b", "h"]) == {"a": None, "b": _state("b"), "h": heavy}
 
 
 def test_a_case_not_opened_is_not_kept() -> None:
@@ -59,7 +59,7 @@ def test_resizing_drops_the_oldest_at_once() -> None:
     for name in "abc":
         states.put(_state(name))
     states.resize(ONE)
-    assert states.known("abc") == {"a": None, "b": None, "c": _state("c")}
+    assert states.of("abc") == {"a": None, "b": None, "c": _state("c")}
     states.resize(0)
     states.put(_state("d"))
     assert len(states) == 0 and states.used_bytes == 0
