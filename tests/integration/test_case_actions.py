@@ -475,6 +475,22 @@ async def test_a_claim_counts_as_the_claimers_latest_assignment_in_intake(runnin
         await conn.close()
 
 
+async def _resolution_conn(running) -> asyncpg.Connection:
+    """A connection to resolution's schema, as the service's own are prepared."""
+    conn = await asyncpg.connect(running.settings.require_database_url())
+    await db.prepare_connection(conn)
+    await conn.execute("SET search_path TO resolution, public")
+    return conn
+
+
+async def _acknowledge(conn, loaded: cases.Loaded, actor: Actor, known: States) -> cases.Kept:
+    kept = await cases.act(
+        conn, loaded, Acknowledge(), actor, policy=default_policy(), now=utcnow(), known=known
+    )
+    assert not isinstance(kept, Refusal)
+    return kept
+
+
 async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhile(
     running,
 ) -> None:
@@ -482,12 +498,8 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
     wait for the row's lock: the events another decision committed meanwhile must be read."""
     case = await _opened(running)
     known = States()  # the states one replica keeps
-    holder = await asyncpg.connect(running.settings.require_database_url())
-    waiter = await asyncpg.connect(running.settings.require_database_url())
+    holder, waiter = await _resolution_conn(running), await _resolution_conn(running)
     try:
-        for conn in (holder, waiter):
-            await db.prepare_connection(conn)
-            await conn.execute("SET search_path TO resolution, public")
         async with holder.transaction():
             held = await cases.load(holder, case.id, known=known)
             assert held is not None
@@ -497,16 +509,7 @@ async def test_a_decision_that_waited_for_the_case_sees_what_was_decided_meanwhi
             await asyncio.sleep(0.3)  # its statement has begun, and waits for the lock
             assert not waiting.done()
             actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
-            decided = await cases.act(
-                holder,
-                held,
-                Acknowledge(),
-                actor,
-                policy=default_policy(),
-                now=utcnow(),
-                known=known,
-            )
-            assert not isinstance(decided, Refusal)
+            decided = await _acknowledge(holder, held, actor, known)
         loaded = await waiting
         await waiter_tx.rollback()
         assert loaded is not None
@@ -523,36 +526,22 @@ async def test_a_state_kept_for_a_decision_never_committed_is_never_used(running
     kept state does not continue the log, and the case is read whole."""
     case = await _opened(running)
     known = States()
-    conn = await asyncpg.connect(running.settings.require_database_url())
+    conn = await _resolution_conn(running)
     actor = Actor(id="agent-x", role=Role.AGENT, team=case.team)
     try:
-        await db.prepare_connection(conn)
-        await conn.execute("SET search_path TO resolution, public")
         tx = conn.transaction()
         await tx.start()
         loaded = await cases.load(conn, case.id, known=known)
         assert loaded is not None
-        never = await cases.act(
-            conn, loaded, Acknowledge(), actor, policy=default_policy(), now=utcnow(), known=known
-        )
+        never = await _acknowledge(conn, loaded, actor, known)
         await tx.rollback()
-        assert not isinstance(never, Refusal)
         assert known.get(case.id) == never.state  # kept, though never committed
 
         async with conn.transaction():  # the case is not as far as the kept state
             again = await cases.load(conn, case.id, known=known)
             assert again is not None and again.state == loaded.state
             assert again.state.version < never.state.version
-            kept = await cases.act(
-                conn,
-                again,
-                Acknowledge(),
-                actor,
-                policy=default_policy(),
-                now=utcnow(),
-                known=known,
-            )
-            assert not isinstance(kept, Refusal)
+            kept = await _acknowledge(conn, again, actor, known)
         # another history at the same version: the row's chain head is not the kept one's
         assert kept.state.version == never.state.version
         assert kept.state.chain_head != never.state.chain_head
