@@ -152,6 +152,10 @@ async def serve(
             lifespan="off",
             # open event streams must not hold shutdown hostage
             timeout_graceful_shutdown=3,
+            # an idle connection outlives clients' pools (httpx keeps one 5 s, uvicorn's own
+            # default): closed at the same moment, a client's next request on it fails with a
+            # read error (seen in the suite on a slow day)
+            timeout_keep_alive=75,
         )
     )
     try:

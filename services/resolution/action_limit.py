@@ -19,9 +19,10 @@ class ActionLimit:
         self.limit = quota.Limit(settings.staff_action_rate, settings.staff_action_burst)
         self._quotas = quotas.Quotas(pool)
 
-    async def check(self, conn: Conn, staff_id: str) -> Refusal | None:
+    async def check(self, conn: Conn | None, staff_id: str) -> Refusal | None:
         """None when the member may act now (one of their tokens is spent), else 429
-        `rate_limited` saying when to retry. A draw runs on `conn`, in its transaction if any."""
+        `rate_limited` saying when to retry. A draw runs on `conn` (in its transaction, if
+        any: the bucket's row stays locked until it ends), else on one of the pool's."""
         wait = await self._quotas.spend(staff_id, self.limit, conn)
         return None if wait is None else refusal(self.limit, wait)
 

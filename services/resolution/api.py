@@ -200,50 +200,51 @@ def install(
     ) -> Any:
         async with service.pool.acquire() as conn:
             member = await service.staff_or_401(conn, bearer(request))
-            # outside the action's transaction: the bucket's row is not held while it decides
-            limited = await limit.check(conn, member.staff_id)
-            if limited is not None:
-                return _too_many(limited, request.url.path)
-            async with conn.transaction():
-                found = await cases.load(conn, complaint_id, known=known)
-                if found is None:
-                    raise Problem(404, "Not found", f"no complaint {complaint_id}")
-                if idempotency_key is not None:
-                    # under the case's lock: a retry racing the first attempt waits for its answer
-                    saved = await repository.saved_answer(
-                        conn, complaint_id, member.staff_id, idempotency_key
-                    )
-                    if saved is not None:
-                        if saved["request_sha256"] != _digest(action):
-                            raise Problem(
-                                422,
-                                "Invalid request",
-                                "this Idempotency-Key was used for another action",
-                            )
-                        return _replayed(saved["status"], saved["body"], response)
-                result = await cases.staff_action(
+        # with no connection held: a draw from the member's bucket may wait for another's,
+        # and one waiting while holding a connection could leave none for the draw itself
+        limited = await limit.check(None, member.staff_id)
+        if limited is not None:
+            return _too_many(limited, request.url.path)
+        async with service.pool.acquire() as conn, conn.transaction():
+            found = await cases.load(conn, complaint_id, known=known)
+            if found is None:
+                raise Problem(404, "Not found", f"no complaint {complaint_id}")
+            if idempotency_key is not None:
+                # under the case's lock: a retry racing the first attempt waits for its answer
+                saved = await repository.saved_answer(
+                    conn, complaint_id, member.staff_id, idempotency_key
+                )
+                if saved is not None:
+                    if saved["request_sha256"] != _digest(action):
+                        raise Problem(
+                            422,
+                            "Invalid request",
+                            "this Idempotency-Key was used for another action",
+                        )
+                    return _replayed(saved["status"], saved["body"], response)
+            result = await cases.staff_action(
+                conn,
+                found,
+                action,
+                member,
+                policies=policy,
+                now=utcnow(),
+                known=known,
+                answer=True,
+            )
+            status, body = await _answer(
+                conn, complaint_id, result, staff=True, instance=request.url.path
+            )
+            if idempotency_key is not None:
+                await repository.save_answer(
                     conn,
-                    found,
-                    action,
-                    member,
-                    policies=policy,
-                    now=utcnow(),
-                    known=known,
-                    answer=True,
+                    complaint_id,
+                    member.staff_id,
+                    idempotency_key,
+                    _digest(action),
+                    status,
+                    body,
                 )
-                status, body = await _answer(
-                    conn, complaint_id, result, staff=True, instance=request.url.path
-                )
-                if idempotency_key is not None:
-                    await repository.save_answer(
-                        conn,
-                        complaint_id,
-                        member.staff_id,
-                        idempotency_key,
-                        _digest(action),
-                        status,
-                        body,
-                    )
         return _replayed(status, body, response)
 
     @router.post(

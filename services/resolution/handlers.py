@@ -196,9 +196,9 @@ async def _run_command(
         member = await verify(conn, token or "")
     except auth.InvalidToken as exc:
         return Refusal(401, f"staff token rejected: {exc}", "unauthorized")
-    # a draw locks the member's bucket row until this transaction ends: before the case's
-    # lock (no transaction takes the two the other way round; HTTP draws outside its own)
-    if (limited := await limit.check(conn, member.staff_id)) is not None:
+    # drawn in a transaction of its own (as over HTTP): the member's bucket row is never held
+    # while this command waits for its case
+    if (limited := await limit.check(None, member.staff_id)) is not None:
         return limited
     try:
         action = actions.ACTION.validate_python(body)
