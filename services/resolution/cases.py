@@ -45,7 +45,7 @@ from services.resolution.case import (
 )
 from services.resolution.clocks import ClockKind, desired_timers
 from services.resolution.policy import Policy, Usage, consistency_band
-from shared import directory, outbox, timers
+from shared import directory, outbox, telemetry, timers
 from shared.db import Conn
 from shared.events import Money, RoutedData
 
@@ -56,6 +56,8 @@ SOURCE = "complaints/resolution"
 PolicySource = Callable[[Conn, int | None], Awaitable[Policy]]
 # The timer kind every case clock (warnings, breaches, approval and response windows) uses.
 CLOCK_TIMER = "case_clock"
+# A clock timer's payload keeps the trace context it was armed in under this key.
+TRACE = "trace"
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,8 @@ async def fire_many(
         if new and policy is not None:
             known.put(state)
             firing = {t.key for t in by_case[complaint_id]}
-            decided.append(Decision(new, before, state, policy, firing))
+            trace = armed_in(by_case[complaint_id][0])
+            decided.append(Decision(new, before, state, policy, firing, trace))
         await asyncio.sleep(0)  # pure work between two cases: let the process's other tasks run
     await _commit_many(conn, decided)
     return later
@@ -446,12 +449,32 @@ async def _rearm_many(conn: Conn, decided: Sequence[Decision]) -> None:
         old = {t.key: t for t in desired_timers(d.before)}
         new = {t.key: t for t in desired_timers(d.after)}
         cancel += sorted(old.keys() - new.keys() - set(d.firing))
+        # a clock's firing continues the trace of the decision that armed it: ops follow a
+        # complaint from its submission to its last breach in one trace
+        trace = d.trace if d.trace is not None else telemetry.inject_headers()
         arm += [
-            (key, spec.due_at, CLOCK_TIMER, spec.payload)
+            (
+                key,
+                spec.due_at,
+                CLOCK_TIMER,
+                {**spec.payload, TRACE: trace} if trace else spec.payload,
+            )
             for key, spec in sorted(new.items())
             if key not in old or old[key].due_at != spec.due_at
         ]
     await timers.change_many(conn, cancel=cancel, arm=arm)
+
+
+def armed_in(timer: timers.Timer) -> dict[str, str] | None:
+    """The trace context a clock's timer was armed in (None: armed before timers kept one, or
+    in none): only W3C trace headers, as text."""
+    found = timer.payload.get(TRACE)
+    if not isinstance(found, dict):
+        return None
+    trace = {
+        k: v for k, v in found.items() if k in ("traceparent", "tracestate") and isinstance(v, str)
+    }
+    return trace or None
 
 
 def _remedy_row(event: Event, state: CaseState, policy: Policy) -> dict[str, Any]:

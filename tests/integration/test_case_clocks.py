@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +16,12 @@ from typing import Any
 import pytest
 
 from services.resolution import admin
-from tests.support import activate_policy, clocks_in_seconds, eventually, submission
+from shared import topics
+from tests.support import activate_policy, clocks_in_seconds, eventually, read_topic, submission
 
 CACHE_S = 2.5  # a replica re-reads the active policy at most every 2 s
+TRACE_ID = "5b8efff798038103d269b633813fc60c"
+TRACEPARENT = f"00-{TRACE_ID}-eee19b7ec3c1b174-01"
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +44,7 @@ async def test_warnings_and_breaches_fire_once_each_and_escalate(running, tmp_pa
         answer = await running.http.post(
             "/v1/complaints",
             json=submission("web"),
-            headers={"Authorization": f"Bearer {running.web_key}"},
+            headers={"Authorization": f"Bearer {running.web_key}", "traceparent": TRACEPARENT},
         )
         assert answer.status_code == 202, answer.text
         complaint_id = answer.json()["complaint_id"]
@@ -75,3 +79,15 @@ async def test_warnings_and_breaches_fire_once_each_and_escalate(running, tmp_pa
     # the last one (none when nobody above is left)
     escalations = {k: n for k, n in fired.items() if k[0] == "complaint.escalated"}
     assert escalations and set(escalations.values()) == {1}, fired
+
+    # every warning, breach and escalation continues the complaint's trace (the clocks were
+    # armed in it), as the events of its submission and routing do
+    traces: dict[str, set[str]] = {}
+    for record in await read_topic(running.settings.kafka_bootstrap, topics.EVENTS):
+        if record.key != complaint_id.encode():
+            continue
+        parent = dict(record.headers).get("traceparent", b"").decode()
+        traces.setdefault(json.loads(record.value)["type"], set()).add(parent.split("-")[1])
+    timed = ("complaint.sla_warning", "complaint.sla_breached", "complaint.escalated")
+    assert all(t in traces for t in (*timed, "complaint.routed")), traces
+    assert set().union(*traces.values()) == {TRACE_ID}, traces
