@@ -72,12 +72,10 @@ class Quotas:
         self._pool = pool  # called at a draw: the pool exists once the service has started
         self._held: dict[str, _Held] = {}
 
-    async def spend(
-        self, bucket_id: str, limit: quota.Limit, conn: Conn | None = None
-    ) -> float | None:
+    async def spend(self, bucket_id: str, limit: quota.Limit) -> float | None:
         """Spend one of the id's tokens: None when there was one, else the seconds to wait.
-        A draw runs on `conn` when given (inside its transaction, if it is in one: the
-        bucket's row stays locked until that ends), else on a connection of the pool."""
+        A draw runs on a connection of the pool, outside any transaction (the bucket's row is
+        held for its one statement)."""
         held = self._held.get(bucket_id)
         if held is None:
             if len(self._held) > 10_000:
@@ -95,20 +93,17 @@ class Quotas:
                 return None
             if (refused := held.empty_until - time.monotonic()) > 0:
                 return refused
-            granted, left = await self._draw(bucket_id, limit, conn)
+            async with self._pool().acquire() as conn:
+                granted, left = await take_tokens(
+                    conn,
+                    bucket_id,
+                    rate_per_s=limit.rate_per_s,
+                    burst=limit.burst,
+                    want=quota.chunk(limit),
+                )
             if granted == 0:
                 wait = quota.wait_s(left, limit)
                 held.empty_until = time.monotonic() + wait
                 return wait
             held.tokens = granted - 1
             return None
-
-    async def _draw(
-        self, bucket_id: str, limit: quota.Limit, conn: Conn | None
-    ) -> tuple[int, float]:
-        if conn is None:
-            async with self._pool().acquire() as own:
-                return await self._draw(bucket_id, limit, own)
-        return await take_tokens(
-            conn, bucket_id, rate_per_s=limit.rate_per_s, burst=limit.burst, want=quota.chunk(limit)
-        )

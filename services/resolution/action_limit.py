@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from services.resolution.case import Refusal
 from shared import quota, quotas
-from shared.db import Conn, Pool
+from shared.db import Pool
 from shared.settings import Settings
 
 
@@ -19,11 +19,12 @@ class ActionLimit:
         self.limit = quota.Limit(settings.staff_action_rate, settings.staff_action_burst)
         self._quotas = quotas.Quotas(pool)
 
-    async def check(self, conn: Conn | None, staff_id: str) -> Refusal | None:
+    async def check(self, staff_id: str) -> Refusal | None:
         """None when the member may act now (one of their tokens is spent), else 429
-        `rate_limited` saying when to retry. A draw runs on `conn` (in its transaction, if
-        any: the bucket's row stays locked until it ends), else on one of the pool's."""
-        wait = await self._quotas.spend(staff_id, self.limit, conn)
+        `rate_limited` saying when to retry. Call it holding no connection and outside any
+        transaction: a draw takes a connection of the pool and holds the bucket's row only for
+        its own statement."""
+        wait = await self._quotas.spend(staff_id, self.limit)
         return None if wait is None else refusal(self.limit, wait)
 
 

@@ -18,7 +18,7 @@ from shared import auth, directory
 from shared.db import Conn
 from shared.events import utcnow
 from shared.service import Service
-from shared.web import Problem, bearer
+from shared.web import Problem, bearer, problem_response
 
 # What a channel may see of its own complaint's timeline (no internal notes or assignments).
 CHANNEL_TIMELINE = {
@@ -202,7 +202,7 @@ def install(
             member = await service.staff_or_401(conn, bearer(request))
         # with no connection held: a draw from the member's bucket may wait for another's,
         # and one waiting while holding a connection could leave none for the draw itself
-        limited = await limit.check(None, member.staff_id)
+        limited = await limit.check(member.staff_id)
         if limited is not None:
             return _too_many(limited, request.url.path)
         async with service.pool.acquire() as conn, conn.transaction():
@@ -369,6 +369,10 @@ NOTHING = Remaining(
 
 
 def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
+    return _refusal_problem(refusal).document(instance)
+
+
+def _refusal_problem(refusal: Refusal) -> Problem:
     extra: dict[str, Any] = {"code": refusal.code}
     if refusal.required_role:
         extra["required_role"] = refusal.required_role
@@ -379,16 +383,13 @@ def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
     if refusal.current_version is not None:
         extra["current_version"] = refusal.current_version
     title = TITLES.get(refusal.status, "Refused")
-    return Problem(refusal.status, title, refusal.reason, **extra).document(instance)
+    return Problem(refusal.status, title, refusal.reason, **extra)
 
 
 def _too_many(refusal: Refusal, instance: str) -> JSONResponse:
     """429 with `Retry-After` in whole seconds and a problem document."""
-    return JSONResponse(
-        _refusal_document(refusal, instance),
-        status_code=429,
-        media_type="application/problem+json",
-        headers={"Retry-After": str(refusal.retry_after)},
+    return problem_response(
+        _refusal_problem(refusal), instance, {"Retry-After": str(refusal.retry_after)}
     )
 
 

@@ -115,7 +115,7 @@ async def _current(
     state = states.fold(read, base)
     if state is None:  # `base` is not this case's history: read it whole
         whole = await repository.case_events(conn, read.row["complaint_id"])
-        state = replay(states.events_of([(r["type"], r["data"], r["event_id"]) for r in whole]))
+        state = replay(states.events_of(whole))
     if known is not None:
         known.put(state)
     return state

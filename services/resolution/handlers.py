@@ -87,6 +87,11 @@ def batch_handler(policy: cases.PolicySource, known: States) -> Apply:
     return apply
 
 
+# Records applied together at most: between two chunks the process's other tasks run (a run of
+# 200 applied at once is tens of milliseconds of pure work in which nothing else moves).
+RUN_CHUNK = 25
+
+
 async def _apply_run(
     conn: Conn,
     run: list[tuple[Incoming, dict[str, str]]],
@@ -95,38 +100,25 @@ async def _apply_run(
     known: States,
 ) -> None:
     """Events that only add to timelines, give cases their customers or open them: in a few
-    statements. The received rows are written before any case opens, so a case opened in
-    this run has its customer and amount whatever the order of the two in the batch."""
+    statements a chunk. The received rows are written before any case opens, so a case opened
+    in this run has its customer and amount whatever the order of the two in the batch."""
     for first in range(0, len(run), RUN_CHUNK):
-        await _apply_chunk(conn, run[first : first + RUN_CHUNK], policy, now, known)
-
-
-# Records applied together at most: between two chunks the process's other tasks run (a run of
-# 200 applied at once is tens of milliseconds of pure work in which nothing else moves).
-RUN_CHUNK = 25
-
-
-async def _apply_chunk(
-    conn: Conn,
-    run: list[tuple[Incoming, dict[str, str]]],
-    policy: cases.PolicySource,
-    now: datetime,
-    known: States,
-) -> None:
-    await repository.append_timelines(
-        conn,
-        [
-            (complaint_id, i.event.id, domain.timeline_entry(i.event, received=now))
-            for i, _ in run
-            if (complaint_id := i.event.complaint_id())
-        ],
-    )
-    await repository.add_received_many(
-        conn, [i.data for i, _ in run if isinstance(i.data, ReceivedData)]
-    )
-    routed = [(i.data, trace) for i, trace in run if isinstance(i.data, RoutedData)]
-    if routed:
-        await cases.open_many(conn, routed, policy=await policy(conn, None), now=now, known=known)
+        chunk = run[first : first + RUN_CHUNK]
+        await repository.append_timelines(
+            conn,
+            [
+                (complaint_id, i.event.id, domain.timeline_entry(i.event, received=now))
+                for i, _ in chunk
+                if (complaint_id := i.event.complaint_id())
+            ],
+        )
+        await repository.add_received_many(
+            conn, [i.data for i, _ in chunk if isinstance(i.data, ReceivedData)]
+        )
+        routed = [(i.data, trace) for i, trace in chunk if isinstance(i.data, RoutedData)]
+        if routed:
+            active = await policy(conn, None)
+            await cases.open_many(conn, routed, policy=active, now=now, known=known)
 
 
 async def _reassigned(
@@ -198,7 +190,7 @@ async def _run_command(
         return Refusal(401, f"staff token rejected: {exc}", "unauthorized")
     # drawn in a transaction of its own (as over HTTP): the member's bucket row is never held
     # while this command waits for its case
-    if (limited := await limit.check(None, member.staff_id)) is not None:
+    if (limited := await limit.check(member.staff_id)) is not None:
         return limited
     try:
         action = actions.ACTION.validate_python(body)

@@ -209,10 +209,7 @@ async def _with_events(conn: Conn, row: asyncpg.Record) -> CaseRead:
     after = known if row["version"] >= known else 0
     decided = [(t, d, i) for t, d, i in row["decided"]] if after == known else []
     if after + len(decided) != row["version"]:
-        decided = [
-            (r["type"], r["data"], r["event_id"])
-            for r in await case_events(conn, row["complaint_id"], after=after)
-        ]
+        decided = await case_events(conn, row["complaint_id"], after=after)
         if after + len(decided) != row["version"]:  # a fresh statement sees what the row does
             raise RuntimeError(f"case {row['complaint_id']}: its log does not reach its version")
     return CaseRead(row, decided, after)
@@ -235,14 +232,15 @@ async def lock_cases(conn: Conn, complaint_ids: Sequence[str]) -> list[asyncpg.R
     )
 
 
-async def case_events(conn: Conn, complaint_id: str, *, after: int = 0) -> list[asyncpg.Record]:
+async def case_events(conn: Conn, complaint_id: str, *, after: int = 0) -> Decided:
     """The case's decided events after version `after`, in order (type, data, event_id)."""
-    return await conn.fetch(
+    rows = await conn.fetch(
         """SELECT type, data, event_id FROM case_events
            WHERE complaint_id = $1 AND seq > $2 ORDER BY seq""",
         complaint_id,
         after,
     )
+    return [(r["type"], r["data"], r["event_id"]) for r in rows]
 
 
 # The log's entries are written only beside the case's row: no row, no entries (and no answer).
