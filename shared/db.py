@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -100,6 +102,57 @@ def wake_after_commit(conn: Conn, worker: str) -> None:
     hook = getattr(conn, "wake_after_commit", None)
     if hook is not None:
         hook(worker)
+
+
+@dataclass(frozen=True)
+class Write:
+    """A data-modifying statement (with no WITH of its own; placeholders from $1) and its
+    arguments: run alone, or beside others in one round trip (`joined`)."""
+
+    sql: str
+    args: tuple[Any, ...]
+
+    async def run(self, conn: Conn) -> None:
+        await conn.execute(self.sql, *self.args)
+
+
+def joined(writes: Sequence[Write], then: Write | None = None) -> Write:
+    """`writes` and `then` as one statement, one round trip: each write a CTE (placeholders
+    renumbered after the ones before it), then `then` (which may start with WITH of its own),
+    or nothing. Every write runs once, to completion, on the statement's one snapshot: none may
+    read what another writes, nor write a row another writes."""
+    parts = (*writes, then) if then is not None else tuple(writes)
+    if not parts:
+        raise ValueError("nothing to join")
+    sql = _joined_sql(
+        tuple(w.sql for w in parts), tuple(len(w.args) for w in parts), then is not None
+    )
+    return Write(sql, tuple(a for w in parts for a in w.args))
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _shifted(offset: int, placeholder: re.Match[str]) -> str:
+    return f"${int(placeholder[1]) + offset}"
+
+
+@functools.lru_cache(maxsize=256)
+def _joined_sql(sqls: tuple[str, ...], counts: tuple[int, ...], then: bool) -> str:
+    """The text `joined` sends (a few shapes, each worked out once and prepared once)."""
+    renumbered: list[str] = []
+    offset = 0
+    for sql, count in zip(sqls, counts, strict=True):
+        renumbered.append(_PLACEHOLDER.sub(functools.partial(_shifted, offset), sql).strip())
+        offset += count
+    ctes = renumbered[:-1] if then else renumbered
+    head = "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(ctes))
+    if not then:
+        return f"{head} SELECT"
+    last = renumbered[-1]
+    if last[:5].upper() == "WITH ":
+        return f"{head}, {last[5:]}" if ctes else last
+    return f"{head} {last}" if ctes else last
 
 
 def traced_connection_class(

@@ -144,20 +144,44 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     """Record `messages` in the caller's transaction, each with its trace context."""
     if not messages:
         return
-    current = inject_headers()
-    # one statement for the lot, in the given order (ids follow it: the relay publishes by id)
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, value, headers) "
-        "SELECT e, t, k, v, h::jsonb "
-        "FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
-        "WITH ORDINALITY AS m(e, t, k, v, h, n) ORDER BY n",
-        [m.event.id for m in messages],
-        [m.topic for m in messages],
-        [m.key.encode() if m.key is not None else None for m in messages],
-        [m.event.to_bytes() for m in messages],
-        [_stored_headers(current if m.trace is None else m.trace, m.event.type) for m in messages],
-    )
+    await _write(messages).run(conn)
     db.wake_after_commit(conn, WORKER)  # after the write: at once when not in a transaction
+
+
+def enqueued(conn: Conn, messages: Sequence[Message]) -> db.Write:
+    """`enqueue` as a write for the caller to run beside others (`db.joined`) in the
+    transaction it holds on `conn`, whose commit wakes the relay."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("an outbox write run later needs a transaction to wake the relay")
+    db.wake_after_commit(conn, WORKER)
+    return _write(messages)
+
+
+def _write(messages: Sequence[Message]) -> db.Write:
+    """The outbox rows of `messages`, one statement for the lot, in the given order (ids
+    follow it: the relay publishes by id)."""
+    current = inject_headers()
+    return db.Write(
+        _ENQUEUE_SQL,
+        (
+            [m.event.id for m in messages],
+            [m.topic for m in messages],
+            [m.key.encode() if m.key is not None else None for m in messages],
+            [m.event.to_bytes() for m in messages],
+            [
+                _stored_headers(current if m.trace is None else m.trace, m.event.type)
+                for m in messages
+            ],
+        ),
+    )
+
+
+_ENQUEUE_SQL = (
+    "INSERT INTO outbox (event_id, topic, key, value, headers) "
+    "SELECT e, t, k, v, h::jsonb "
+    "FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
+    "WITH ORDINALITY AS m(e, t, k, v, h, n) ORDER BY n"
+)
 
 
 def _stored_headers(trace: dict[str, str], type_: str) -> str:

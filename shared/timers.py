@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn, Pool, wake_after_commit
+from shared.db import Conn, Pool, Write, joined, wake_after_commit
 from shared.kafka import is_transient
 from shared.workers import Loop
 
@@ -130,8 +130,6 @@ _CANCEL_ONE = (
 _CANCEL_MANY = (
     f"UPDATE timers SET cancelled_at = now() WHERE key = ANY($1::text[]) AND {_PENDING_BY_KEY}"
 )
-# Both at once: the keys are disjoint, so no row is changed twice by the one statement.
-_CANCEL_AND_ARM = f"WITH cancelled AS ({_CANCEL_MANY.replace('$1', '$5')}) {_ARM_MANY}"
 
 
 async def schedule_many(conn: Conn, armed: Sequence[tuple[str, datetime, str, Any]]) -> None:
@@ -150,25 +148,41 @@ async def change_many(
 ) -> None:
     """`cancel_many(cancel)` and `schedule_many(arm)` in one statement (a key may not be in
     both)."""
+    writes = _changes(cancel, arm)
+    if writes:
+        await (joined(writes) if len(writes) > 1 else writes[0]).run(conn)
+    if arm:
+        wake_after_commit(conn, WORKER)
+
+
+def changes(
+    conn: Conn, *, cancel: Sequence[str], arm: Sequence[tuple[str, datetime, str, Any]]
+) -> list[Write]:
+    """`change_many` as writes for the caller to run beside others (`db.joined`) in the
+    transaction it holds on `conn`, whose commit wakes the worker if a timer was armed."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("timers changed later need a transaction to wake the worker")
+    writes = _changes(cancel, arm)
+    if arm:
+        wake_after_commit(conn, WORKER)
+    return writes
+
+
+def _changes(cancel: Sequence[str], arm: Sequence[tuple[str, datetime, str, Any]]) -> list[Write]:
     if any(due.tzinfo is None for _, due, _, _ in arm):
         raise ValueError("due_at must be timezone-aware")
-    if not arm:
-        if cancel:
-            await conn.execute(_CANCEL_MANY, list(cancel))
-        return
-    if cancel and not set(cancel).isdisjoint(key for key, _, _, _ in arm):
+    if cancel and arm and not set(cancel).isdisjoint(key for key, _, _, _ in arm):
         raise ValueError("a timer cannot be cancelled and armed at once")
-    columns = (
-        [key for key, _, _, _ in arm],
-        [kind for _, _, kind, _ in arm],
-        [json.dumps({} if payload is None else payload) for _, _, _, payload in arm],
-        [due for _, due, _, _ in arm],
-    )
-    if cancel:
-        await conn.execute(_CANCEL_AND_ARM, *columns, list(cancel))
-    else:
-        await conn.execute(_ARM_MANY, *columns)
-    wake_after_commit(conn, WORKER)
+    writes = [Write(_CANCEL_MANY, (list(cancel),))] if cancel else []
+    if arm:
+        columns = (
+            [key for key, _, _, _ in arm],
+            [kind for _, _, kind, _ in arm],
+            [json.dumps({} if payload is None else payload) for _, _, _, payload in arm],
+            [due for _, due, _, _ in arm],
+        )
+        writes.append(Write(_ARM_MANY, columns))
+    return writes
 
 
 async def cancel(conn: Conn, key: str) -> bool:

@@ -45,7 +45,7 @@ from services.resolution.case import (
 )
 from services.resolution.clocks import ClockKind, desired_timers
 from services.resolution.policy import Policy, Usage, consistency_band
-from shared import directory, outbox, telemetry, timers
+from shared import db, directory, outbox, telemetry, timers
 from shared.db import Conn
 from shared.events import Money, RoutedData
 
@@ -294,18 +294,26 @@ async def _commit_many(conn: Conn, decided: Sequence[Decision]) -> None:
 
 
 async def _keep_effects(conn: Conn, decided: Sequence[Decision]) -> None:
-    """What decisions kept in their log and read model lead to, each statement once for all:
-    the remedies they applied, their events in the outbox, the clocks they want armed."""
+    """What decisions kept in their log and read model lead to, in one statement for all."""
+    writes = _effects(conn, decided)
+    if writes:
+        await db.joined(writes).run(conn)
+
+
+def _effects(conn: Conn, decided: Sequence[Decision]) -> list[db.Write]:
+    """The writes of what decisions lead to, for the caller's transaction: the remedies they
+    applied, their events in the outbox, the clocks they want armed or no longer want."""
     applied = [
         _remedy_row(e, d.after, d.policy)
         for d in decided
         for e in d.events
         if e.type is Kind.REMEDY_APPROVED
     ]
-    if applied:
-        await repository.add_remedies(conn, applied)
-    await outbox.enqueue(conn, [_message(e, d.trace) for d in decided for e in d.events])
-    await _rearm_many(conn, decided)
+    writes = [repository.remedies_added(applied)] if applied else []
+    messages = [_message(e, d.trace) for d in decided for e in d.events]
+    if messages:
+        writes.append(outbox.enqueued(conn, messages))
+    return writes + _rearmed(conn, decided)
 
 
 def _read_model(events: Sequence[Event], after: CaseState) -> dict[str, Any]:
@@ -431,17 +439,22 @@ async def _commit(
     known: states.States,
     answer: bool = False,
 ) -> Kept:
-    """Keep decided events: log and read model (and, with `answer`, the view after them, in
-    the same statement), remedies, outbox, timers."""
+    """Keep decided events in one statement: log and read model (with `answer`, the view
+    after them), remedies, outbox, timers."""
     after = replay(events, before)
     known.put(after)
-    view = await repository.record_decision(conn, events, _read_model(events, after), answer=answer)
-    await _keep_effects(conn, [Decision(events, before, after, policy)])
+    view = await repository.record_decision(
+        conn,
+        events,
+        _read_model(events, after),
+        answer=answer,
+        also=_effects(conn, [Decision(events, before, after, policy)]),
+    )
     return Kept(after, view)
 
 
-async def _rearm_many(conn: Conn, decided: Sequence[Decision]) -> None:
-    """Make the armed timers match what each case wants, in one statement: cancel what it no
+def _rearmed(conn: Conn, decided: Sequence[Decision]) -> list[db.Write]:
+    """The writes that make the armed timers match what each case wants: cancel what it no
     longer wants (not the timers firing now), arm what is new or moved."""
     cancel: list[str] = []
     arm: list[tuple[str, datetime, str, Any]] = []
@@ -462,7 +475,7 @@ async def _rearm_many(conn: Conn, decided: Sequence[Decision]) -> None:
             for key, spec in sorted(new.items())
             if key not in old or old[key].due_at != spec.due_at
         ]
-    await timers.change_many(conn, cancel=cancel, arm=arm)
+    return timers.changes(conn, cancel=cancel, arm=arm)
 
 
 def armed_in(timer: timers.Timer) -> dict[str, str] | None:

@@ -13,7 +13,7 @@ import asyncpg
 
 from services.resolution.case import Event
 from services.resolution.domain import Status, TimelineEntry
-from shared import directory
+from shared import db, directory
 from shared.db import Conn
 from shared.events import ReceivedData, Role, RoutedData, parse_rfc3339
 
@@ -274,14 +274,22 @@ _DECISION_ONLY = _RECORD_DECISION.format(answer="saved.version")
 
 
 async def record_decision(
-    conn: Conn, events: Sequence[Event], view: Mapping[str, Any], *, answer: bool
+    conn: Conn,
+    events: Sequence[Event],
+    view: Mapping[str, Any],
+    *,
+    answer: bool,
+    also: Sequence[db.Write] = (),
 ) -> dict[str, Any] | None:
     """Add decided events to the decision log and write the case's read model (what the view
-    and the queue show) in one statement; with `answer`, the case's view after it (as
-    `load_view` reads it). A version decided twice fails on the log's key."""
-    row = await conn.fetchrow(
-        _DECISION_AND_VIEW if answer else _DECISION_ONLY, *_decision_args(events, view)
+    and the queue show) in one statement, with the writes `also` (the decision's effects) in
+    the same round trip; with `answer`, the case's view after it (as `load_view` reads it). A
+    version decided twice fails on the log's key."""
+    decision = db.Write(
+        _DECISION_AND_VIEW if answer else _DECISION_ONLY, _decision_args(events, view)
     )
+    statement = db.joined(also, decision) if also else decision
+    row = await conn.fetchrow(statement.sql, *statement.args)
     if row is None:
         raise LookupError(f"no case {view['complaint_id']} to record a decision on")
     return _view(row) if answer else None
@@ -326,33 +334,37 @@ async def record_decisions(
     )
 
 
-async def add_remedies(conn: Conn, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Record applied remedies (caps, consistency samples, the exceptions review)."""
-    columns = (
-        "event_id",
-        "complaint_id",
-        "customer_id",
-        "type",
-        "amount",
-        "currency",
-        "percent",
-        "category",
-        "severity",
-        "band",
-        "proposer",
-        "authorized_by",
-        "authorized_role",
-        "policy_exception",
-        "justification",
-        "policy_version",
-        "at",
-    )
-    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    await conn.executemany(
-        f"INSERT INTO remedies ({', '.join(columns)}) VALUES ({placeholders}) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        [tuple(row[c] for c in columns) for row in rows],
-    )
+# An applied remedy's columns and their types (the arrays `remedies_added` unnests).
+_REMEDY_COLUMNS = {
+    "event_id": "text",
+    "complaint_id": "text",
+    "customer_id": "text",
+    "type": "text",
+    "amount": "numeric",
+    "currency": "text",
+    "percent": "numeric",
+    "category": "text",
+    "severity": "text",
+    "band": "text",
+    "proposer": "text",
+    "authorized_by": "text",
+    "authorized_role": "text",
+    "policy_exception": "boolean",
+    "justification": "text",
+    "policy_version": "integer",
+    "at": "timestamptz",
+}
+_ADD_REMEDIES = (
+    f"INSERT INTO remedies ({', '.join(_REMEDY_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_REMEDY_COLUMNS.values(), 1))
+    + ") ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def remedies_added(rows: Sequence[Mapping[str, Any]]) -> db.Write:
+    """Applied remedies to record (caps, consistency samples, the exceptions review), as a
+    write to run beside others (`db.joined`)."""
+    return db.Write(_ADD_REMEDIES, tuple([row[c] for row in rows] for c in _REMEDY_COLUMNS))
 
 
 async def held_roles(conn: Conn, team: str, named: Sequence[str] = ()) -> frozenset[Role]:
