@@ -317,18 +317,16 @@ class OutboxRelay:
         return len(sent)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
-        """Hand the rows to the producer in batches, one partition each, and wait for each
-        batch's acknowledgement.
+        """Hand the rows over in batches, one partition each, and wait for their acks.
 
-        Rows go into their partition's batches in id order, and a partition's batches go one
-        after another, each once the one before was acknowledged: one complaint's rows (one
-        key, one partition) keep their order. A row the broker refuses for good is parked
-        (later rows of its complaint overtake it: that is the price of never blocking): one
-        too large for any batch before it is sent, and the one at fault in a batch refused
-        whole, found by sending that batch's rows one by one. A row that fails for a passing
-        reason stops its partition's sending (a failure to hand a batch over stops all of
-        it), so no later row with its topic and key is sent in this pass: they go again after
-        it, in order (a duplicate, never a reordering).
+        A partition's batches hold its rows in id order and go one after another, each once
+        the one before was acknowledged: one complaint's rows (one key, one partition) keep
+        their order. A row the broker refuses for good is parked (later rows of its complaint
+        overtake it: that is the price of never blocking): a row too large for any batch
+        before it goes; the row at fault in a batch refused whole, found by sending that
+        batch's rows one by one. A passing failure ends its partition's pass (one handing a
+        batch over ends every partition's): no later row with its topic and key is sent; they
+        go again after it, in order (a duplicate, never a reordering).
         """
         spans: list[trace.Span] = []
         outcomes: dict[int, Outcome] = {}
