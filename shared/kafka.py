@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
@@ -30,6 +32,9 @@ T = TypeVar("T")
 # The most a consumer reads of an event: far above any event of the contract, below the
 # broker's default message limit.
 MAX_EVENT_BYTES = 1024 * 1024
+# The largest record a producer sends (aiokafka's default, written out: `BatchPublisher` checks
+# each record against it, the producer does not check the batches it is handed).
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -> None:
@@ -78,7 +83,11 @@ class KeyPartitioner:
 
 
 def build_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
-    """A producer that waits for all in-sync replicas (idempotence off: not every broker has it)."""
+    """A producer that waits for all in-sync replicas (idempotence off: not every broker has it).
+
+    Its batches (those `send` fills, and those `BatchPublisher` fills) hold up to 256 KiB, a
+    record larger than that alone; no record is larger than a request (`MAX_REQUEST_BYTES`).
+    """
     return AIOKafkaProducer(
         **settings.kafka_client_options(),
         client_id=client_id,
@@ -86,8 +95,62 @@ def build_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
         enable_idempotence=False,
         linger_ms=2,
         max_batch_size=256 * 1024,
+        max_request_size=MAX_REQUEST_BYTES,
         partitioner=KeyPartitioner(),
     )
+
+
+class BatchPublisher:
+    """The outbox relay's side of a producer (`outbox.Publisher`): record batches the relay
+    fills itself, one partition each, handed over whole. One future per batch, where `send`
+    costs a coroutine, a partitioning, an append through the accumulator and a future per
+    record. Each record is what `send` would put on the wire: the same key, value and headers,
+    timestamped now, in the partition `KeyPartitioner` gives its key."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, *, max_request_bytes: int = MAX_REQUEST_BYTES
+    ) -> None:
+        self._producer = producer
+        self._max_request_bytes = max_request_bytes
+        self._partitioner = KeyPartitioner()
+
+    async def partitioner(self, topic: str) -> Callable[[bytes | None], int]:
+        """The partition of a key on `topic`, as `send` chooses it from the producer's metadata
+        (waited for, as `send` does, when the topic is not known yet)."""
+        await self._producer.partitions_for(topic)
+        cluster = self._producer.client.cluster
+        every = list(cluster.partitions_for_topic(topic))
+        available = list(cluster.available_partitions_for_topic(topic) or ())
+        partitioner = self._partitioner
+        return lambda key: partitioner(key, every, available)
+
+    def batch(self) -> BatchBuilder:
+        """An empty batch of the producer's size and compression."""
+        return self._producer.create_batch()
+
+    def append(
+        self,
+        batch: BatchBuilder,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+    ) -> bool:
+        """Add a record to `batch`; False when it is full (an empty batch takes any record).
+        A record larger than a request fits no batch: `MessageSizeTooLargeError`, as `send`
+        raises it."""
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self._max_request_bytes:
+            raise MessageSizeTooLargeError(
+                f"the record is {size} bytes, more than a request's {self._max_request_bytes}"
+            )
+        return batch.append(timestamp=None, key=key, value=value, headers=headers) is not None
+
+    async def send(self, batch: BatchBuilder, topic: str, partition: int) -> Awaitable[Any]:
+        """Hand `batch` over, closed (it goes at once, no lingering for more records); the
+        awaitable is its acknowledgement."""
+        batch.close()
+        ack: Awaitable[Any] = await self._producer.send_batch(batch, topic, partition=partition)
+        return ack
 
 
 def consumer_options(settings: Settings, *, follower: bool = False) -> dict[str, Any]:

@@ -9,9 +9,9 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pydantic_core
@@ -200,12 +200,57 @@ class Outcome:
     park_reason: str | None = None
 
 
+class Publisher(Protocol):
+    """What the relay needs of a producer (`kafka.BatchPublisher`): the partition of a key,
+    and record batches it fills itself and hands over whole, one partition each."""
+
+    async def partitioner(self, topic: str) -> Callable[[bytes | None], int]:
+        """The partition of a key on `topic` (its metadata is fetched first if not known)."""
+        ...
+
+    def batch(self) -> Any:
+        """An empty batch."""
+        ...
+
+    def append(
+        self, batch: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> bool:
+        """Add a record to `batch`; False when it is full. A record that fits no batch
+        raises one of `PERMANENT`."""
+        ...
+
+    async def send(self, batch: Any, topic: str, partition: int) -> Awaitable[Any]:
+        """Hand `batch` over for `partition`; the awaitable is its acknowledgement."""
+        ...
+
+
+@dataclass(slots=True)
+class _Item:
+    """A claimed row as it goes on the wire, with its publish span."""
+
+    row: asyncpg.Record
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    span: trace.Span
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Rows bound for one partition, in id order, and the producer's batch holding them."""
+
+    topic: str
+    partition: int
+    batch: Any
+    items: list[_Item] = field(default_factory=list)
+
+
 class OutboxRelay:
     """Publishes unsent outbox rows in order, with acks from all replicas, then marks them sent.
 
     Each row's outcome is its own: a row the broker refuses for good is parked and the rows
     behind it go out; a row that failed for a passing reason stays unsent and is tried again;
-    what was acknowledged is marked sent even when another row of the batch failed. Acks the
+    what was acknowledged is marked sent even when another row of the pass failed. Acks the
     database could not record (it went away after the broker answered) are remembered and
     recorded first on the next pass, so only what cannot be proven sent is sent again.
     """
@@ -214,14 +259,14 @@ class OutboxRelay:
         self,
         *,
         pool: asyncpg.Pool,
-        send: Callable[[str, bytes, bytes | None, list[tuple[str, bytes]]], Awaitable[Any]],
+        publisher: Publisher,
         tracer: trace.Tracer,
         poll_interval_s: float = 0.5,
         batch_size: int = 500,
         lag_alarm_s: float = 30.0,
     ) -> None:
         self._pool = pool
-        self._send = send
+        self._publisher = publisher
         self._tracer = tracer
         self._poll = poll_interval_s
         self._batch = batch_size
@@ -296,58 +341,23 @@ class OutboxRelay:
         return len(sent)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
-        """Hand the rows to the producer in order, then wait for each one's acknowledgement.
+        """Hand the rows over in batches, one partition each, and wait for their acks.
 
-        A row the broker refuses for good is parked (later rows of its complaint overtake it:
-        that is the price of never blocking). A row that fails for a passing reason stops the
-        sending, and no later row with its topic and key counts as sent even if acknowledged:
-        they go again after it, in order (a duplicate, never a reordering).
+        A partition's batches hold its rows in id order and go one after another, each once
+        the one before was acknowledged: one complaint's rows (one key, one partition) keep
+        their order. A row the broker refuses for good is parked (later rows of its complaint
+        overtake it: that is the price of never blocking): a row too large for any batch
+        before it goes; the row at fault in a batch refused whole, found by sending that
+        batch's rows one by one. A passing failure ends its partition's pass (one handing a
+        batch over ends every partition's): no later row with its topic and key is sent; they
+        go again after it, in order (a duplicate, never a reordering).
         """
-        spans = []
-        pending: list[tuple[asyncpg.Record, Any]] = []
+        spans: list[trace.Span] = []
         outcomes: dict[int, Outcome] = {}
         try:
-            for row in rows:
-                headers = self._unsampled and sampled_out_headers(row["headers"])
-                span: trace.Span = trace.INVALID_SPAN  # sampled out: the context travels as is
-                if not headers:
-                    span = self._tracer.start_span(
-                        f"{row['topic']} publish",
-                        context=extract_context(row["headers"]),
-                        kind=SpanKind.PRODUCER,
-                        attributes=_publish_attributes(row["topic"]),
-                    )
-                    spans.append(span)
-                try:
-                    headers = headers or wire_headers(
-                        row["headers"], trace.set_span_in_context(span)
-                    )
-                    future = await self._send(
-                        row["topic"],
-                        bytes(row["value"]),
-                        bytes(row["key"]) if row["key"] is not None else None,
-                        headers,
-                    )
-                except PERMANENT as exc:
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                    outcomes[row["id"]] = Outcome(row["id"], park_reason=_describe(exc, row))
-                    continue
-                except Exception as exc:
-                    # not this row's fault: stop here; what was handed over is still awaited
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                    break
-                pending.append((row, future))
-            results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-            failed: set[tuple[str, bytes | None]] = set()
-            for (row, _), result in zip(pending, results, strict=True):
-                stream = (row["topic"], row["key"])
-                if isinstance(result, PERMANENT):
-                    outcomes[row["id"]] = Outcome(row["id"], park_reason=_describe(result, row))
-                elif isinstance(result, BaseException) or stream in failed:
-                    failed.add(stream)
-                    outcomes[row["id"]] = Outcome(row["id"])
-                else:
-                    outcomes[row["id"]] = Outcome(row["id"], sent=True)
+            queues = await self._fill(rows, spans, outcomes)
+            stopped = asyncio.Event()
+            await asyncio.gather(*(self._deliver(q, outcomes, stopped) for q in queues))
         except BaseException as exc:
             for span in spans:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -356,6 +366,97 @@ class OutboxRelay:
             for span in spans:
                 span.end()
         return [outcomes.get(row["id"], Outcome(row["id"])) for row in rows]
+
+    async def _fill(
+        self, rows: Sequence[asyncpg.Record], spans: list[trace.Span], outcomes: dict[int, Outcome]
+    ) -> list[list[_Batch]]:
+        """The rows in batches, by topic and partition, each in id order; a row that fits no
+        batch is parked. A failure for a passing reason stops the filling (the rows already
+        in batches still go)."""
+        partitioners: dict[str, Callable[[bytes | None], int]] = {}
+        queues: dict[tuple[str, int], list[_Batch]] = {}
+        publisher = self._publisher
+        for row in rows:
+            topic = row["topic"]
+            headers = self._unsampled and sampled_out_headers(row["headers"])
+            span: trace.Span = trace.INVALID_SPAN  # sampled out: the context travels as is
+            if not headers:
+                span = self._tracer.start_span(
+                    f"{topic} publish",
+                    context=extract_context(row["headers"]),
+                    kind=SpanKind.PRODUCER,
+                    attributes=_publish_attributes(topic),
+                )
+                spans.append(span)
+            try:
+                headers = headers or wire_headers(row["headers"], trace.set_span_in_context(span))
+                key = bytes(row["key"]) if row["key"] is not None else None
+                value = bytes(row["value"])
+                partition_of = partitioners.get(topic)
+                if partition_of is None:
+                    partition_of = partitioners[topic] = await publisher.partitioner(topic)
+                partition = partition_of(key)
+                queue = queues.setdefault((topic, partition), [])
+                if not queue or not publisher.append(queue[-1].batch, key, value, headers):
+                    queue.append(_Batch(topic, partition, publisher.batch()))
+                    if not publisher.append(queue[-1].batch, key, value, headers):
+                        queue.pop()
+                        raise kafka_errors.MessageSizeTooLargeError("larger than an empty batch")
+            except PERMANENT as exc:
+                outcomes[row["id"]] = _parked(row, span, exc)
+                continue
+            except Exception as exc:
+                # not this row's fault: stop here; the rows before it still go
+                _fail(span, exc)
+                break
+            queue[-1].items.append(_Item(row, key, value, headers, span))
+        return list(queues.values())
+
+    async def _deliver(
+        self, queue: list[_Batch], outcomes: dict[int, Outcome], stopped: asyncio.Event
+    ) -> None:
+        """Send one partition's batches in order, each once the one before was acknowledged;
+        a batch refused whole for good is sent again row by row. A passing failure ends the
+        partition's pass; a failure to hand a batch over (`stopped`) ends every partition's."""
+        for batch in queue:
+            if stopped.is_set():
+                return
+            failure = await self._send(batch, stopped)
+            if isinstance(failure, PERMANENT) and len(batch.items) > 1:
+                if not await self._one_by_one(batch, outcomes, stopped):
+                    return
+            elif not _settle(batch.items, failure, outcomes):
+                return
+
+    async def _one_by_one(
+        self, batch: _Batch, outcomes: dict[int, Outcome], stopped: asyncio.Event
+    ) -> bool:
+        """Each row of a batch refused whole for good in a batch of its own, in order, so
+        only the row at fault is parked; False when a passing failure stopped it."""
+        for item in batch.items:
+            if stopped.is_set():
+                return False
+            alone = _Batch(batch.topic, batch.partition, self._publisher.batch(), [item])
+            self._publisher.append(alone.batch, item.key, item.value, item.headers)
+            if not _settle(alone.items, await self._send(alone, stopped), outcomes):
+                return False
+        return True
+
+    async def _send(self, batch: _Batch, stopped: asyncio.Event) -> BaseException | None:
+        """Hand `batch` over and wait for its acknowledgement: None, or why it failed. A
+        failure to hand it over sets `stopped`: nothing more is handed over in this pass."""
+        try:
+            ack = await self._publisher.send(batch.batch, batch.topic, batch.partition)
+        except PERMANENT as exc:
+            return exc
+        except Exception as exc:
+            stopped.set()
+            return exc
+        try:
+            await ack
+        except Exception as exc:
+            return exc
+        return None
 
 
 @functools.cache
@@ -416,6 +517,31 @@ def sampled_out_headers(stored: dict[str, str]) -> list[tuple[str, bytes]] | Non
     headers = _own_headers(stored)
     headers["traceparent"] = parent
     return [(k, v.encode()) for k, v in headers.items()]
+
+
+def _settle(
+    items: list[_Item], failure: BaseException | None, outcomes: dict[int, Outcome]
+) -> bool:
+    """Record the outcome of rows sent together: sent when `failure` is None, parked when it is
+    one of `PERMANENT`, else none (tried again later); whether their partition may go on."""
+    for item in items:
+        row_id = item.row["id"]
+        if failure is None:
+            outcomes[row_id] = Outcome(row_id, sent=True)
+        elif isinstance(failure, PERMANENT):
+            outcomes[row_id] = _parked(item.row, item.span, failure)
+        else:
+            _fail(item.span, failure)
+    return failure is None or isinstance(failure, PERMANENT)
+
+
+def _parked(row: asyncpg.Record, span: trace.Span, exc: BaseException) -> Outcome:
+    _fail(span, exc)
+    return Outcome(row["id"], park_reason=_describe(exc, row))
+
+
+def _fail(span: trace.Span, exc: BaseException) -> None:
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def _describe(exc: BaseException, row: asyncpg.Record) -> str:

@@ -339,7 +339,7 @@ class Service:
         await self._producer.start()
         self._relay = OutboxRelay(
             pool=self._pool,
-            send=self._send,
+            publisher=kafka.BatchPublisher(self._producer),
             tracer=self.tracer,
             poll_interval_s=self.settings.outbox_poll_interval_s,
             lag_alarm_s=self.settings.outbox_lag_alarm_s,
@@ -355,12 +355,6 @@ class Service:
             ),
         )
         await self.on_open()
-
-    async def _send(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Any:
-        assert self._producer is not None
-        return await self._producer.send(topic, value, key=key, headers=headers)
 
     async def start(self) -> None:
         """Open, then consume."""

@@ -1,5 +1,5 @@
 """The relay loop: a wake-up that arrives while it is draining is not lost; each row's outcome
-is its own; the trace context each message carries."""
+is its own, rows sent in batches per partition; the trace context each message carries."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ScriptedRelay(OutboxRelay):
     """A relay whose drains are timed instead of reading a database."""
 
     def __init__(self) -> None:
-        super().__init__(pool=None, send=None, tracer=NoOpTracer(), poll_interval_s=5.0)  # type: ignore[arg-type]
+        super().__init__(pool=None, publisher=None, tracer=NoOpTracer(), poll_interval_s=5.0)  # type: ignore[arg-type]
         self.drains: list[float] = []
 
     async def drain_once(self) -> int:
@@ -41,24 +41,61 @@ async def test_a_wake_during_a_drain_starts_the_next_drain_at_once():
     assert relay.drains[1] - relay.drains[0] < 0.5
 
 
-class FakeProducer:
-    """Answers each send as scripted: an ack, a failure of the future, or a raise at once."""
+class FakePublisher:
+    """Batches of `capacity` rows, a partition per key unless given; each batch answered (on
+    the next turn of the loop) as its rows are scripted: an ack, a failure of its
+    acknowledgement (its first scripted row's), or a raise when handed over; a row scripted
+    "huge" fits no batch."""
 
-    def __init__(self, script: dict[int, object]) -> None:
-        self.script = script
-        self.sent: list[int] = []
+    def __init__(
+        self,
+        script: dict[int, object] | None = None,
+        *,
+        capacity: int = 100,
+        partitions: dict[bytes, int] | None = None,
+    ) -> None:
+        self.script = script or {}
+        self.capacity = capacity
+        self.partitions = dict(partitions or {})
+        self.sent: list[int] = []  # rows handed over, in order
+        self.handed: list[tuple[int, list[int]]] = []  # (partition, rows) per batch
+        self.events: list[tuple[str, tuple[int, ...]]] = []
+        self.headers: list[dict[str, str]] = []
 
-    async def send(self, topic, value, key, headers):
-        n = int(value)
-        self.sent.append(n)
-        outcome = self.script.get(n, "ack")
-        if outcome == "raise":
+    async def partitioner(self, topic):
+        return lambda key: self.partitions.setdefault(key, len(self.partitions))
+
+    def batch(self):
+        return []
+
+    def append(self, batch, key, value, headers):
+        if self.script.get(int(value)) == "huge":
+            raise MessageSizeTooLargeError()
+        if len(batch) >= self.capacity:
+            return False
+        batch.append((int(value), {k: v.decode() for k, v in headers}))
+        return True
+
+    async def send(self, batch, topic, partition):
+        rows = [n for n, _ in batch]
+        self.sent.extend(rows)
+        self.handed.append((partition, rows))
+        self.headers.extend(h for _, h in batch)
+        self.events.append(("hand", tuple(rows)))
+        outcomes = [self.script.get(n, "ack") for n in rows]
+        if "raise" in outcomes:
             raise KafkaTimeoutError()
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result("ok")
+
+        def answer() -> None:
+            self.events.append(("ack", tuple(rows)))
+            if failures:
+                future.set_exception(failures[0])
+            else:
+                future.set_result("ok")
+
+        asyncio.get_running_loop().call_soon(answer)
         return future
 
 
@@ -70,37 +107,79 @@ def _rows(*keys: str) -> list[dict]:
 
 
 async def test_each_row_has_its_own_outcome_and_one_stream_never_reorders():
-    producer = FakeProducer({1: KafkaTimeoutError(), 4: MessageSizeTooLargeError()})
-    relay = OutboxRelay(pool=None, send=producer.send, tracer=NoOpTracer())  # type: ignore[arg-type]
+    publisher = FakePublisher({1: KafkaTimeoutError(), 4: MessageSizeTooLargeError()})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
     outcomes = await relay._publish(_rows("a", "a", "b", "b", "b"))  # type: ignore[arg-type]
     by_id = {o.row_id: o for o in outcomes}
     assert not by_id[1].sent and by_id[1].park_reason is None  # a passing failure: try again
-    assert not by_id[2].sent  # acknowledged, but after a failed row of its stream: again, after
+    assert not by_id[2].sent  # after a failed row of its stream: again, after
     assert by_id[3].sent  # another stream goes on
     assert by_id[4].park_reason and "MessageSizeTooLargeError" in by_id[4].park_reason
     assert by_id[5].sent  # parked rows do not hold their stream back
 
 
 async def test_a_send_that_raises_stops_the_pass_but_keeps_what_was_acknowledged():
-    producer = FakeProducer({3: "raise"})
-    relay = OutboxRelay(pool=None, send=producer.send, tracer=NoOpTracer())  # type: ignore[arg-type]
+    publisher = FakePublisher({3: "raise"})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
     outcomes = await relay._publish(_rows("a", "b", "c", "d"))  # type: ignore[arg-type]
     assert [o.sent for o in outcomes] == [True, True, False, False]
-    assert producer.sent == [1, 2, 3]  # nothing handed over after the failure
+    assert publisher.sent == [1, 2, 3]  # nothing handed over after the failure
+
+
+async def test_rows_go_in_one_batch_per_partition_in_id_order():
+    publisher = FakePublisher(partitions={b"a": 0, b"b": 1, b"c": 0})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "b", "c", "a", "b", "c"))  # type: ignore[arg-type]
+    assert all(o.sent for o in outcomes)
+    assert publisher.handed == [(0, [1, 3, 4, 6]), (1, [2, 5])]
+
+
+async def test_a_partitions_next_batch_waits_for_the_last_ack_and_a_passing_failure_ends_it():
+    # partition 0: batches [1, 2] and [3, 4]; partition 1: [5, 6] and [7]
+    publisher = FakePublisher(
+        {1: KafkaTimeoutError()}, capacity=2, partitions={b"a": 0, b"b": 0, b"c": 1}
+    )
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "b", "a", "b", "c", "c", "c"))  # type: ignore[arg-type]
+    assert [o.sent for o in outcomes] == [False] * 4 + [True] * 3
+    assert [o.park_reason for o in outcomes] == [None] * 7
+    # the failed batch's partition hands nothing more over in this pass (3 and 4 share its keys)
+    assert [rows for partition, rows in publisher.handed if partition == 0] == [[1, 2]]
+    events = publisher.events
+    assert events.index(("ack", (5, 6))) < events.index(("hand", (7,)))
+    assert events.index(("hand", (5, 6))) < events.index(("ack", (1, 2)))  # partitions overlap
+
+
+async def test_a_batch_refused_whole_for_good_is_sent_again_row_by_row():
+    publisher = FakePublisher({3: MessageSizeTooLargeError()}, partitions={b"a": 0, b"b": 0})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "b", "a", "b"))  # type: ignore[arg-type]
+    assert [o.sent for o in outcomes] == [True, True, False, True]
+    assert [o.park_reason is not None for o in outcomes] == [False, False, True, False]
+    assert publisher.handed == [(0, [1, 2, 3, 4]), (0, [1]), (0, [2]), (0, [3]), (0, [4])]
+
+
+async def test_a_passing_failure_while_sending_row_by_row_stops_the_partition():
+    script: dict[int, object] = {2: MessageSizeTooLargeError(), 3: KafkaTimeoutError()}
+    publisher = FakePublisher(script, partitions={b"a": 0, b"b": 0})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "b", "a", "b"))  # type: ignore[arg-type]
+    assert [o.sent for o in outcomes] == [True, False, False, False]
+    assert [o.park_reason is not None for o in outcomes] == [False, True, False, False]
+    assert publisher.handed[-1] == (0, [3])  # row 4 waits for the next pass, after row 3
+
+
+async def test_a_row_too_large_for_any_batch_is_parked_alone():
+    publisher = FakePublisher({2: "huge"})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "a", "a"))  # type: ignore[arg-type]
+    assert [o.sent for o in outcomes] == [True, False, True]
+    assert outcomes[1].park_reason == "MessageSizeTooLargeError: 1 bytes to t"
+    assert publisher.handed == [(0, [1, 3])]
 
 
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-class HeaderProducer(FakeProducer):
-    def __init__(self) -> None:
-        super().__init__({})
-        self.headers: list[dict[str, str]] = []
-
-    async def send(self, topic, value, key, headers):
-        self.headers.append({k: v.decode() for k, v in headers})
-        return await super().send(topic, value, key, headers)
 
 
 def _traced_row(traceparent: str, **more: str) -> dict:
@@ -109,11 +188,11 @@ def _traced_row(traceparent: str, **more: str) -> dict:
 
 
 async def _published(tracer, row: dict) -> dict[str, str]:
-    producer = HeaderProducer()
-    relay = OutboxRelay(pool=None, send=producer.send, tracer=tracer)  # type: ignore[arg-type]
+    publisher = FakePublisher()
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=tracer)  # type: ignore[arg-type]
     (outcome,) = await relay._publish([row])  # type: ignore[arg-type]
     assert outcome.sent
-    return producer.headers[0]
+    return publisher.headers[0]
 
 
 async def test_an_unsampled_row_keeps_its_trace_as_a_sampled_out_publish_span_would():
