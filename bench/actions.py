@@ -28,7 +28,14 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Bench, percentile, running_system
+from bench.common import (
+    Bench,
+    cpu_per_unit,
+    cpu_seconds,
+    percentile,
+    running_system,
+    settled,
+)
 from bench.httpclient import Connection
 from bench.intake import http_phase
 from complaints.samples import activate_policy, caps_out_of_reach
@@ -59,8 +66,14 @@ async def main(cases: int, paced_cases: int, rate: float, concurrency: int, topo
             where = " ".join(command) + "".join(f", {' '.join(b)}" for b in beside)
             print(f"`complaints {where}`: {cases} cases flat out ({concurrency} connections),")
             print(f"then {paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
+            dsn = bench.settings.require_database_url()
+            await settled(dsn)
+            before = cpu_seconds()
             rate_all, burst = await _drive(actions_url, burst_ids, tokens, concurrency, None)
+            await settled(dsn)
+            spent = cpu_per_unit(before, cpu_seconds(), sum(len(v) for v in burst.values()))
             _report(f"flat out: {rate_all:,.0f} actions/s", burst)
+            print(f"  {spent}")
             if paced_ids:
                 paced_rate, paced = await _drive(actions_url, paced_ids, tokens, concurrency, rate)
                 _report(f"paced: {paced_rate:,.0f} actions/s", paced)

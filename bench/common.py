@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.httpclient import Connection
@@ -292,3 +294,55 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) so far of each process this benchmark started, by what it runs
+    (`serve resolution`, `up`, the broker), summed over replicas. PostgreSQL is not counted:
+    it is shared with whatever else the machine runs."""
+    totals: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            argv = proc.cmdline()
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue  # gone meanwhile
+        if "complaints" in argv:
+            what = " ".join(argv[argv.index("complaints") + 1 :][:2])
+        elif any("tansu" in a for a in argv[:1]):
+            what = "broker"
+        else:
+            continue
+        totals[what] = totals.get(what, 0.0) + times.user + times.system
+    return totals
+
+
+async def settled(dsn: str, timeout_s: float = 120) -> None:
+    """Once every service's outbox is sent, and a second more for what its events cause (a
+    CPU reading taken then counts the work before it, not the tail of earlier work)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        unsent = "SELECT " + " + ".join(
+            f"(SELECT count(*) FROM {name}.outbox WHERE sent_at IS NULL AND parked_at IS NULL)"
+            for name in system.NAMES
+        )
+        while await conn.fetchval(unsent):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the outboxes never emptied")
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.0)
+
+
+def cpu_per_unit(
+    before: dict[str, float], after: dict[str, float], units: int, unit: str = "action"
+) -> str:
+    """µs of CPU per `unit` of work for each process between two `cpu_seconds` readings."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    parts = [f"{k} {1e6 * v / max(units, 1):,.0f}" for k, v in sorted(spent.items())]
+    total = 1e6 * sum(spent.values()) / max(units, 1)
+    return (
+        f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} (PostgreSQL not counted)"
+    )

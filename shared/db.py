@@ -106,13 +106,15 @@ def wake_after_commit(conn: Conn, worker: str) -> None:
 
 @dataclass(frozen=True)
 class Write:
-    """A data-modifying statement (with no WITH of its own; placeholders from $1) and its
-    arguments: run alone, or beside others in one round trip (`joined`)."""
+    """A data-modifying statement and its arguments: run alone, or beside others in one round
+    trip (`joined`). Joined, its text may have no WITH of its own, its placeholders must be
+    exactly $1 to $len(args), and no `$` may appear in a literal or comment."""
 
     sql: str
     args: tuple[Any, ...]
 
     async def run(self, conn: Conn) -> None:
+        """Execute it on `conn` (in whatever transaction `conn` is in)."""
         await conn.execute(self.sql, *self.args)
 
 
@@ -143,6 +145,10 @@ def _joined_sql(sqls: tuple[str, ...], counts: tuple[int, ...], then: bool) -> s
     renumbered: list[str] = []
     offset = 0
     for sql, count in zip(sqls, counts, strict=True):
+        used = {int(n) for n in _PLACEHOLDER.findall(sql)}
+        if used != set(range(1, count + 1)):
+            # a stray $k would silently take the next statement's argument
+            raise ValueError(f"placeholders {sorted(used)} for {count} arguments in: {sql[:80]}")
         renumbered.append(_PLACEHOLDER.sub(functools.partial(_shifted, offset), sql).strip())
         offset += count
     ctes = renumbered[:-1] if then else renumbered

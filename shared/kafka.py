@@ -8,14 +8,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -26,6 +25,9 @@ from shared.db import Conn
 from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.settings import Settings
 from shared.telemetry import extract_context, inject_headers
+
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

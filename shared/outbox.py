@@ -274,6 +274,7 @@ class OutboxRelay:
         self._acked: set[int] = set()  # acknowledged by the broker, not yet recorded
         self._alarm_logged_at = 0.0
         self._unsampled = drops_unsampled_children(tracer)
+        self._small_topics: set[str] = set()  # topics whose limit is below a batch (warned of)
         self._loop = Loop("outbox relay", self._step, backoff_s=poll_interval_s)
 
     def wake(self) -> None:
@@ -357,7 +358,21 @@ class OutboxRelay:
         try:
             queues = await self._fill(rows, spans, outcomes)
             stopped = asyncio.Event()
-            await asyncio.gather(*(self._deliver(q, outcomes, stopped) for q in queues))
+            deliveries = [
+                asyncio.ensure_future(self._deliver(q, outcomes, stopped)) for q in queues
+            ]
+            try:
+                await asyncio.gather(*deliveries)
+            except BaseException:
+                for delivery in deliveries:  # no partition hands more over for a pass given up
+                    delivery.cancel()
+                await asyncio.gather(*deliveries, return_exceptions=True)
+                raise
+            for queue in queues:
+                for batch in queue:
+                    for item in batch.items:
+                        if item.row["id"] not in outcomes:  # its partition stopped before it
+                            item.span.set_status(Status(StatusCode.ERROR, "not sent"))
         except BaseException as exc:
             for span in spans:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -397,11 +412,12 @@ class OutboxRelay:
                     partition_of = partitioners[topic] = await publisher.partitioner(topic)
                 partition = partition_of(key)
                 queue = queues.setdefault((topic, partition), [])
-                if not queue or not publisher.append(queue[-1].batch, key, value, headers):
-                    queue.append(_Batch(topic, partition, publisher.batch()))
-                    if not publisher.append(queue[-1].batch, key, value, headers):
-                        queue.pop()
+                alone = topic in self._small_topics  # (see `_batch_refused`)
+                if alone or not queue or not publisher.append(queue[-1].batch, key, value, headers):
+                    fresh = _Batch(topic, partition, publisher.batch())
+                    if not publisher.append(fresh.batch, key, value, headers):
                         raise kafka_errors.MessageSizeTooLargeError("larger than an empty batch")
+                    queue.append(fresh)  # never an empty batch handed over
             except PERMANENT as exc:
                 outcomes[row["id"]] = _parked(row, span, exc)
                 continue
@@ -425,8 +441,25 @@ class OutboxRelay:
             if isinstance(failure, PERMANENT) and len(batch.items) > 1:
                 if not await self._one_by_one(batch, outcomes, stopped):
                     return
+                if not any(outcomes[i.row["id"]].park_reason for i in batch.items):
+                    self._batch_refused(batch, failure)
             elif not _settle(batch.items, failure, outcomes):
                 return
+
+    def _batch_refused(self, batch: _Batch, failure: BaseException) -> None:
+        """A batch refused whole whose rows each went alone: the topic's message limit is below
+        the producer's batch size. From now on its rows go in batches of one (a round trip a
+        row, where a refused batch and then a round trip a row would be paid every pass)."""
+        if batch.topic in self._small_topics:
+            return
+        self._small_topics.add(batch.topic)
+        log.warning(
+            "%s refused a batch of %d rows (%s) but took each alone: its message size limit "
+            "is below the producer's batch size; the relay sends its rows one by one",
+            batch.topic,
+            len(batch.items),
+            type(failure).__name__,
+        )
 
     async def _one_by_one(
         self, batch: _Batch, outcomes: dict[int, Outcome], stopped: asyncio.Event

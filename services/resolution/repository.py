@@ -243,7 +243,8 @@ async def case_events(conn: Conn, complaint_id: str, *, after: int = 0) -> Decid
     return [(r["type"], r["data"], r["event_id"]) for r in rows]
 
 
-# The log's entries are written only beside the case's row: no row, no entries (and no answer).
+# The log's entries are written only beside the case's row: no row, no entries (and no answer;
+# the writes joined to it run all the same: `record_decision`).
 _RECORD_DECISION = """WITH saved AS (
         UPDATE cases SET status = $10, team = $11, assignee = $12,
             acknowledge_by = coalesce($13, acknowledge_by), resolve_by = $14, remedy = $15,
@@ -284,14 +285,16 @@ async def record_decision(
     """Add decided events to the decision log and write the case's read model (what the view
     and the queue show) in one statement, with the writes `also` (the decision's effects) in
     the same round trip; with `answer`, the case's view after it (as `load_view` reads it). A
-    version decided twice fails on the log's key."""
+    version decided twice fails on the log's key. The caller holds the case's row: were it
+    missing, `also` would have run all the same (every write of a statement does), so that is
+    an error the caller's transaction must roll back."""
     decision = db.Write(
         _DECISION_AND_VIEW if answer else _DECISION_ONLY, _decision_args(events, view)
     )
     statement = db.joined(also, decision) if also else decision
     row = await conn.fetchrow(statement.sql, *statement.args)
     if row is None:
-        raise LookupError(f"no case {view['complaint_id']} to record a decision on")
+        raise RuntimeError(f"no case {view['complaint_id']} to record a decision on")
     return _view(row) if answer else None
 
 

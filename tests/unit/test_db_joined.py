@@ -45,3 +45,13 @@ def test_two_digit_placeholders_are_renumbered_whole() -> None:
 def test_nothing_to_join_is_an_error() -> None:
     with pytest.raises(ValueError):
         joined([])
+
+
+@pytest.mark.parametrize(
+    ("sql", "args"),
+    [("DELETE FROM a WHERE id = $2", (1,)), ("DELETE FROM a WHERE id = $1", (1, 2))],
+    ids=["a placeholder past the arguments", "an argument no placeholder takes"],
+)
+def test_placeholders_must_match_the_arguments(sql: str, args: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="placeholders"):
+        joined([Write(sql, args)], Write("SELECT 1", ()))

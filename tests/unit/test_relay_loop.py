@@ -178,6 +178,46 @@ async def test_a_row_too_large_for_any_batch_is_parked_alone():
     assert publisher.handed == [(0, [1, 3])]
 
 
+async def test_a_huge_first_row_of_a_partition_leaves_no_empty_batch():
+    publisher = FakePublisher({1: "huge"})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    outcomes = await relay._publish(_rows("a", "a"))  # type: ignore[arg-type]
+    assert [o.sent for o in outcomes] == [False, True]
+    assert publisher.handed == [(0, [2])]
+
+
+async def test_a_topic_that_refuses_batches_but_takes_rows_alone_gets_batches_of_one(caplog):
+    class Small(FakePublisher):
+        async def send(self, batch, topic, partition):
+            if len(batch) > 1:
+                self.handed.append((partition, [n for n, _ in batch]))
+                raise MessageSizeTooLargeError()
+            return await super().send(batch, topic, partition)
+
+    publisher = Small(partitions={b"a": 0})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=NoOpTracer())  # type: ignore[arg-type]
+    first = await relay._publish(_rows("a", "a"))  # type: ignore[arg-type]
+    assert [o.sent for o in first] == [True, True]
+    assert "message size limit" in caplog.text
+    publisher.handed.clear()
+    second = await relay._publish(_rows("a", "a", "a"))  # type: ignore[arg-type]
+    assert [o.sent for o in second] == [True, True, True]
+    assert publisher.handed == [(0, [1]), (0, [2]), (0, [3])]  # no refused batch first
+
+
+async def test_rows_a_failure_kept_from_going_end_their_span_in_error():
+    exporter = InMemorySpanExporter()
+    recording = tracer(build_tracer_provider("relay", processors=[SimpleSpanProcessor(exporter)]))
+    publisher = FakePublisher({1: KafkaTimeoutError()}, capacity=1, partitions={b"a": 0})
+    relay = OutboxRelay(pool=None, publisher=publisher, tracer=recording)  # type: ignore[arg-type]
+    rows = [{**row, "headers": {"traceparent": SAMPLED}} for row in _rows("a", "a")]
+    outcomes = await relay._publish(rows)  # type: ignore[arg-type]
+    assert not any(o.sent for o in outcomes)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 2
+    assert all(span.status.status_code is trace.StatusCode.ERROR for span in spans)
+
+
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
