@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,14 +21,13 @@ from shared.events import (
     CaseEventData,
     Channel,
     CloudEvent,
+    Deadlines,
     EventType,
     FeedbackData,
     ReassignedData,
-    ReceivedData,
     RejectedData,
     Remedy,
     ResolvedData,
-    RoutedData,
     SubmittedData,
     new_event,
 )
@@ -154,15 +154,11 @@ def accepted_events(
     take it, all continuing the submission's trace; `at` is when it was received, as written
     (`outbox.json_time`)."""
     complaint_id, decision = row.complaint_id, row.decision
-    # written from already-validated values: no model built, no second validation pass
-    received = outbox.contract_data(
-        ReceivedData,
-        {"complaint_id": complaint_id, "actor": "system", "received_at": at, **row.submitted},
-    )
-    routed = routed_data(row, choice, history, at)
     messages = [
-        _message(EventType.RECEIVED, complaint_id, received, at, trace_headers),
-        _message(EventType.ROUTED, complaint_id, routed, at, trace_headers),
+        _message(EventType.RECEIVED, complaint_id, received_data(row, at), at, trace_headers),
+        _message(
+            EventType.ROUTED, complaint_id, routed_data(row, choice, history, at), at, trace_headers
+        ),
     ]
     if choice.staff_id is None:
         alert = {"complaint_id": complaint_id, "actor": "system", "at": at}
@@ -172,38 +168,75 @@ def accepted_events(
     return messages
 
 
+# The data of the accepted events is written from already-validated values, as dicts in the
+# order of the contract models' fields with None left out (as `model_dump(mode="json",
+# exclude_none=True)` writes them): no model built, no second validation pass, no reordering.
+# tests/unit/test_event_bytes.py compares the bytes with what the models write.
+
+
+def received_data(row: repository.NewComplaint, at: str) -> dict[str, Any]:
+    """`complaint.received`'s JSON values: the submission as accepted, with its id and time."""
+    submitted = row.submitted
+    # ReceivedData has SubmittedData's fields in their order, but channel before external_id
+    return {
+        "complaint_id": row.complaint_id,
+        "actor": "system",
+        "received_at": at,
+        "channel": submitted["channel"],  # keeps this place when `submitted` sets it again
+        **submitted,
+    }
+
+
 def routed_data(
     row: repository.NewComplaint, assignment: domain.Assignment, history: domain.History, at: str
 ) -> dict[str, Any]:
     """`complaint.routed`'s JSON values: team, assignee, severity with reasons, flags and the
     history."""
     decision, submitted = row.decision, row.submitted
-    return outbox.contract_data(
-        RoutedData,
-        {
-            "actor": "system",
-            "complaint_id": row.complaint_id,
-            "routed_at": at,
-            "received_at": at,
-            "channel": submitted["channel"],
-            "external_id": submitted["external_id"],
-            "category": decision.category.value,
-            "category_reason": decision.category_reason,
-            "severity": decision.severity.value,
-            "severity_score": decision.severity_score,
-            "severity_reasons": decision.severity_reasons,
-            "team": decision.team,
-            "team_reason": decision.team_reason,
-            "assignee": assignment.staff_id,
-            "assignment_reason": assignment.reason,
-            "language": decision.language,
-            "staff_involved": submitted["staff_involved"],
-            "deadlines": decision.deadlines.model_dump(mode="json"),
-            "flags": [{"code": f.code, "reason": f.reason} for f in decision.flags],
-            "review_by": REVIEWER_ROLE if decision.flags else None,
-            "customer_history": dict(vars(history)),
-        },
-    )
+    values: dict[str, Any] = {
+        "complaint_id": row.complaint_id,
+        "actor": "system",
+        "routed_at": at,
+        "received_at": at,
+        "channel": submitted["channel"],
+        "external_id": submitted["external_id"],
+        "category": decision.category.value,
+        "category_reason": decision.category_reason,
+        "severity": decision.severity.value,
+        "severity_reasons": decision.severity_reasons,
+        "team": decision.team,
+    }
+    if assignment.staff_id is not None:
+        values["assignee"] = assignment.staff_id
+    values["language"] = decision.language
+    values["staff_involved"] = submitted["staff_involved"]
+    values["deadlines"] = deadline_values(decision.deadlines)
+    values["severity_score"] = decision.severity_score
+    values["team_reason"] = decision.team_reason
+    values["assignment_reason"] = assignment.reason
+    values["flags"] = [{"code": f.code, "reason": f.reason} for f in decision.flags]
+    if decision.flags:
+        values["review_by"] = REVIEWER_ROLE
+    values["customer_history"] = dict(vars(history))
+    return values
+
+
+def deadline_values(deadlines: Deadlines) -> dict[str, str]:
+    """`deadlines` as JSON values, made once per pair of times (a batch is received at one
+    time: one pair per severity); shared, so never to be changed."""
+    ack, resolve = deadlines.acknowledge_by, deadlines.resolve_by
+    # equal times with other offsets are written otherwise: the offsets are part of the key
+    return _times_written(ack, ack.utcoffset(), resolve, resolve.utcoffset())
+
+
+@lru_cache(maxsize=8)
+def _times_written(
+    acknowledge_by: datetime, _: object, resolve_by: datetime, __: object
+) -> dict[str, str]:
+    return {
+        "acknowledge_by": outbox.json_time(acknowledge_by),
+        "resolve_by": outbox.json_time(resolve_by),
+    }
 
 
 async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime) -> list[str]:
