@@ -280,8 +280,41 @@ async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime
 # ---------------------------------------------------------------------- Kafka records
 
 
+class SubmittedEvent(CloudEvent):
+    """A `complaint.submitted` envelope with its data, both read in one pass."""
+
+    data: SubmittedData
+
+
 def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     """The submission in a `complaints.submitted.v1` record and its source, or `Rejected`."""
+    return read_at_once(value) or read_carefully(value)
+
+
+def read_at_once(value: bytes | None) -> tuple[SubmittedData, str] | None:
+    """A good record's submission and source, validated straight from its bytes (no parsed
+    document, one validation); None when anything is amiss, for `read_carefully` to say what.
+
+    It accepts no record `read_carefully` refuses, and reads the same values from the ones it
+    accepts: its parser is as strict (UTF-8, JSON grammar, last duplicate key wins), and a
+    record that may nest too deep, by its count of brackets, is left to the careful path."""
+    if (
+        value is None
+        or len(value) > MAX_RECORD_BYTES
+        or value.count(b"{") + value.count(b"[") > jsonsafe.MAX_DEPTH
+    ):
+        return None
+    try:
+        event = SubmittedEvent.model_validate_json(value)
+    except ValidationError:
+        return None
+    if event.type != EventType.SUBMITTED:
+        return None
+    return event.data, event.source
+
+
+def read_carefully(value: bytes | None) -> tuple[SubmittedData, str]:
+    """The submission and its source, or `Rejected` with the first reason found."""
     if value is None or not value.strip():
         raise Rejected("empty", "the record has no value")
     try:
