@@ -6,7 +6,7 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -31,6 +31,7 @@ from shared.events import (
     SubmittedData,
     new_event,
 )
+from shared.frozen import changed
 from shared.kafka import Record, Rejected
 from shared.routing import Delivery, EventRouter
 from shared.web import field_errors, summarise
@@ -71,9 +72,10 @@ async def accept_many(
     """Store, route and assign submissions in a few set-based statements; return each one's
     complaint id and whether it is new. A (channel, external_id) seen before, or earlier in
     `items`, gets the first one's id and changes nothing."""
+    pairs = [(item.data.channel.value, item.data.external_id) for item in items]
     first: dict[tuple[str, str], int] = {}
-    for n, item in enumerate(items):
-        first.setdefault((item.data.channel.value, item.data.external_id), n)
+    for n, pair in enumerate(pairs):
+        first.setdefault(pair, n)
     fresh = sorted(first.values())
     customers = [items[n].data.customer.id for n in fresh]
     history = await repository.histories(conn, customers, now)
@@ -88,7 +90,7 @@ async def accept_many(
         seen_in_batch[data.customer.id] = earlier + 1
         own = history[data.customer.id]
         if earlier:
-            own = replace(
+            own = changed(
                 own,
                 complaints_30d=own.complaints_30d + earlier,
                 complaints_total=own.complaints_total + earlier,
@@ -101,8 +103,7 @@ async def accept_many(
         histories.append(own)
     created = await repository.insert_complaints(conn, rows, received_at=now)
     existing = await repository.find_complaint_ids(
-        conn,
-        [(r.data.channel.value, r.data.external_id) for r in rows if r.complaint_id not in created],
+        conn, [pairs[n] for n, r in zip(fresh, rows, strict=True) if r.complaint_id not in created]
     )
     teams = await repository.lock_teams(
         conn, [r.decision.team for r in rows if r.complaint_id in created]
@@ -112,35 +113,28 @@ async def accept_many(
     at = outbox.json_time(now)
     ids: dict[tuple[str, str], tuple[str, bool]] = {}
     for n, row, own in zip(fresh, rows, histories, strict=True):
-        pair = (row.data.channel.value, row.data.external_id)
+        pair = pairs[n]
         if row.complaint_id not in created:
             ids[pair] = (existing[pair], False)
             continue
         ids[pair] = (row.complaint_id, True)
         decision, data, team = row.decision, row.data, teams[row.decision.team]
+        weight = decision.weight
         choice = domain.choose_assignee(
-            team, language=decision.language, weight=decision.weight, excluded=data.staff_involved
+            team, language=decision.language, weight=weight, excluded=data.staff_involved
         )
         if choice.staff_id is not None:  # later complaints in the batch see this one's load
             teams[decision.team] = [
-                replace(s, load=s.load + decision.weight, last_assigned_at=now)
+                changed(s, load=s.load + weight, last_assigned_at=now)
                 if s.staff_id == choice.staff_id
                 else s
                 for s in team
             ]
-        holders.append(
-            repository.Holder(row.complaint_id, decision.team, choice.staff_id, decision.weight)
-        )
+        holders.append(repository.Holder(row.complaint_id, decision.team, choice.staff_id, weight))
         messages += accepted_events(row, choice, own, at, items[n].trace)
     await repository.assign(conn, holders, now=now)
     await outbox.enqueue(conn, messages)
-    results = []
-    for n, item in enumerate(items):
-        complaint_id, is_new = ids[(item.data.channel.value, item.data.external_id)]
-        results.append(
-            (complaint_id, is_new and first[(item.data.channel.value, item.data.external_id)] == n)
-        )
-    return results
+    return [(ids[pair][0], ids[pair][1] and first[pair] == n) for n, pair in enumerate(pairs)]
 
 
 def accepted_events(
