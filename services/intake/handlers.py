@@ -6,8 +6,9 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,17 +21,17 @@ from shared.events import (
     CaseEventData,
     Channel,
     CloudEvent,
+    Deadlines,
     EventType,
     FeedbackData,
     ReassignedData,
-    ReceivedData,
     RejectedData,
     Remedy,
     ResolvedData,
-    RoutedData,
     SubmittedData,
     new_event,
 )
+from shared.frozen import changed
 from shared.kafka import Record, Rejected
 from shared.routing import Delivery, EventRouter
 from shared.web import field_errors, summarise
@@ -71,9 +72,10 @@ async def accept_many(
     """Store, route and assign submissions in a few set-based statements; return each one's
     complaint id and whether it is new. A (channel, external_id) seen before, or earlier in
     `items`, gets the first one's id and changes nothing."""
+    pairs = [(item.data.channel.value, item.data.external_id) for item in items]
     first: dict[tuple[str, str], int] = {}
-    for n, item in enumerate(items):
-        first.setdefault((item.data.channel.value, item.data.external_id), n)
+    for n, pair in enumerate(pairs):
+        first.setdefault(pair, n)
     fresh = sorted(first.values())
     customers = [items[n].data.customer.id for n in fresh]
     history = await repository.histories(conn, customers, now)
@@ -88,7 +90,7 @@ async def accept_many(
         seen_in_batch[data.customer.id] = earlier + 1
         own = history[data.customer.id]
         if earlier:
-            own = replace(
+            own = changed(
                 own,
                 complaints_30d=own.complaints_30d + earlier,
                 complaints_total=own.complaints_total + earlier,
@@ -101,8 +103,7 @@ async def accept_many(
         histories.append(own)
     created = await repository.insert_complaints(conn, rows, received_at=now)
     existing = await repository.find_complaint_ids(
-        conn,
-        [(r.data.channel.value, r.data.external_id) for r in rows if r.complaint_id not in created],
+        conn, [pairs[n] for n, r in zip(fresh, rows, strict=True) if r.complaint_id not in created]
     )
     teams = await repository.lock_teams(
         conn, [r.decision.team for r in rows if r.complaint_id in created]
@@ -112,35 +113,28 @@ async def accept_many(
     at = outbox.json_time(now)
     ids: dict[tuple[str, str], tuple[str, bool]] = {}
     for n, row, own in zip(fresh, rows, histories, strict=True):
-        pair = (row.data.channel.value, row.data.external_id)
+        pair = pairs[n]
         if row.complaint_id not in created:
             ids[pair] = (existing[pair], False)
             continue
         ids[pair] = (row.complaint_id, True)
         decision, data, team = row.decision, row.data, teams[row.decision.team]
+        weight = decision.weight
         choice = domain.choose_assignee(
-            team, language=decision.language, weight=decision.weight, excluded=data.staff_involved
+            team, language=decision.language, weight=weight, excluded=data.staff_involved
         )
         if choice.staff_id is not None:  # later complaints in the batch see this one's load
             teams[decision.team] = [
-                replace(s, load=s.load + decision.weight, last_assigned_at=now)
+                changed(s, load=s.load + weight, last_assigned_at=now)
                 if s.staff_id == choice.staff_id
                 else s
                 for s in team
             ]
-        holders.append(
-            repository.Holder(row.complaint_id, decision.team, choice.staff_id, decision.weight)
-        )
+        holders.append(repository.Holder(row.complaint_id, decision.team, choice.staff_id, weight))
         messages += accepted_events(row, choice, own, at, items[n].trace)
     await repository.assign(conn, holders, now=now)
     await outbox.enqueue(conn, messages)
-    results = []
-    for n, item in enumerate(items):
-        complaint_id, is_new = ids[(item.data.channel.value, item.data.external_id)]
-        results.append(
-            (complaint_id, is_new and first[(item.data.channel.value, item.data.external_id)] == n)
-        )
-    return results
+    return [(ids[pair][0], ids[pair][1] and first[pair] == n) for n, pair in enumerate(pairs)]
 
 
 def accepted_events(
@@ -154,15 +148,11 @@ def accepted_events(
     take it, all continuing the submission's trace; `at` is when it was received, as written
     (`outbox.json_time`)."""
     complaint_id, decision = row.complaint_id, row.decision
-    # written from already-validated values: no model built, no second validation pass
-    received = outbox.contract_data(
-        ReceivedData,
-        {"complaint_id": complaint_id, "actor": "system", "received_at": at, **row.submitted},
-    )
-    routed = routed_data(row, choice, history, at)
     messages = [
-        _message(EventType.RECEIVED, complaint_id, received, at, trace_headers),
-        _message(EventType.ROUTED, complaint_id, routed, at, trace_headers),
+        _message(EventType.RECEIVED, complaint_id, received_data(row, at), at, trace_headers),
+        _message(
+            EventType.ROUTED, complaint_id, routed_data(row, choice, history, at), at, trace_headers
+        ),
     ]
     if choice.staff_id is None:
         alert = {"complaint_id": complaint_id, "actor": "system", "at": at}
@@ -172,38 +162,75 @@ def accepted_events(
     return messages
 
 
+# The data of the accepted events is written from already-validated values, as dicts in the
+# order of the contract models' fields with None left out (as `model_dump(mode="json",
+# exclude_none=True)` writes them): no model built, no second validation pass, no reordering.
+# tests/unit/test_event_bytes.py compares the bytes with what the models write.
+
+
+def received_data(row: repository.NewComplaint, at: str) -> dict[str, Any]:
+    """`complaint.received`'s JSON values: the submission as accepted, with its id and time."""
+    submitted = row.submitted
+    # ReceivedData has SubmittedData's fields in their order, but channel before external_id
+    return {
+        "complaint_id": row.complaint_id,
+        "actor": "system",
+        "received_at": at,
+        "channel": submitted["channel"],  # keeps this place when `submitted` sets it again
+        **submitted,
+    }
+
+
 def routed_data(
     row: repository.NewComplaint, assignment: domain.Assignment, history: domain.History, at: str
 ) -> dict[str, Any]:
     """`complaint.routed`'s JSON values: team, assignee, severity with reasons, flags and the
     history."""
     decision, submitted = row.decision, row.submitted
-    return outbox.contract_data(
-        RoutedData,
-        {
-            "actor": "system",
-            "complaint_id": row.complaint_id,
-            "routed_at": at,
-            "received_at": at,
-            "channel": submitted["channel"],
-            "external_id": submitted["external_id"],
-            "category": decision.category.value,
-            "category_reason": decision.category_reason,
-            "severity": decision.severity.value,
-            "severity_score": decision.severity_score,
-            "severity_reasons": decision.severity_reasons,
-            "team": decision.team,
-            "team_reason": decision.team_reason,
-            "assignee": assignment.staff_id,
-            "assignment_reason": assignment.reason,
-            "language": decision.language,
-            "staff_involved": submitted["staff_involved"],
-            "deadlines": decision.deadlines.model_dump(mode="json"),
-            "flags": [{"code": f.code, "reason": f.reason} for f in decision.flags],
-            "review_by": REVIEWER_ROLE if decision.flags else None,
-            "customer_history": dict(vars(history)),
-        },
-    )
+    values: dict[str, Any] = {
+        "complaint_id": row.complaint_id,
+        "actor": "system",
+        "routed_at": at,
+        "received_at": at,
+        "channel": submitted["channel"],
+        "external_id": submitted["external_id"],
+        "category": decision.category.value,
+        "category_reason": decision.category_reason,
+        "severity": decision.severity.value,
+        "severity_reasons": decision.severity_reasons,
+        "team": decision.team,
+    }
+    if assignment.staff_id is not None:
+        values["assignee"] = assignment.staff_id
+    values["language"] = decision.language
+    values["staff_involved"] = submitted["staff_involved"]
+    values["deadlines"] = deadline_values(decision.deadlines)
+    values["severity_score"] = decision.severity_score
+    values["team_reason"] = decision.team_reason
+    values["assignment_reason"] = assignment.reason
+    values["flags"] = [{"code": f.code, "reason": f.reason} for f in decision.flags]
+    if decision.flags:
+        values["review_by"] = REVIEWER_ROLE
+    values["customer_history"] = dict(vars(history))
+    return values
+
+
+def deadline_values(deadlines: Deadlines) -> dict[str, str]:
+    """`deadlines` as JSON values, made once per pair of times (a batch is received at one
+    time: one pair per severity); shared, so never to be changed."""
+    ack, resolve = deadlines.acknowledge_by, deadlines.resolve_by
+    # equal times with other offsets are written otherwise: the offsets are part of the key
+    return _times_written(ack, ack.utcoffset(), resolve, resolve.utcoffset())
+
+
+@lru_cache(maxsize=8)
+def _times_written(
+    acknowledge_by: datetime, _: object, resolve_by: datetime, __: object
+) -> dict[str, str]:
+    return {
+        "acknowledge_by": outbox.json_time(acknowledge_by),
+        "resolve_by": outbox.json_time(resolve_by),
+    }
 
 
 async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime) -> list[str]:
@@ -247,8 +274,41 @@ async def reassign_from(conn: Conn, staff_id: str, *, reason: str, now: datetime
 # ---------------------------------------------------------------------- Kafka records
 
 
+class SubmittedEvent(CloudEvent):
+    """A `complaint.submitted` envelope with its data, both read in one pass."""
+
+    data: SubmittedData
+
+
 def parse_submitted(value: bytes | None) -> tuple[SubmittedData, str]:
     """The submission in a `complaints.submitted.v1` record and its source, or `Rejected`."""
+    return read_at_once(value) or read_carefully(value)
+
+
+def read_at_once(value: bytes | None) -> tuple[SubmittedData, str] | None:
+    """A good record's submission and source, validated straight from its bytes (no parsed
+    document, one validation); None when anything is amiss, for `read_carefully` to say what.
+
+    It accepts no record `read_carefully` refuses, and reads the same values from the ones it
+    accepts: its parser is as strict (UTF-8, JSON grammar, last duplicate key wins), and a
+    record that may nest too deep, by its count of brackets, is left to the careful path."""
+    if (
+        value is None
+        or len(value) > MAX_RECORD_BYTES
+        or value.count(b"{") + value.count(b"[") > jsonsafe.MAX_DEPTH
+    ):
+        return None
+    try:
+        event = SubmittedEvent.model_validate_json(value)
+    except ValidationError:
+        return None
+    if event.type != EventType.SUBMITTED:
+        return None
+    return event.data, event.source
+
+
+def read_carefully(value: bytes | None) -> tuple[SubmittedData, str]:
+    """The submission and its source, or `Rejected` with the first reason found."""
     if value is None or not value.strip():
         raise Rejected("empty", "the record has no value")
     try:

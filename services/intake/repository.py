@@ -146,7 +146,8 @@ async def histories(conn: Conn, customer_ids: Sequence[str], now: datetime) -> d
         )
         for r in rows
     }
-    return {c: found.get(c, History()) for c in customer_ids}
+    none = History()  # frozen: one for every customer with no earlier complaint
+    return {c: found.get(c, none) for c in customer_ids}
 
 
 async def routing_rules(conn: Conn) -> list[RoutingRule]:
