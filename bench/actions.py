@@ -30,6 +30,7 @@ import asyncpg
 
 from bench.common import (
     Bench,
+    add_overrides,
     cpu_per_unit,
     cpu_seconds,
     percentile,
@@ -54,10 +55,17 @@ TOPOLOGIES = {
 }
 
 
-async def main(cases: int, paced_cases: int, rate: float, concurrency: int, topology: str) -> None:
+async def main(
+    cases: int,
+    paced_cases: int,
+    rate: float,
+    concurrency: int,
+    topology: str,
+    overrides: dict[str, str],
+) -> None:
     command, beside = TOPOLOGIES[topology]
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_system(Path(tmp), *command, beside=beside) as bench:
+        async with running_system(Path(tmp), *command, beside=beside, overrides=overrides) as bench:
             # actions go to resolution: its own process, or the one `up` runs everything in
             actions_url = (bench.beside_urls or bench.base_urls)[0]
             tokens = await _staff_and_policy(bench, Path(tmp))
@@ -227,5 +235,15 @@ if __name__ == "__main__":
         help="up: all in one `complaints up` process (default: on a machine of two cores it "
         "costs least); split: each service in its own process, as deployed",
     )
+    add_overrides(parser)
     args = parser.parse_args()
-    asyncio.run(main(args.cases, args.paced_cases, args.rate, args.concurrency, args.topology))
+    asyncio.run(
+        main(
+            args.cases,
+            args.paced_cases,
+            args.rate,
+            args.concurrency,
+            args.topology,
+            dict(args.overrides),
+        )
+    )

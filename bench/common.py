@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -9,7 +10,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +63,16 @@ async def prepare(settings: Settings) -> str:
 
 @asynccontextmanager
 async def running_system(
-    tmp: Path, *command: str, replicas: int = 1, beside: Sequence[Sequence[str]] = ()
+    tmp: Path,
+    *command: str,
+    replicas: int = 1,
+    beside: Sequence[Sequence[str]] = (),
+    overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Bench]:
     """A broker (configured or embedded), a fresh database with the demo staff, and `replicas`
     copies of `complaints <command>` (default `up`) in subprocesses, ready to take traffic;
     then one process of each command in `beside` (e.g. `("serve", "notify")`), each on a port
-    of its own."""
+    of its own; `overrides`: settings for every process (`{"kafka_fetch_max_wait_ms": "25"}`)."""
     command = command or ("up",)
     broker = None
     bootstrap = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
@@ -100,6 +105,7 @@ async def running_system(
                 COMPLAINTS_STAFF_ACTION_RATE="1000000",
                 COMPLAINTS_STAFF_ACTION_BURST="1000000",
             )
+            env.update({f"COMPLAINTS_{k.upper()}": v for k, v in (overrides or {}).items()})
             if sink is not None:
                 env.update(COMPLAINTS_SMTP_HOST=sink.host, COMPLAINTS_SMTP_PORT=str(sink.port))
             drains.append(await spawn(argv, env, procs))
@@ -345,4 +351,25 @@ def cpu_per_unit(
     total = 1e6 * sum(spent.values()) / max(units, 1)
     return (
         f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} (PostgreSQL not counted)"
+    )
+
+
+def setting_override(text: str) -> tuple[str, str]:
+    """`--set NAME=VALUE` (a setting's name as in `Settings`, e.g. kafka_fetch_max_wait_ms)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or name.lower() not in Settings.model_fields:
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE with a setting's name: {text!r}")
+    return name.lower(), value
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The `--set` option of a benchmark that runs the system (`running_system`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=setting_override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every process of the system (repeatable)",
     )
