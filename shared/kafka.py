@@ -24,7 +24,7 @@ from shared import deadletters, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.settings import Settings
-from shared.telemetry import extract_context, inject_headers
+from shared.telemetry import extract_context, inject_headers, is_unsampled_parent
 
 if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder
@@ -469,6 +469,22 @@ def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.
     )
 
 
+def _sampled_out_context(record: Record) -> dict[str, str] | None:
+    """The trace context of a record whose trace is not sampled, to carry on unchanged (same
+    trace, still unsampled) by a consumer whose tracer `drops_unsampled_children`; None when
+    the record needs its span: no well-formed unsampled `traceparent`, or a `tracestate`."""
+    parent = None
+    for name, value in record.headers:
+        if name == "tracestate":
+            return None
+        if name == "traceparent":
+            parent = value
+    if not isinstance(parent, bytes) or not parent.isascii():
+        return None
+    text = parent.decode("ascii")
+    return {"traceparent": text} if is_unsampled_parent(text) else None
+
+
 async def process_batch_together(
     *,
     pool: asyncpg.Pool,
@@ -488,25 +504,30 @@ async def process_batch_together(
     common case: it would cost two round trips per batch.)
     """
     spans: list[trace.Span] = []
+    carry = outbox.drops_unsampled_children(tracer)
     try:
         good: list[tuple[Record, T, dict[str, str]]] = []
         good_spans: list[trace.Span] = []
         letters: list[tuple[deadletters.Letter, dict[str, str]]] = []
         for record in records:
-            span = _process_span(tracer, record, consumer.name)
-            spans.append(span)
-            with trace.use_span(span, end_on_exit=False):
+            # a record whose span would record nothing gets none: its context goes on as is
+            carried = _sampled_out_context(record) if carry else None
+            span: trace.Span = trace.INVALID_SPAN
+            if carried is None:
+                span = _process_span(tracer, record, consumer.name)
+                spans.append(span)
+            with _in_span(span, end_on_exit=False) if carried is None else contextlib.nullcontext():
+                context = carried if carried is not None else inject_headers()
                 try:
-                    good.append((record, parse(record), inject_headers()))
+                    good.append((record, parse(record), context))
                     good_spans.append(span)
                 except Rejected as exc:
                     span.set_attribute("complaints.deadletter.reason", exc.code)
-                    letter = consumer.refusal(record, exc)
-                    letters.append((letter, inject_headers()))
+                    letters.append((consumer.refusal(record, exc), context))
                 except Exception as exc:
                     # a parser bug must cost this record only, never block the partition
                     _failed(span, exc)
-                    letters.append((failure_letter(record, exc, consumer), inject_headers()))
+                    letters.append((failure_letter(record, exc, consumer), context))
         with transient_as_such():
             await _apply_together(pool, tracer, consumer, good, good_spans, letters, apply)
     finally:
@@ -566,7 +587,11 @@ def _batch_span(
     span = tracer.start_span(
         f"{good[0][0].topic} apply",
         context=trace.set_span_in_context(parent),
-        links=[trace.Link(s.get_span_context()) for s in spans if s is not parent],
+        links=[
+            trace.Link(s.get_span_context())
+            for s in spans
+            if s is not parent and s.get_span_context().is_valid
+        ],
         attributes={"messaging.batch.message_count": len(spans)},
     )
     return _in_span(span)

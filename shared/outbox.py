@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pydantic import BaseModel
 from shared import db, ids, topics
 from shared.db import Conn
 from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
-from shared.telemetry import extract_context, inject_headers
+from shared.telemetry import extract_context, inject_headers, is_unsampled_parent
 from shared.workers import Loop
 
 log = logging.getLogger(__name__)
@@ -525,9 +524,6 @@ def _own_headers(stored: dict[str, str]) -> dict[str, str]:
 
 
 # A W3C `traceparent` (version 00) whose sampled flag (bit 0 of the last byte) is clear.
-_UNSAMPLED_PARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
-
-
 def drops_unsampled_children(tracer: trace.Tracer) -> bool:
     """Whether `tracer` never records a span whose (remote) parent is not sampled: a
     parent-based sampler as `OTEL_TRACES_SAMPLER=parentbased_*` and `build_tracer_provider`
@@ -545,7 +541,7 @@ def sampled_out_headers(stored: dict[str, str]) -> list[tuple[str, bytes]] | Non
     the stored context travels unchanged (same trace, still unsampled). None when the row
     needs its span: no well-formed unsampled `traceparent`, or a `tracestate` to carry."""
     parent = stored.get("traceparent")
-    if parent is None or "tracestate" in stored or not _UNSAMPLED_PARENT.fullmatch(parent):
+    if parent is None or "tracestate" in stored or not is_unsampled_parent(parent):
         return None
     headers = _own_headers(stored)
     headers["traceparent"] = parent

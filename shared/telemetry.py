@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -89,6 +90,15 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
     else:
         carrier = {k.lower(): v.decode("latin-1") for k, v in headers if v is not None}
     return propagate.extract(carrier)
+
+
+# A W3C traceparent of version 00 whose sampled flag is off (ids not all zeros).
+_UNSAMPLED_PARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
+
+
+def is_unsampled_parent(traceparent: str) -> bool:
+    """Whether `traceparent` is a well-formed W3C trace context that is not sampled."""
+    return _UNSAMPLED_PARENT.fullmatch(traceparent) is not None
 
 
 def tracer(provider: trace.TracerProvider) -> trace.Tracer:

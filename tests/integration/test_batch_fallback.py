@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import db, kafka
+from shared import db, kafka, outbox
 from shared.kafka import Record, Rejected
+from shared.telemetry import build_tracer_provider
+from shared.telemetry import tracer as tracer_of
 from tests.conftest import shared_schema
 
 
@@ -69,3 +73,53 @@ async def test_a_failing_batch_is_redone_one_by_one_and_only_the_poison_is_deadl
             (12, "not_json"),
         ]
         assert all(d["consumer"] == "fallback-test" for d in letters)
+
+
+UNSAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchanged(
+    database: str,
+):
+    # with nothing exporting, a record's span would record nothing: none is started and the
+    # context it came with is what `apply` continues (same trace, still unsampled), as the
+    # relay does; a sampled record, or one with a tracestate, still gets its span
+    exporter = InMemorySpanExporter()
+    tracer = tracer_of(build_tracer_provider("batch", processors=[SimpleSpanProcessor(exporter)]))
+    assert outbox.drops_unsampled_children(tracer)
+    seen: list[dict[str, str]] = []
+
+    async def apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None:
+        seen.extend(headers for _, headers in items)
+
+    def traced(offset: int, *headers: tuple[str, bytes]) -> Record:
+        return Record(
+            topic="t.v1", partition=0, offset=offset, key=b"k", value=b"v", headers=headers
+        )
+
+    async with shared_schema(database, "carried") as (_, pool):
+        await kafka.process_batch_together(
+            pool=pool,
+            tracer=tracer,
+            consumer=kafka.Consumer("carried-test"),
+            records=[
+                traced(1, ("traceparent", UNSAMPLED.encode())),
+                traced(2, ("traceparent", SAMPLED.encode())),
+                traced(3, ("traceparent", UNSAMPLED.encode()), ("tracestate", b"a=b")),
+                traced(4, ("traceparent", b"garbage\xff")),
+            ],
+            parse=_parse,
+            apply=apply,
+        )
+    assert seen[0] == {"traceparent": UNSAMPLED}
+    assert seen[1]["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert seen[1]["traceparent"] != SAMPLED  # its own span's id: a child of the record's
+    assert seen[2]["tracestate"] == "a=b"
+    assert not seen[3]["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    recorded = {
+        s.attributes["messaging.kafka.message.offset"]
+        for s in exporter.get_finished_spans()
+        if s.name == "t.v1 process" and s.attributes
+    }
+    assert recorded == {2, 4}  # the sampled one, and the new trace a bad traceparent starts
