@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import percentile, running_system
+from bench.common import cpu_per_unit, cpu_seconds, percentile, running_system
 from complaints.samples import activate_policy, clocks_in_seconds, produce_submissions, submission
 
 FIRINGS_PER_CASE = 6  # two warnings and a breach, for each of the acknowledge and resolve clocks
@@ -53,6 +53,7 @@ async def main(cases: int, acknowledge: str, resolve: str, replicas: int, timeou
                     "every case opened",
                 )
                 opened_s = time.monotonic() - began
+                before = cpu_seconds()
                 print(
                     f"{cases} cases opened in {opened_s:.1f} s ({cases / opened_s:,.0f}/s) by "
                     f"{replicas} resolution processes; clocks {acknowledge} and {resolve}",
@@ -69,7 +70,10 @@ async def main(cases: int, acknowledge: str, resolve: str, replicas: int, timeou
                     required=False,
                 )
                 await asyncio.sleep(3)  # room for a duplicate to show
-                return await _report(conn, cases, expected, fired)
+                spent = cpu_per_unit(before, cpu_seconds(), fired, "firing")
+                code = await _report(conn, cases, expected, fired)
+                print(spent)
+                return code
             finally:
                 await conn.close()
 
