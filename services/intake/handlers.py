@@ -5,6 +5,7 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,14 +81,25 @@ async def accept_many(
     customers = [items[n].data.customer.id for n in fresh]
     history = await repository.histories(conn, customers, now)
     rules = await repository.routing_rules(conn)
+    # a customer's earlier submissions in this same batch count as history too, but not one
+    # sent again that is stored already (its history counts it): looked up only for customers
+    # with several submissions in the batch, which is rare
+    repeated = {c for c, count in Counter(customers).items() if count > 1}
+    stored = (
+        await repository.find_complaint_ids(
+            conn, [pairs[n] for n in fresh if items[n].data.customer.id in repeated]
+        )
+        if repeated
+        else {}
+    )
     seen_in_batch: dict[str, int] = {}
     rows: list[repository.NewComplaint] = []
     histories: list[domain.History] = []
     for n in fresh:
         data = items[n].data
-        # a customer's earlier submissions in this same batch count as history too
         earlier = seen_in_batch.get(data.customer.id, 0)
-        seen_in_batch[data.customer.id] = earlier + 1
+        if pairs[n] not in stored:
+            seen_in_batch[data.customer.id] = earlier + 1
         own = history[data.customer.id]
         if earlier:
             own = changed(

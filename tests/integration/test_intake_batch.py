@@ -57,8 +57,9 @@ def _earlier() -> handlers.Submission:
 
 def _batch() -> list[handlers.Submission]:
     """Sanne's three new complaints (one names both members), two she sent before, and one
-    in Turkish for a team with no members. (The resent earlier one counts in the history of
-    her complaints after it, as it always has: it is only known as a duplicate on insert.)"""
+    in Turkish for a team with no members. Her history at web-2 counts the earlier complaint
+    and web-1 and phone-1 of this batch: not the resent earlier one, which is stored already
+    (it was counted twice before)."""
     return [
         _submitted(
             "web-1",
@@ -367,7 +368,7 @@ EVENTS: list[dict[str, Any]] = [
             "severity": "high",
             "severity_reasons": [
                 "+2 category service",
-                "+2 repeat contact: 4 earlier in 30 days",
+                "+2 repeat contact: 3 earlier in 30 days",
                 "score 4 → high",
             ],
             "team": "customer-care",
@@ -381,11 +382,11 @@ EVENTS: list[dict[str, Any]] = [
             "severity_score": 4,
             "team_reason": "routing rule 4",
             "assignment_reason": "most spare capacity (8), speaks nl",
-            "flags": [{"code": "frequent_complaints", "reason": "4 earlier complaints in 30 days"}],
+            "flags": [{"code": "frequent_complaints", "reason": "3 earlier complaints in 30 days"}],
             "review_by": "senior_agent",
             "customer_history": {
-                "complaints_30d": 4,
-                "complaints_total": 4,
+                "complaints_30d": 3,
+                "complaints_total": 3,
                 "high_claims_90d": 0,
                 "upheld": 1,
                 "not_upheld": 0,
@@ -562,11 +563,11 @@ COMPLAINTS: list[dict[str, Any]] = [
         "severity": "high",
         "severity_reasons": [
             "+2 category service",
-            "+2 repeat contact: 4 earlier in 30 days",
+            "+2 repeat contact: 3 earlier in 30 days",
             "score 4 → high",
         ],
         "severity_score": 4,
-        "flags": [{"code": "frequent_complaints", "reason": "4 earlier complaints in 30 days"}],
+        "flags": [{"code": "frequent_complaints", "reason": "3 earlier complaints in 30 days"}],
         "team": "customer-care",
         "language": "nl",
         "source": "web/test",
