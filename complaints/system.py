@@ -121,13 +121,11 @@ def settle_heap() -> None:
     """Keep what start-up built (modules, models, pools: alive until exit) out of the cyclic
     garbage collector's full passes. Each full pass otherwise scans all of it: about 35 ms
     with the event loop stopped, measured in `complaints serve intake` under load, which is
-    a whole latency budget. Then collect less often: at the default thresholds (700, 10, 10)
-    the collector took 4-6 % of each service's CPU under load (measured with gc.callbacks in
-    `bench.actions`); almost all our garbage is freed by reference counting, so a young pass
-    every 50,000 allocations and a full one a tenth as often cost a fifth of that."""
+    a whole latency budget. (The collector's thresholds stay Python's: at 50,000 / 20 / 100
+    it took a fifth of its 4-6 % of the CPU, but a young pass in a replica keeping many case
+    states then scanned every state made since the last one, 95 ms measured.)"""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 async def serve(

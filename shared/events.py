@@ -314,6 +314,9 @@ class SubmittedData(BaseModel):
 
 
 class Deadlines(BaseModel):
+    # frozen: intake shares one per severity and time among a batch's complaints
+    model_config = ConfigDict(frozen=True)
+
     acknowledge_by: datetime
     resolve_by: datetime
 

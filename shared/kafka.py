@@ -24,7 +24,7 @@ from shared import deadletters, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.settings import Settings
-from shared.telemetry import extract_context, inject_headers, is_unsampled_parent
+from shared.telemetry import extract_context, inject_headers, is_unsampled_parent, traced
 
 if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder
@@ -475,9 +475,10 @@ def _sampled_out_context(record: Record) -> dict[str, str] | None:
     the record needs its span: no well-formed unsampled `traceparent`, or a `tracestate`."""
     parent = None
     for name, value in record.headers:
-        if name == "tracestate":
+        lowered = name.lower()  # as `extract_context` reads them
+        if lowered == "tracestate":
             return None
-        if name == "traceparent":
+        if lowered == "traceparent":
             parent = value
     if not isinstance(parent, bytes) or not parent.isascii():
         return None
@@ -615,8 +616,15 @@ async def _one_by_one(
     for (record, value, headers), span in zip(good, spans, strict=True):
 
         async def handle(conn: Conn, _: Record) -> None:
-            # awaited within this iteration: the loop's variables are still this record's
-            with _in_span(span, end_on_exit=False):  # noqa: B023
+            # awaited within this iteration: the loop's variables are still this record's; a
+            # record carried without a span (its trace not sampled) runs in the context it came
+            # with, so what it writes continues its trace
+            current = (
+                _in_span(span, end_on_exit=False)  # noqa: B023
+                if span.get_span_context().is_valid  # noqa: B023
+                else traced(headers)  # noqa: B023
+            )
+            with current:
                 await apply(conn, [(value, headers)])  # noqa: B023
 
         # tried as often as a record handled alone

@@ -523,7 +523,6 @@ def _own_headers(stored: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-# A W3C `traceparent` (version 00) whose sampled flag (bit 0 of the last byte) is clear.
 def drops_unsampled_children(tracer: trace.Tracer) -> bool:
     """Whether `tracer` never records a span whose (remote) parent is not sampled: a
     parent-based sampler as `OTEL_TRACES_SAMPLER=parentbased_*` and `build_tracer_provider`

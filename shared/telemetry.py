@@ -92,7 +92,8 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
     return propagate.extract(carrier)
 
 
-# A W3C traceparent of version 00 whose sampled flag is off (ids not all zeros).
+# A W3C traceparent of version 00 whose sampled flag (bit 0 of the last byte) is clear, its
+# ids not all zeros.
 _UNSAMPLED_PARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
 
 

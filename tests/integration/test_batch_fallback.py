@@ -4,7 +4,9 @@ the poison one is dead-lettered with `processing_error`, nothing is half-applied
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -80,7 +82,7 @@ SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchanged(
-    database: str,
+    database: str, monkeypatch: pytest.MonkeyPatch
 ):
     # with nothing exporting, a record's span would record nothing: none is started and the
     # context it came with is what `apply` continues (same trace, still unsampled), as the
@@ -98,6 +100,14 @@ async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchange
             topic="t.v1", partition=0, offset=offset, key=b"k", value=b"v", headers=headers
         )
 
+    started: list[int] = []
+    start = kafka._process_span
+
+    def counted(tracer: Any, record: Record, consumer: str) -> Any:
+        started.append(record.offset)
+        return start(tracer, record, consumer)
+
+    monkeypatch.setattr(kafka, "_process_span", counted)
     async with shared_schema(database, "carried") as (_, pool):
         await kafka.process_batch_together(
             pool=pool,
@@ -112,6 +122,7 @@ async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchange
             parse=_parse,
             apply=apply,
         )
+    assert started == [2, 3, 4]  # no span, even a non-recording one, for the first
     assert seen[0] == {"traceparent": UNSAMPLED}
     assert seen[1]["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
     assert seen[1]["traceparent"] != SAMPLED  # its own span's id: a child of the record's
@@ -123,3 +134,34 @@ async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchange
         if s.name == "t.v1 process" and s.attributes
     }
     assert recorded == {2, 4}  # the sampled one, and the new trace a bad traceparent starts
+
+
+async def test_a_carried_record_redone_alone_runs_in_the_context_it_came_with(database: str):
+    # a batch that fails is redone record by record; one carried without a span runs in its
+    # own trace then, so what it writes (with the current context) continues that trace
+    tracer = tracer_of(build_tracer_provider("batch", processors=[]))
+    traces: dict[str, int] = {}
+
+    async def apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None:
+        if len(items) > 1:
+            raise Poison("the batch fails as a whole")
+        traces[items[0][0]] = trace.get_current_span().get_span_context().trace_id
+
+    record = Record(
+        topic="t.v1",
+        partition=0,
+        offset=1,
+        key=b"k",
+        value=b"one",
+        headers=(("traceparent", UNSAMPLED.encode()),),
+    )
+    async with shared_schema(database, "carried_alone") as (_, pool):
+        await kafka.process_batch_together(
+            pool=pool,
+            tracer=tracer,
+            consumer=kafka.Consumer("carried-alone-test"),
+            records=[record, _record(2, b"two")],
+            parse=_parse,
+            apply=apply,
+        )
+    assert traces["one"] == int(UNSAMPLED.split("-")[1], 16)
