@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.intake.handlers import MAX_RECORD_BYTES, read_at_once, read_carefully
-from shared.events import EventType, new_event
+from shared.events import EventType, SubmittedData, new_event
 from shared.kafka import Rejected
 from tests.support import submission
 
@@ -27,22 +27,7 @@ PATHS = [
     ("datacontenttype",),
     ("data",),
     ("extension",),
-    *(
-        ("data", name)
-        for name in (
-            "external_id",
-            "channel",
-            "customer",
-            "description",
-            "category",
-            "order_id",
-            "amount_at_stake",
-            "staff_involved",
-            "desired_outcome",
-            "occurred_at",
-            "unknown",
-        )
-    ),
+    *(("data", name) for name in (*SubmittedData.model_fields, "unknown")),
     *(("data", "customer", name) for name in ("id", "name", "email", "phone", "locale", "tier")),
     ("data", "amount_at_stake", "amount"),
     ("data", "amount_at_stake", "currency"),
