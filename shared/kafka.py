@@ -17,14 +17,22 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyEx
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import deadletters, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
 from shared.settings import Settings
-from shared.telemetry import extract_context, inject_headers, is_unsampled_parent, traced
+from shared.telemetry import (
+    carrier,
+    drops_unsampled_children,
+    extract_context,
+    failed,
+    inject_headers,
+    sampled_out_parent,
+    traced,
+)
 
 if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder
@@ -412,7 +420,7 @@ async def _handle_one(
                 )
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            _failed(span, exc)
+            failed(span, exc)
             return failure_letter(record, exc, consumer)
     raise AssertionError("unreachable")
 
@@ -443,14 +451,10 @@ def failure_letter(record: Record, exc: Exception, consumer: Consumer) -> deadle
 
 def _in_span(span: trace.Span, *, end_on_exit: bool = True) -> Any:
     """`span` made current (and ended on exit); an exception escaping it is not recorded there
-    (its text may quote personal data): `_failed` notes the type where one matters."""
+    (its text may quote personal data): `telemetry.failed` notes the type where one matters."""
     return trace.use_span(
         span, end_on_exit=end_on_exit, record_exception=False, set_status_on_exception=False
     )
-
-
-def _failed(span: trace.Span, exc: BaseException) -> None:
-    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.Span:
@@ -472,18 +476,9 @@ def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.
 def _sampled_out_context(record: Record) -> dict[str, str] | None:
     """The trace context of a record whose trace is not sampled, to carry on unchanged (same
     trace, still unsampled) by a consumer whose tracer `drops_unsampled_children`; None when
-    the record needs its span: no well-formed unsampled `traceparent`, or a `tracestate`."""
-    parent = None
-    for name, value in record.headers:
-        lowered = name.lower()  # as `extract_context` reads them
-        if lowered == "tracestate":
-            return None
-        if lowered == "traceparent":
-            parent = value
-    if not isinstance(parent, bytes) or not parent.isascii():
-        return None
-    text = parent.decode("ascii")
-    return {"traceparent": text} if is_unsampled_parent(text) else None
+    the record needs its span (`telemetry.sampled_out_parent`)."""
+    parent = sampled_out_parent(carrier(record.headers))
+    return None if parent is None else {"traceparent": parent}
 
 
 async def process_batch_together(
@@ -505,7 +500,7 @@ async def process_batch_together(
     common case: it would cost two round trips per batch.)
     """
     spans: list[trace.Span] = []
-    carry = outbox.drops_unsampled_children(tracer)
+    carry = drops_unsampled_children(tracer)
     try:
         good: list[tuple[Record, T, dict[str, str]]] = []
         good_spans: list[trace.Span] = []
@@ -527,7 +522,7 @@ async def process_batch_together(
                     letters.append((consumer.refusal(record, exc), context))
                 except Exception as exc:
                     # a parser bug must cost this record only, never block the partition
-                    _failed(span, exc)
+                    failed(span, exc)
                     letters.append((failure_letter(record, exc, consumer), context))
         with transient_as_such():
             await _apply_together(pool, tracer, consumer, good, good_spans, letters, apply)

@@ -17,14 +17,19 @@ import pydantic_core
 from aiokafka import errors as kafka_errors
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 from shared import db, ids, topics
 from shared.db import Conn
 from shared.events import CONTENT_TYPE, LEGACY_TYPE_HEADER, TYPE_HEADER, CloudEvent
-from shared.telemetry import extract_context, inject_headers, is_unsampled_parent
+from shared.telemetry import (
+    drops_unsampled_children,
+    extract_context,
+    failed,
+    inject_headers,
+    sampled_out_parent,
+)
 from shared.workers import Loop
 
 log = logging.getLogger(__name__)
@@ -374,7 +379,7 @@ class OutboxRelay:
                             item.span.set_status(Status(StatusCode.ERROR, "not sent"))
         except BaseException as exc:
             for span in spans:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                failed(span, exc)
             raise
         finally:
             for span in spans:
@@ -422,7 +427,7 @@ class OutboxRelay:
                 continue
             except Exception as exc:
                 # not this row's fault: stop here; the rows before it still go
-                _fail(span, exc)
+                failed(span, exc)
                 break
             queue[-1].items.append(_Item(row, key, value, headers, span))
         return list(queues.values())
@@ -523,24 +528,13 @@ def _own_headers(stored: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def drops_unsampled_children(tracer: trace.Tracer) -> bool:
-    """Whether `tracer` never records a span whose (remote) parent is not sampled: a
-    parent-based sampler as `OTEL_TRACES_SAMPLER=parentbased_*` and `build_tracer_provider`
-    configure it (`ParentBased`'s default for unsampled remote parents is always-off)."""
-    sampler = getattr(tracer, "sampler", None)
-    if not isinstance(sampler, ParentBased):
-        return False
-    description: str = sampler.get_description()  # type: ignore[no-untyped-call]
-    return "remoteParentNotSampled:AlwaysOffSampler" in description
-
-
 def sampled_out_headers(stored: dict[str, str]) -> list[tuple[str, bytes]] | None:
     """The Kafka headers for a row whose trace is not sampled, for a relay whose tracer
     `drops_unsampled_children`: its publish span would record nothing, so none is started and
     the stored context travels unchanged (same trace, still unsampled). None when the row
     needs its span: no well-formed unsampled `traceparent`, or a `tracestate` to carry."""
-    parent = stored.get("traceparent")
-    if parent is None or "tracestate" in stored or not is_unsampled_parent(parent):
+    parent = sampled_out_parent(stored)
+    if parent is None:
         return None
     headers = _own_headers(stored)
     headers["traceparent"] = parent
@@ -559,17 +553,13 @@ def _settle(
         elif isinstance(failure, PERMANENT):
             outcomes[row_id] = _parked(item.row, item.span, failure)
         else:
-            _fail(item.span, failure)
+            failed(item.span, failure)
     return failure is None or isinstance(failure, PERMANENT)
 
 
 def _parked(row: asyncpg.Record, span: trace.Span, exc: BaseException) -> Outcome:
-    _fail(span, exc)
+    failed(span, exc)
     return Outcome(row["id"], park_reason=_describe(exc, row))
-
-
-def _fail(span: trace.Span, exc: BaseException) -> None:
-    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def _describe(exc: BaseException, row: asyncpg.Record) -> str:

@@ -14,6 +14,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import Status, StatusCode
 
 INSTRUMENTATION = "complaints"
 
@@ -85,11 +86,14 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
     """An OpenTelemetry context from W3C headers (a dict, or Kafka's list of byte pairs)."""
     if headers is None:
         return otel_context.Context()
+    return propagate.extract(carrier(headers))
+
+
+def carrier(headers: Mapping[str, str] | Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """Headers as a propagator reads them: names in lower case, values as text."""
     if isinstance(headers, Mapping):
-        carrier = {k.lower(): v for k, v in headers.items()}
-    else:
-        carrier = {k.lower(): v.decode("latin-1") for k, v in headers if v is not None}
-    return propagate.extract(carrier)
+        return {k.lower(): v for k, v in headers.items()}
+    return {k.lower(): v.decode("latin-1") for k, v in headers if v is not None}
 
 
 # A W3C traceparent of version 00 whose sampled flag (bit 0 of the last byte) is clear, its
@@ -97,9 +101,31 @@ def extract_context(headers: Mapping[str, str] | Iterable[tuple[str, bytes]] | N
 _UNSAMPLED_PARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
 
 
-def is_unsampled_parent(traceparent: str) -> bool:
-    """Whether `traceparent` is a well-formed W3C trace context that is not sampled."""
-    return _UNSAMPLED_PARENT.fullmatch(traceparent) is not None
+def sampled_out_parent(headers: Mapping[str, str]) -> str | None:
+    """The `traceparent` of headers (as `carrier` writes them) whose trace is not sampled and
+    can travel on unchanged where a tracer that `drops_unsampled_children` would start a span
+    recording nothing; None when a span is needed: no well-formed unsampled `traceparent`, or
+    a `tracestate` to carry."""
+    parent = headers.get("traceparent")
+    if parent is None or "tracestate" in headers or not _UNSAMPLED_PARENT.fullmatch(parent):
+        return None
+    return parent
+
+
+def drops_unsampled_children(tracer: trace.Tracer) -> bool:
+    """Whether `tracer` never records a span whose (remote) parent is not sampled: a
+    parent-based sampler as `OTEL_TRACES_SAMPLER=parentbased_*` and `build_tracer_provider`
+    configure it (`ParentBased`'s default for unsampled remote parents is always-off)."""
+    sampler = getattr(tracer, "sampler", None)
+    if not isinstance(sampler, ParentBased):
+        return False
+    description: str = sampler.get_description()  # type: ignore[no-untyped-call]
+    return "remoteParentNotSampled:AlwaysOffSampler" in description
+
+
+def failed(span: trace.Span, exc: BaseException) -> None:
+    """Mark `span` failed with the exception's type only (its text may quote personal data)."""
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def tracer(provider: trace.TracerProvider) -> trace.Tracer:

@@ -11,9 +11,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import db, kafka, outbox
+from shared import db, kafka
 from shared.kafka import Record, Rejected
-from shared.telemetry import build_tracer_provider
+from shared.telemetry import build_tracer_provider, drops_unsampled_children
 from shared.telemetry import tracer as tracer_of
 from tests.conftest import shared_schema
 
@@ -89,7 +89,7 @@ async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchange
     # relay does; a sampled record, or one with a tracestate, still gets its span
     exporter = InMemorySpanExporter()
     tracer = tracer_of(build_tracer_provider("batch", processors=[SimpleSpanProcessor(exporter)]))
-    assert outbox.drops_unsampled_children(tracer)
+    assert drops_unsampled_children(tracer)
     seen: list[dict[str, str]] = []
 
     async def apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None:

@@ -13,8 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer
 
-from shared.outbox import OutboxRelay, drops_unsampled_children, sampled_out_headers, wire_headers
-from shared.telemetry import build_tracer_provider, extract_context, tracer
+from shared.outbox import OutboxRelay, sampled_out_headers, wire_headers
+from shared.telemetry import (
+    build_tracer_provider,
+    drops_unsampled_children,
+    extract_context,
+    tracer,
+)
 
 
 class ScriptedRelay(OutboxRelay):
