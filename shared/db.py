@@ -96,6 +96,21 @@ class _Transaction:
             self._conn._left(committed)
 
 
+def require_transaction(conn: Conn, worker: str) -> None:
+    """`RuntimeError` unless `conn` is in a transaction: work for `worker` handed out to run
+    later must be in one, whose commit wakes the worker (woken at once, before the write ran,
+    it would find nothing)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError(f"work for the {worker} worker written later needs a transaction")
+
+
+def wake_at_commit(conn: Conn, worker: str) -> None:
+    """Wake `worker` once the transaction `conn` holds commits, for a write the caller runs
+    later in it (`require_transaction`)."""
+    require_transaction(conn, worker)
+    wake_after_commit(conn, worker)
+
+
 def wake_after_commit(conn: Conn, worker: str) -> None:
     """Wake `worker` (a name the pool's service registered) once this transaction commits; a
     no-op on a connection without hooks (a test's own connection, say)."""
@@ -122,10 +137,12 @@ def joined(writes: Sequence[Write], then: Write | None = None) -> Write:
     """`writes` and `then` as one statement, one round trip: each write a CTE (placeholders
     renumbered after the ones before it), then `then` (which may start with WITH of its own),
     or nothing. Every write runs once, to completion, on the statement's one snapshot: none may
-    read what another writes, nor write a row another writes."""
+    read what another writes, nor write a row another writes. A write alone is itself."""
     parts = (*writes, then) if then is not None else tuple(writes)
     if not parts:
         raise ValueError("nothing to join")
+    if len(parts) == 1:
+        return parts[0]
     sql = _joined_sql(
         tuple(w.sql for w in parts), tuple(len(w.args) for w in parts), then is not None
     )

@@ -155,9 +155,7 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
 def enqueued(conn: Conn, messages: Sequence[Message]) -> db.Write:
     """`enqueue` as a write for the caller to run beside others (`db.joined`) in the
     transaction it holds on `conn`, whose commit wakes the relay."""
-    if not conn.is_in_transaction():
-        raise RuntimeError("an outbox write run later needs a transaction to wake the relay")
-    db.wake_after_commit(conn, WORKER)
+    db.wake_at_commit(conn, WORKER)
     return _write(messages)
 
 

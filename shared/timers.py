@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn, Pool, Write, joined, wake_after_commit
+from shared.db import Conn, Pool, Write, joined, require_transaction, wake_after_commit
 from shared.kafka import is_transient
 from shared.workers import Loop
 
@@ -150,7 +150,7 @@ async def change_many(
     both)."""
     writes = _changes(cancel, arm)
     if writes:
-        await (joined(writes) if len(writes) > 1 else writes[0]).run(conn)
+        await joined(writes).run(conn)
     if arm:
         wake_after_commit(conn, WORKER)
 
@@ -160,8 +160,7 @@ def changes(
 ) -> list[Write]:
     """`change_many` as writes for the caller to run beside others (`db.joined`) in the
     transaction it holds on `conn`, whose commit wakes the worker if a timer was armed."""
-    if not conn.is_in_transaction():
-        raise RuntimeError("timers changed later need a transaction to wake the worker")
+    require_transaction(conn, WORKER)
     writes = _changes(cancel, arm)
     if arm:
         wake_after_commit(conn, WORKER)

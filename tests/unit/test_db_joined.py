@@ -34,6 +34,7 @@ def test_writes_alone_and_a_plain_last_statement() -> None:
         "WITH w0 AS (DELETE FROM a WHERE id = $1) SELECT $2::int"
     )
     assert joined([], second) == second
+    assert joined([first]) == first  # a write alone is sent as it is
 
 
 def test_two_digit_placeholders_are_renumbered_whole() -> None:
