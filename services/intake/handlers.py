@@ -114,8 +114,14 @@ async def accept_many(
         )
         histories.append(own)
     created = await repository.insert_complaints(conn, rows, received_at=now)
-    existing = await repository.find_complaint_ids(
-        conn, [pairs[n] for n, r in zip(fresh, rows, strict=True) if r.complaint_id not in created]
+    # the ids of those stored before: looked up above for repeated customers, here for the rest
+    existing = stored | await repository.find_complaint_ids(
+        conn,
+        [
+            pairs[n]
+            for n, r in zip(fresh, rows, strict=True)
+            if r.complaint_id not in created and pairs[n] not in stored
+        ],
     )
     teams = await repository.lock_teams(
         conn, [r.decision.team for r in rows if r.complaint_id in created]
