@@ -17,28 +17,20 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import psutil
-
-from bench.common import running_system
+from bench.common import cpu_seconds, running_system
 from bench.intake import kafka_phase
 
 
 async def main(count: int, runs: int, warmup: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with running_system(Path(tmp), "serve", "intake") as bench:
-            (service,) = [
-                p
-                for p in psutil.Process().children(recursive=True)
-                if "serve" in p.cmdline() and "intake" in p.cmdline()
-            ]
             await kafka_phase(bench, warmup, None)
             per_complaint: list[float] = []
             rates: list[float] = []
             for n in range(runs):
-                before = service.cpu_times()
+                before = cpu_seconds()["serve intake"]
                 rate, _, _ = await kafka_phase(bench, count, None)
-                after = service.cpu_times()
-                cpu_s = (after.user - before.user) + (after.system - before.system)
+                cpu_s = cpu_seconds()["serve intake"] - before
                 per_complaint.append(cpu_s / count * 1e6)
                 rates.append(rate)
                 print(
