@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import auth, db, deadletters, directory, kafka, migrate, outbox, retention
+from shared import auth, db, deadletters, directory, fetch_pacing, kafka, migrate, outbox, retention
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
@@ -367,6 +367,9 @@ class Service:
         await self.broker.connect()
         await asyncio.gather(*(subscriber.start() for subscriber in self.broker.subscribers))
         self.broker.running = True
+        for subscriber in self.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)  # FastStream's Kafka subscriber's
+            fetch_pacing.pace(consumer, self.settings.kafka_idle_fetch_wait_ms)
 
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then release everything."""

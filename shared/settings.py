@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1)
     # Latency of a consumer follows this on brokers whose fetch is not woken by new data.
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=1)
+    # ... and once a consumer has had no record for a second, its fetches wait this long, so
+    # idle consumers do not keep such a broker busy (see shared/fetch_pacing.py).
+    kafka_idle_fetch_wait_ms: int = Field(default=100, ge=1)
     kafka_max_batch: int = Field(default=200, ge=1)
     # Consumers off every latency path (intake following case outcomes for staff load) fetch
     # at most this often, in larger batches: fewer fetches and offset commits for the broker.

@@ -1,0 +1,70 @@
+"""Idle consumers fetch less often, on the real broker, and still take the first record."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared import fetch_pacing, kafka, topics
+from shared.settings import Settings
+from tests.conftest import Running
+from tests.support import eventually
+
+
+async def test_an_idle_consumer_waits_longer_and_still_takes_the_first_record(
+    settings: Settings,
+) -> None:
+    topic = f"test.pacing.{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings, [topic])
+    consumer = AIOKafkaConsumer(
+        topic,
+        **settings.kafka_client_options(),
+        group_id=f"pacing-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    producer = AIOKafkaProducer(**settings.kafka_client_options())
+    await consumer.start()
+    await producer.start()
+    try:
+        fetcher = consumer._fetcher
+        assert fetch_pacing.pace(consumer, 300, idle_after_s=0.2)
+
+        async def waits(ms: int) -> bool:
+            await consumer.getmany(timeout_ms=50)
+            return bool(fetcher._fetch_max_wait_ms == ms)
+
+        await eventually(lambda: waits(300), timeout_s=20, what="the idle wait")
+        await producer.send_and_wait(topic, b"first after a quiet spell")
+        taken: list[bytes] = []
+
+        async def take() -> bool:
+            batches = await consumer.getmany(timeout_ms=100)
+            taken.extend(r.value for rs in batches.values() for r in rs)
+            return bool(taken)
+
+        await eventually(take, timeout_s=20, what="the record")
+        assert taken == [b"first after a quiet spell"]
+        assert fetcher._fetch_max_wait_ms == 10  # busy again: the short wait
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def test_the_services_pace_their_latency_consumers(running: Running) -> None:
+    """Resolution's command consumer (idle unless a console speaks Kafka) settles on the idle
+    wait; a follower keeps its own, longer one."""
+    resolution = running.services["resolution"]
+    waits = {
+        subscriber.topics[0].name: subscriber.consumer._fetcher
+        for subscriber in resolution.broker.subscribers
+    }
+    idle_ms = running.settings.kafka_idle_fetch_wait_ms
+    assert running.settings.kafka_fetch_max_wait_ms < idle_ms
+    await eventually(
+        lambda: waits[topics.COMMANDS]._fetch_max_wait_ms == idle_ms,
+        timeout_s=20,
+        what="the command consumer's idle wait",
+    )
+    assert waits[topics.STAFF]._fetch_max_wait_ms == running.settings.kafka_follower_fetch_wait_ms
