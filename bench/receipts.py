@@ -8,6 +8,7 @@ answer every SMTP exchange (MAIL, RCPT, DATA) that much later, like a distant re
 
     python -m bench.receipts --rate 100 --complaints 500
     python -m bench.receipts --rate 500 --complaints 2000 [--slow-sink-ms 50] [--split]
+        [--set NAME=VALUE]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -32,7 +33,17 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from bench.common import percentile, post_submissions, prepare, spawn, stop_processes
+from bench.common import (
+    add_overrides,
+    cpu_per_unit,
+    cpu_seconds,
+    percentile,
+    post_submissions,
+    prepare,
+    settled,
+    spawn,
+    stop_processes,
+)
 from complaints import system
 from shared import devinfra
 from shared.settings import Settings
@@ -149,10 +160,13 @@ def _complaint() -> dict[str, Any]:
 class System:
     base_url: str
     key: str
+    dsn: str
 
 
 @asynccontextmanager
-async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterator[System]:
+async def running_up(
+    tmp: Path, sink: TimingSink, *, split: bool, overrides: Sequence[tuple[str, str]] = ()
+) -> AsyncIterator[System]:
     """`complaints up` in a subprocess (or, `split`, each service in its own), mailing to
     `sink`, with a web key of (practically) unlimited rate."""
     broker = None
@@ -183,6 +197,7 @@ async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterat
             COMPLAINTS_KEY_RATE_PER_S="100000",
             COMPLAINTS_KEY_BURST="100000",
         )
+        env.update({f"COMPLAINTS_{name.upper()}": value for name, value in overrides})
         # one `complaints up`, or (split) one `complaints serve` per service, so the services
         # have both cores between them as in a deployment; intake's port takes the POSTs
         commands = [["serve", name] for name in system.NAMES] if split else [["up"]]
@@ -190,7 +205,7 @@ async def running_up(tmp: Path, sink: TimingSink, *, split: bool) -> AsyncIterat
             own_port = port if n == 0 else devinfra.free_port()
             env_n = {**env, "COMPLAINTS_HTTP_PORT": str(own_port)}
             drains.append(await spawn(command, env_n, procs))
-        yield System(base_url=f"http://127.0.0.1:{port}", key=key)
+        yield System(base_url=f"http://127.0.0.1:{port}", key=key, dsn=url)
     finally:
         await stop_processes(procs, drains)
         await devinfra.drop_database(admin_url, name)
@@ -227,14 +242,19 @@ async def main(args: Any) -> None:
     sink = TimingSink(delay_s=args.slow_sink_ms / 1000).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            async with running_up(Path(tmp), sink, split=args.split) as target:
+            async with running_up(
+                Path(tmp), sink, split=args.split, overrides=args.overrides
+            ) as target:
                 warm, _ = await post_paced(target, 20, 50, 4)  # consumers joined, pools open
                 await wait_for_mail(sink, set(warm), 120)
                 await asyncio.sleep(args.settle)
                 system.settle_heap()
+                cpu_before = cpu_seconds()
                 started, t0 = await post_paced(target, args.complaints, args.rate, args.concurrency)
                 posted = time.monotonic()
                 await wait_for_mail(sink, set(started), args.timeout)
+                await settled(target.dsn)
+                cpu = cpu_per_unit(cpu_before, cpu_seconds(), args.complaints, "complaint")
     finally:
         sink.stop()
     latencies = [(sink.accepted[c] - started[c]) * 1000 for c in started]
@@ -256,6 +276,7 @@ async def main(args: Any) -> None:
         f"receipts per second    {args.complaints / (last - t0):7.1f}   "
         f"(all {len(started)} delivered; messages sent twice: {resent})"
     )
+    print(cpu)
 
 
 if __name__ == "__main__":
@@ -271,4 +292,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--split", action="store_true", help="each service in its own process (`serve`)"
     )
+    add_overrides(parser)
     asyncio.run(main(parser.parse_args()))
