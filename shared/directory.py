@@ -11,6 +11,8 @@ must name an active member and be issued after the member's last revocation.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -79,17 +81,15 @@ async def find_member(conn: Conn, staff_id: str) -> Member | None:
     return None if row is None else Member.model_validate(dict(row))
 
 
-async def verify_staff(conn: Conn, secret: bytes, token: str, *, max_lifetime_s: float) -> Member:
-    """The active member a staff token names, checked as every entry point must (HTTP, the
-    command topic, the stream): signature, expiry, lifetime, then the directory."""
-    principal = auth.verify_token(secret, token, kind=auth.STAFF, max_lifetime_s=max_lifetime_s)
-    return await check_staff(conn, principal)
-
-
 async def check_staff(conn: Conn, principal: auth.Principal) -> Member:
     """The active member a verified staff token names; `auth.InvalidToken` when nobody by that
     id is known, they were removed, or their tokens were revoked after this one was issued."""
-    member = await find_member(conn, principal.subject)
+    return admitted(await find_member(conn, principal.subject), principal)
+
+
+def admitted(member: Member | None, principal: auth.Principal) -> Member:
+    """`member`, the directory's entry for a verified staff token's subject, if the token
+    admits them (see `check_staff`)."""
     if member is None:
         raise auth.InvalidToken("it names no member of the staff directory")
     if not member.active:
@@ -98,6 +98,45 @@ async def check_staff(conn: Conn, principal: auth.Principal) -> Member:
     if revoked is not None and datetime.fromtimestamp(principal.issued_at, UTC) < revoked:
         raise auth.InvalidToken("revoked")
     return member
+
+
+class Recent:
+    """The active members this process admitted lately, each for `ttl_s` after it read them
+    from the directory: a token check within that time costs no round trip to the database.
+    The price: a removal or a revocation reaches this process's checks up to `ttl_s` after its
+    replica of the directory learnt it. Only admitted members are kept, so a token naming
+    nobody is looked up every time; the oldest entries go when `max_members` are kept."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_members: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_members
+        self._clock = clock
+        self._kept: dict[str, tuple[float, Member]] = {}
+
+    def get(self, staff_id: str) -> Member | None:
+        """The member as read less than `ttl_s` ago, or None."""
+        found = self._kept.get(staff_id)
+        if found is None:
+            return None
+        if self._clock() - found[0] >= self._ttl_s:
+            del self._kept[staff_id]
+            return None
+        return found[1]
+
+    def keep(self, member: Member) -> None:
+        """Remember `member`, read from the directory just now."""
+        if self._ttl_s <= 0:
+            return
+        self._kept.pop(member.staff_id, None)
+        if len(self._kept) >= self._max:
+            del self._kept[next(iter(self._kept))]  # the oldest read
+        self._kept[member.staff_id] = (self._clock(), member)
 
 
 def learn_staff(router: EventRouter) -> None:

@@ -46,6 +46,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.secret = secret
+        self.members = directory.Recent(settings.staff_recheck_s)
         self._owns_provider = tracer_provider is None
         self.tracer_provider = tracer_provider or build_tracer_provider(
             service_name(self.name, alone=alone)
@@ -300,17 +301,31 @@ class Service:
         task.add_done_callback(_report_crash)
         (self._tasks if drain else self._cancel_on_stop).append(task)
 
-    async def staff_member(self, conn: Conn, token: str) -> directory.Member:
-        """The active member a staff token names (`directory.verify_staff`), or
-        `auth.InvalidToken` saying why not."""
-        return await directory.verify_staff(
-            conn,
+    async def staff_member(self, conn: Conn | None, token: str) -> directory.Member:
+        """The active member a staff token names, or `auth.InvalidToken` saying why not,
+        checked as every entry point must (HTTP, the command topic, the stream): signature,
+        expiry and lifetime, then this service's replica of the directory, read again once
+        the member was last read `staff_recheck_s` ago (`directory.Recent`). Without `conn`,
+        a connection is taken from the pool only when the directory must be read."""
+        principal = auth.verify_token(
             self.secret,
             token,
+            kind=auth.STAFF,
             max_lifetime_s=self.settings.staff_token_max_lifetime_s,
         )
+        member = self.members.get(principal.subject)
+        if member is None:
+            if conn is None:
+                async with self.pool.acquire() as own:
+                    member = await directory.find_member(own, principal.subject)
+            else:
+                member = await directory.find_member(conn, principal.subject)
+            member = directory.admitted(member, principal)
+            self.members.keep(member)
+            return member
+        return directory.admitted(member, principal)
 
-    async def staff_or_401(self, conn: Conn, token: str) -> directory.Member:
+    async def staff_or_401(self, conn: Conn | None, token: str) -> directory.Member:
         """`staff_member` for an HTTP route: a token that is refused answers 401 with why."""
         try:
             return await self.staff_member(conn, token)

@@ -198,8 +198,7 @@ def install(
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
-        async with service.pool.acquire() as conn:
-            member = await service.staff_or_401(conn, bearer(request))
+        member = await service.staff_or_401(None, bearer(request))
         # with no connection held: a draw from the member's bucket may wait for another's,
         # and one waiting while holding a connection could leave none for the draw itself
         limited = await limit.check(member.staff_id)

@@ -59,6 +59,8 @@ async def test_revoked_tokens_are_refused_and_new_ones_work(running) -> None:
     await running.add_member(staff_id)
     before = running.staff_token(staff_id)
     assert await _status(running, before) == 404
+    # admitted, so kept for the recheck time: the revocation must still be enforced
+    assert running.services["resolution"].members.get(staff_id) is not None
     await asyncio.sleep(0.01)  # the revocation comes after the token's issue time
     await admin.revoke_tokens(running.settings, staff_id)
     waited = await _refused_within(running, before)
