@@ -294,7 +294,7 @@ def install(
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             active = await policy(conn, None)
             actor = cases.staff_actor(member, loaded.state)
-            usage = await cases.usage(conn, loaded.state, actor, active, utcnow(), lock=False)
+            usage = await cases.usage(conn, loaded.state, actor, active, utcnow())
         # staff the complaint names may only give their account: they may offer nothing
         left = NOTHING if actor.named_in_case else remaining(active, member.role, usage)
         return {"role": member.role.value, "policy_version": active.version, **left.to_json()}

@@ -366,16 +366,24 @@ async def context(
         found = await directory.find_member(conn, command.to)
         if found is not None:
             ctx = replace(ctx, target=Member(found.staff_id, found.role, found.team, found.active))
-    if isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired):
-        named = tuple(h.staff_id for h in state.staff)
-        key = ("held", state.team, named)
-        if key not in seen:
-            seen[key] = await repository.held_roles(conn, state.team, named)
-        ctx = replace(ctx, held_roles=seen[key])
+    named = tuple(h.staff_id for h in state.staff)
+    held_key = ("held", state.team, named)
+    wants_held = isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired)
     if isinstance(command, ProposeRemedy | Approve):
-        ctx = replace(ctx, usage=await usage(conn, state, actor, policy, now))
-    if isinstance(command, ProposeRemedy):
-        ctx = replace(ctx, sample=await _sample(conn, state, command, policy, now))
+        held = await repository.lock_totals(
+            conn,
+            customer_id=state.customer_id,
+            staff_id=actor.id,
+            held_in=(state.team, named) if wants_held and held_key not in seen else None,
+        )
+        if held is not None:
+            seen[held_key] = held
+        usage, sample = await _spent(conn, state, command, actor, policy, now)
+        ctx = replace(ctx, usage=usage, sample=sample)
+    if wants_held:
+        if held_key not in seen:
+            seen[held_key] = await repository.held_roles(conn, state.team, named)
+        ctx = replace(ctx, held_roles=seen[held_key])
     if isinstance(command, ClockFired) and state.assignee:
         member_key = ("member", state.assignee)
         if member_key not in seen:
@@ -385,49 +393,45 @@ async def context(
     return ctx
 
 
-async def usage(
+async def usage(conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime) -> Usage:
+    """Money applied to this customer in the caps' window, and by the actor today (UTC), as
+    committed now (nothing locked: for a reader, not a decision)."""
+    usage, _ = await _spent(conn, state, None, actor, policy, now)
+    return usage
+
+
+async def _spent(
     conn: Conn,
     state: CaseState,
+    command: Command | None,
     actor: Actor,
     policy: Policy,
     now: datetime,
-    *,
-    lock: bool = True,
-) -> Usage:
-    """Money applied to this customer in the caps' window, and by the actor today (UTC).
-
-    The customer's and then the actor's totals are locked until the transaction ends, so two
-    decisions on different cases cannot both spend the same room under a cap."""
-    if lock:
-        await repository.lock_totals(conn, customer_id=state.customer_id, staff_id=actor.id)
-    customer, own = await repository.money_applied(
+) -> tuple[Usage, Sample | None]:
+    """`usage`, and for a money proposal the remedies of its type and currency granted for
+    similar complaints, in one round trip (a decision holds the totals' locks already)."""
+    similar = None
+    if isinstance(command, ProposeRemedy) and command.remedy.amount is not None:
+        similar = repository.Similar(
+            category=state.category.value,
+            severity=state.severity.value,
+            band=consistency_band(policy, state.amount_at_stake),
+            type_=command.remedy.type.value,
+            currency=command.remedy.amount.currency,
+            since=now - timedelta(days=policy.consistency.window_days),
+        )
+    applied = await repository.money_applied(
         conn,
         customer_id=state.customer_id,
         customer_since=now - timedelta(days=policy.caps.customer_window_days),
         authorized_by=actor.id if actor.kind is ActorKind.STAFF else None,
         staff_since=now.replace(hour=0, minute=0, second=0, microsecond=0),
+        similar=similar,
     )
-    return Usage(customer_window=customer, staff_today=own)
-
-
-async def _sample(
-    conn: Conn, state: CaseState, command: Command, policy: Policy, now: datetime
-) -> Sample | None:
-    """Remedies of the same type and currency granted for similar complaints, for a money
-    proposal; None otherwise."""
-    if not isinstance(command, ProposeRemedy) or command.remedy.amount is None:
-        return None
-    currency = command.remedy.amount.currency
-    amounts = await repository.similar_amounts(
-        conn,
-        category=state.category.value,
-        severity=state.severity.value,
-        band=consistency_band(policy, state.amount_at_stake),
-        type_=command.remedy.type.value,
-        currency=currency,
-        since=now - timedelta(days=policy.consistency.window_days),
-    )
-    return Sample.of(currency, amounts)
+    usage = Usage(customer_window=applied.customer, staff_today=applied.own)
+    if similar is None or applied.similar is None:
+        return usage, None
+    return usage, Sample.of(similar.currency, applied.similar)
 
 
 async def _commit(

@@ -370,29 +370,72 @@ def remedies_added(rows: Sequence[Mapping[str, Any]]) -> db.Write:
     return db.Write(_ADD_REMEDIES, tuple([row[c] for row in rows] for c in _REMEDY_COLUMNS))
 
 
+# the roles held in a team's chain, the team and the staff left out at the placeholders given
+_HELD_ROLES = """SELECT DISTINCT role FROM staff_directory
+           WHERE active AND (team = {team} OR role IN ('manager', 'director'))
+             AND staff_id <> ALL({named}::text[])"""
+
+
 async def held_roles(conn: Conn, team: str, named: Sequence[str] = ()) -> frozenset[Role]:
     """Roles someone active holds in the team's chain (its own members, and the managers and
     directors who act on every team), leaving out the staff the complaint names."""
-    rows = await conn.fetch(
-        """SELECT DISTINCT role FROM staff_directory
-           WHERE active AND (team = $1 OR role IN ('manager', 'director'))
-             AND staff_id <> ALL($2::text[])""",
-        team,
-        list(named),
-    )
+    rows = await conn.fetch(_HELD_ROLES.format(team="$1", named="$2"), team, list(named))
     return frozenset(Role(r["role"]) for r in rows)
 
 
-async def lock_totals(conn: Conn, *, customer_id: str, staff_id: str) -> None:
+async def lock_totals(
+    conn: Conn,
+    *,
+    customer_id: str,
+    staff_id: str,
+    held_in: tuple[str, Sequence[str]] | None = None,
+) -> frozenset[Role] | None:
     """Serialise decisions that spend under the same customer's or staff member's caps (the
-    customer first, then the staff member: one order, no deadlock)."""
+    customer first, then the staff member: one order, no deadlock). With `held_in` (a team and
+    the staff a complaint names), also `held_roles` there, in the same round trip.
+
+    The totals must be read by a later statement: a statement reads what was committed when it
+    began, before it waited for the locks."""
     # 64-bit keys: two customers (or members) rarely share a lock, as 32-bit `hashtext` would
-    await conn.execute(
+    locks = (
         "SELECT pg_advisory_xact_lock(hashtextextended('cap:customer:' || $1, 0)), "
-        "pg_advisory_xact_lock(hashtextextended('cap:staff:' || $2, 0))",
+        "pg_advisory_xact_lock(hashtextextended('cap:staff:' || $2, 0))"
+    )
+    if held_in is None:
+        await conn.execute(locks, customer_id, staff_id)
+        return None
+    team, named = held_in
+    roles = await conn.fetchval(
+        f"{locks}, ARRAY({_HELD_ROLES.format(team='$3', named='$4')})",
         customer_id,
         staff_id,
+        team,
+        list(named),
+        column=2,
     )
+    return frozenset(Role(r) for r in roles)
+
+
+@dataclass(frozen=True)
+class Similar:
+    """Which remedies count as granted for similar complaints (see `money_applied`)."""
+
+    category: str
+    severity: str
+    band: str
+    type_: str
+    currency: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Money remedies applied, per currency, to a customer and by a staff member; and the
+    amounts granted for similar complaints, when asked for."""
+
+    customer: dict[str, Decimal]
+    own: dict[str, Decimal]
+    similar: list[Decimal] | None = None
 
 
 async def money_applied(
@@ -402,50 +445,40 @@ async def money_applied(
     customer_since: datetime,
     authorized_by: str | None,
     staff_since: datetime,
-) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    similar: Similar | None = None,
+) -> Applied:
     """Money remedies applied, per currency: to one customer since `customer_since`, and
-    authorised by one staff member (none: nobody) since `staff_since`; one round trip."""
-    rows = await conn.fetch(
-        """SELECT false AS own, currency, sum(amount) AS total FROM remedies
+    authorised by one staff member (none: nobody) since `staff_since`; with `similar`, the
+    amounts of remedies of that type and currency granted for similar complaints. One round
+    trip."""
+    query = """SELECT 'customer' AS what, currency, sum(amount) AS amount FROM remedies
            WHERE customer_id = $1 AND at >= $2 AND amount IS NOT NULL
            GROUP BY currency
            UNION ALL
-           SELECT true, currency, sum(amount) FROM remedies
+           SELECT 'own', currency, sum(amount) FROM remedies
            WHERE authorized_by = $3 AND at >= $4 AND amount IS NOT NULL
-           GROUP BY currency""",
-        customer_id,
-        customer_since,
-        authorized_by,
-        staff_since,
+           GROUP BY currency"""
+    args: list[Any] = [customer_id, customer_since, authorized_by, staff_since]
+    if similar is not None:
+        query += """
+           UNION ALL
+           SELECT 'similar', currency, amount FROM remedies
+           WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8
+             AND currency = $9 AND at >= $10"""
+        args += [
+            similar.category,
+            similar.severity,
+            similar.band,
+            similar.type_,
+            similar.currency,
+            similar.since,
+        ]
+    rows = await conn.fetch(query, *args)
+    return Applied(
+        customer={r["currency"]: r["amount"] for r in rows if r["what"] == "customer"},
+        own={r["currency"]: r["amount"] for r in rows if r["what"] == "own"},
+        similar=None if similar is None else [r["amount"] for r in rows if r["what"] == "similar"],
     )
-    customer = {r["currency"]: r["total"] for r in rows if not r["own"]}
-    own = {r["currency"]: r["total"] for r in rows if r["own"]}
-    return customer, own
-
-
-async def similar_amounts(
-    conn: Conn,
-    *,
-    category: str,
-    severity: str,
-    band: str,
-    type_: str,
-    currency: str,
-    since: datetime,
-) -> list[Decimal]:
-    """Amounts of remedies of this type and currency granted for similar complaints."""
-    rows = await conn.fetch(
-        """SELECT amount FROM remedies
-           WHERE category = $1 AND severity = $2 AND band = $3 AND type = $4
-             AND currency = $5 AND at >= $6""",
-        category,
-        severity,
-        band,
-        type_,
-        currency,
-        since,
-    )
-    return [r["amount"] for r in rows]
 
 
 async def saved_answer(
