@@ -43,7 +43,7 @@ from services.resolution.case import (
     open_case,
     replay,
 )
-from services.resolution.clocks import ClockKind, desired_timers
+from services.resolution.clocks import ClockKind, timers_between
 from services.resolution.policy import Policy, Usage, consistency_band
 from shared import db, directory, outbox, telemetry, timers
 from shared.db import Conn
@@ -463,8 +463,7 @@ def _rearmed(conn: Conn, decided: Sequence[Decision]) -> list[db.Write]:
     cancel: list[str] = []
     arm: list[tuple[str, datetime, str, Any]] = []
     for d in decided:
-        old = {t.key: t for t in desired_timers(d.before)}
-        new = {t.key: t for t in desired_timers(d.after)}
+        old, new = timers_between(d.before, d.after)
         cancel += sorted(old.keys() - new.keys() - set(d.firing))
         # a clock's firing continues the trace of the decision that armed it: ops follow a
         # complaint from its submission to its last breach in one trace

@@ -43,6 +43,7 @@ __all__ = [
     "parse_time",
     "rfc3339",
     "timer_key",
+    "timers_between",
 ]
 
 # How far ahead a calendar looks for open hours before giving up (ten years).
@@ -385,3 +386,22 @@ def desired_timers(state: HasClocks) -> list[TimerSpec]:
     """Every timer the case wants armed now; diff it against what is armed (same key and due
     time: keep; new key or new time: schedule; a key no longer wanted: cancel)."""
     return [timer for clock in state.clocks for timer in clock.timers(state.complaint_id)]
+
+
+def timers_between(
+    before: HasClocks, after: HasClocks
+) -> tuple[dict[str, TimerSpec], dict[str, TimerSpec]]:
+    """The timers `before` and `after` want armed (`desired_timers`, by key), leaving out those
+    of the clocks the two share: a clock's timers follow from the clock alone, so a clock a
+    decision did not touch (the same object) wants the same timers on both sides."""
+    shared = {id(clock) for clock in before.clocks} & {id(clock) for clock in after.clocks}
+
+    def wanted(state: HasClocks) -> dict[str, TimerSpec]:
+        return {
+            timer.key: timer
+            for clock in state.clocks
+            if id(clock) not in shared
+            for timer in clock.timers(state.complaint_id)
+        }
+
+    return wanted(before), wanted(after)

@@ -46,7 +46,7 @@ from services.resolution.case import (
     open_case,
     replay,
 )
-from services.resolution.clocks import desired_timers
+from services.resolution.clocks import desired_timers, timers_between
 from services.resolution.policy import (
     Remedy,
     RemedyType,
@@ -225,12 +225,14 @@ def test_random_histories_keep_the_rules(
         if isinstance(result, Refusal):
             assert result.status in (403, 409, 422)
             continue
+        before = state
         for event in result:
             if event.type is Kind.REMEDY_APPROVED:
                 check_authorised(event, context)
             if event.type is Kind.RESOLVED:
                 assert state.unheard() == []  # nobody decides before both sides are heard
             state = evolve(state, event)
+        check_timer_changes(before, state)
         history.extend(result)
         assert state.version == len(history)
     assert replay(history) == state
@@ -241,6 +243,18 @@ def test_random_histories_keep_the_rules(
         assert Event.from_data(str(event.type), stored, event.event_id) == event
     assert replay(Event.from_data(str(e.type), e.data(), e.event_id) for e in history) == state
     check_folds_from_known_states(history, state)
+
+
+def check_timer_changes(before: CaseState, after: CaseState) -> None:
+    """The timers a decision arms and cancels, worked out from the clocks it changed only,
+    are those of every timer the case wants before and after it."""
+    old, new = timers_between(before, after)
+    every_old = {t.key: t for t in desired_timers(before)}
+    every_new = {t.key: t for t in desired_timers(after)}
+    assert old.keys() - new.keys() == every_old.keys() - every_new.keys()
+    assert {k: t for k, t in new.items() if old.get(k) != t} == {
+        k: t for k, t in every_new.items() if every_old.get(k) != t
+    }
 
 
 def check_folds_from_known_states(history: list[Event], state: CaseState) -> None:
