@@ -332,3 +332,16 @@ async def test_without_the_protocol_parts_it_relies_on_it_sends_unpipelined_and_
     ]
     assert len(server.sent()) == 8
     assert ["unpipelined" in r.getMessage() for r in caplog.records] == [True]
+
+
+async def test_the_dev_sink_offers_pipelining_and_keeps_what_it_is_sent():
+    sink = devinfra.SmtpSink().start()
+    pool = SmtpPool(host=sink.host, port=sink.port, timeout_s=5, size=1)
+    try:
+        await send(pool, mail("a@example.com", "first"))
+        await send(pool, mail("b@example.com", "second"))
+        assert pool._all[0].supports_extension("pipelining")
+    finally:
+        await pool.close()
+        sink.stop()
+    assert [m["Message-ID"] for m in sink.messages] == ["<first@complaints>", "<second@complaints>"]
