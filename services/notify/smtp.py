@@ -285,6 +285,7 @@ class SmtpPool:
                 client.close()
         if not client.is_connected:
             await client.connect()
+            self._used[id(client)] = time.monotonic()  # it just answered: no NOOP before use
 
     async def close(self) -> None:
         """Say goodbye on every open connection."""
