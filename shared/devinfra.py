@@ -314,14 +314,6 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        """aiosmtpd's answer, offering PIPELINING too: its server reads commands from a buffered
-        stream in order, so a client may send MAIL, RCPT and DATA at once (RFC 2920)."""
-        session.host_name = hostname  # aiosmtpd leaves it to a handler that answers EHLO
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)

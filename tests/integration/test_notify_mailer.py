@@ -1,6 +1,6 @@
 """The mailer against a real SMTP server and PostgreSQL: many messages over a few kept-alive
 connections, each exactly once; a refused recipient fails alone; a broken connection is
-replaced; all of it with and without SMTP pipelining."""
+replaced."""
 
 from __future__ import annotations
 
@@ -33,10 +33,9 @@ from tests.support import eventually
 class Sink:
     """An SMTP server keeping what it accepts, with the session each came on; it answers 550
     to the addresses in `refuse`, and with `drop_after` hangs up without a word on the next
-    message after that many on a connection; it offers PIPELINING when `pipelining`."""
+    message after that many on a connection."""
 
     port: int = field(default_factory=devinfra.free_port)
-    pipelining: bool = False
     refuse: set[str] = field(default_factory=set)
     drop_after: int | None = None
     messages: list[tuple[int, EmailMessage]] = field(default_factory=list)
@@ -51,12 +50,6 @@ class Sink:
 
     def stop(self) -> None:
         self._controller.stop()
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
-        session.host_name = hostname  # aiosmtpd leaves it to a handler that answers EHLO
-        if not self.pipelining:
-            return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(self, server, session, envelope, address, options) -> str:
         with self._lock:
@@ -149,9 +142,8 @@ async def events(pool: asyncpg.Pool, type_: str) -> list[dict[str, Any]]:
     return [e["data"] for e in found if e["type"] == type_]
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-async def test_many_receipts_over_a_few_connections_each_exactly_once(pool, pipelining):
-    sink = Sink(pipelining=pipelining).start()
+async def test_many_receipts_over_a_few_connections_each_exactly_once(pool):
+    sink = Sink().start()
     try:
         ids = await plan(pool, [f"r{n}@example.com" for n in range(150)])
         stop = await running(mailer(pool, sink, connections=3, max_in_flight=24))
@@ -171,9 +163,8 @@ async def test_many_receipts_over_a_few_connections_each_exactly_once(pool, pipe
         sink.stop()
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-async def test_a_refused_recipient_fails_alone_after_its_retries(pool, pipelining):
-    sink = Sink(refuse={"gone@example.com"}, pipelining=pipelining).start()
+async def test_a_refused_recipient_fails_alone_after_its_retries(pool):
+    sink = Sink(refuse={"gone@example.com"}).start()
     try:
         good = await plan(pool, [f"ok{n}@example.com" for n in range(20)])
         (bad,) = await plan(pool, ["gone@example.com"])
@@ -208,9 +199,8 @@ async def test_a_refused_recipient_fails_alone_after_its_retries(pool, pipelinin
         sink.stop()
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-async def test_a_broken_connection_is_replaced(pool, pipelining):
-    sink = Sink(pipelining=pipelining).start()
+async def test_a_broken_connection_is_replaced(pool):
+    sink = Sink().start()
     m = mailer(pool, sink, connections=2)
     stop = await running(m)
     try:
@@ -218,7 +208,7 @@ async def test_a_broken_connection_is_replaced(pool, pipelining):
         await eventually(lambda: len(sink.ids()) >= 6, timeout_s=20, what="the first mails")
         sink.stop()  # every kept-alive connection breaks
         # and the new server hangs up on every third message of a connection
-        sink = Sink(port=sink.port, drop_after=2, pipelining=pipelining).start()
+        sink = Sink(port=sink.port, drop_after=2).start()
         second = await plan(pool, [f"b{n}@example.com" for n in range(12)])
         m.wake()
         await eventually(lambda: len(sink.ids()) >= 12, timeout_s=20, what="the second mails")
