@@ -25,6 +25,21 @@ from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import build_tracer_provider
 
+try:
+    import uvloop
+except ImportError:  # not on every platform: the tests then run on the default loop
+    uvloop = None  # type: ignore[assignment]
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any] | None:
+    """Every async test runs on uvloop, the event loop the services run on wherever it is
+    installed (`complaints`'s CLI; uvicorn[standard] brings it): the default loop once hid a
+    failure that only uvloop showed (it keeps the bound `data_received` of a protocol)."""
+    if uvloop is None:
+        return None
+    return {"uvloop": uvloop.new_event_loop}
+
+
 # CI runs the same examples every time (a landing must not hang on chance); local runs explore.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
