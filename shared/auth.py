@@ -85,7 +85,7 @@ def verify_token(
     With `max_lifetime_s`, a token issued for longer is refused too, as is one without an
     issue time (made before tokens carried one: it could never be revoked). Whether the
     subject is still an active member, and the token not revoked, is the directory's call
-    (`shared.directory.check_staff`)."""
+    (`shared.directory.admit`)."""
     body, _, sig = token.partition(".")
     if not body or not sig:
         raise InvalidToken("malformed token")

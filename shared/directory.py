@@ -12,7 +12,7 @@ must name an active member and be issued after the member's last revocation.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -81,10 +81,22 @@ async def find_member(conn: Conn, staff_id: str) -> Member | None:
     return None if row is None else Member.model_validate(dict(row))
 
 
-async def check_staff(conn: Conn, principal: auth.Principal) -> Member:
-    """The active member a verified staff token names; `auth.InvalidToken` when nobody by that
-    id is known, they were removed, or their tokens were revoked after this one was issued."""
-    return admitted(await find_member(conn, principal.subject), principal)
+async def admit(
+    principal: auth.Principal,
+    recent: Recent,
+    read: Callable[[str], Awaitable[Member | None]],
+) -> Member:
+    """The active member a verified staff token names: the one `recent` kept, else the one
+    `read` gives from the directory (kept if the token admits them: a refusal is never kept);
+    `auth.InvalidToken` when nobody by that id is known, they were removed, or their tokens
+    were revoked after this one was issued (`admitted`)."""
+    member = recent.get(principal.subject)
+    if member is not None:
+        return admitted(member, principal)
+    read_at = recent.now()  # the entry's age counts from before the read
+    member = admitted(await read(principal.subject), principal)
+    recent.keep(member, read_at)
+    return member
 
 
 def admitted(member: Member | None, principal: auth.Principal) -> Member:
@@ -103,9 +115,10 @@ def admitted(member: Member | None, principal: auth.Principal) -> Member:
 class Recent:
     """The active members this process admitted lately, each for `ttl_s` after it read them
     from the directory: a token check within that time costs no round trip to the database.
-    The price: a removal or a revocation reaches this process's checks up to `ttl_s` after its
-    replica of the directory learnt it. Only admitted members are kept, so a token naming
-    nobody is looked up every time; the oldest entries go when `max_members` are kept."""
+    The price: a removal, a revocation, or a change of role or team reaches this process's
+    checks up to `ttl_s` after its replica of the directory learnt it (at once on the replica
+    that learns it, which `clear`s). Only admitted members are kept, so a token naming nobody
+    is looked up every time; the oldest entries go when `max_members` are kept."""
 
     def __init__(
         self,
@@ -116,7 +129,7 @@ class Recent:
     ) -> None:
         self._ttl_s = ttl_s
         self._max = max_members
-        self._clock = clock
+        self.now = clock
         self._kept: dict[str, tuple[float, Member]] = {}
 
     def get(self, staff_id: str) -> Member | None:
@@ -124,19 +137,23 @@ class Recent:
         found = self._kept.get(staff_id)
         if found is None:
             return None
-        if self._clock() - found[0] >= self._ttl_s:
+        if self.now() - found[0] >= self._ttl_s:
             del self._kept[staff_id]
             return None
         return found[1]
 
-    def keep(self, member: Member) -> None:
-        """Remember `member`, read from the directory just now."""
+    def keep(self, member: Member, read_at: float) -> None:
+        """Remember `member`, read from the directory at `read_at` (by this clock)."""
         if self._ttl_s <= 0:
             return
         self._kept.pop(member.staff_id, None)
         if len(self._kept) >= self._max:
             del self._kept[next(iter(self._kept))]  # the oldest read
-        self._kept[member.staff_id] = (self._clock(), member)
+        self._kept[member.staff_id] = (read_at, member)
+
+    def clear(self) -> None:
+        """Forget every member (this replica just learnt changes to the directory)."""
+        self._kept.clear()
 
 
 def learn_staff(router: EventRouter) -> None:

@@ -313,17 +313,14 @@ class Service:
             kind=auth.STAFF,
             max_lifetime_s=self.settings.staff_token_max_lifetime_s,
         )
-        member = self.members.get(principal.subject)
-        if member is None:
-            if conn is None:
-                async with self.pool.acquire() as own:
-                    member = await directory.find_member(own, principal.subject)
-            else:
-                member = await directory.find_member(conn, principal.subject)
-            member = directory.admitted(member, principal)
-            self.members.keep(member)
-            return member
-        return directory.admitted(member, principal)
+
+        async def read(staff_id: str) -> directory.Member | None:
+            if conn is not None:
+                return await directory.find_member(conn, staff_id)
+            async with self.pool.acquire() as own:
+                return await directory.find_member(own, staff_id)
+
+        return await directory.admit(principal, self.members, read)
 
     async def staff_or_401(self, conn: Conn | None, token: str) -> directory.Member:
         """`staff_member` for an HTTP route: a token that is refused answers 401 with why."""

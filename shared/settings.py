@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     # claims longer (signed with an old setting, say) is refused.
     staff_token_max_lifetime_s: int = Field(default=12 * 3600, ge=60)
     # A replica reads a member's directory entry again for a token check once it read it this
-    # long ago: a removal or revocation it has learnt is enforced within as long (0: every time).
+    # long ago: a removal, revocation or change of role or team it has learnt is enforced
+    # within as long (0: every time).
     staff_recheck_s: float = Field(default=1.0, ge=0)
     database_pool_size: int = Field(default=8, ge=1)
     # MB of case states a resolution replica keeps for its next decisions (about 4 KB an opened

@@ -55,8 +55,9 @@ def install(service: Service, router: APIRouter, signal: StreamSignal) -> None:
         return EventSourceResponse(_events(service, request, signal, start, token), ping=15)
 
 
-# How often an open stream checks its token against the directory again: a removed member's
-# or a revoked token's stream ends within this.
+# How often an open stream checks its token again: a removed member's or a revoked token's
+# stream ends within this, plus the directory's recheck time (`COMPLAINTS_STAFF_RECHECK_S`)
+# and the replica's learning it.
 RECHECK_S = 2.0
 
 

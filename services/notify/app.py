@@ -31,7 +31,13 @@ class Notify(Service):
             after=self._after_batch,
         )
         # the staff replica follows within a follower's fetch cycle (see resolution's app)
-        self.consume(topics.STAFF, handlers.staff, group=f"{self.group_id}-staff", follower=True)
+        self.consume(
+            topics.STAFF,
+            handlers.staff,
+            group=f"{self.group_id}-staff",
+            follower=True,
+            after=self.members.clear,  # a change learnt here counts at once here
+        )
 
     def _after_batch(self) -> None:
         self.signal.notify()

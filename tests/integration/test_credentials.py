@@ -1,6 +1,7 @@
-"""Staff credentials are checked against the directory on every request: a token must name an
-active member, live no longer than the maximum, and be issued after the member's last
-revocation; removal and revocation take effect on the replicas within seconds. Readers see
+"""Staff credentials are checked against the directory (read again at most a second after a
+member was admitted): a token must name an active member, live no longer than the maximum,
+and be issued after the member's last revocation; removal and revocation take effect on the
+replicas within seconds. Readers see
 only their team's cases (managers every team's)."""
 
 from __future__ import annotations
