@@ -15,11 +15,12 @@ changes nothing.
 
 aiokafka reads the fetcher's wait each time it builds a fetch request; `pace` sets it there,
 after each fetch's answer. That is a private attribute of aiokafka's fetcher: if a release
-renames it, `pace` says so once and the consumer keeps its fixed wait.
+renames it, `pace` says so once and the consumers keep their fixed wait.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -60,17 +61,25 @@ class Pacing:
         return self.busy_ms
 
 
+@functools.cache
+def _say_unpaced() -> None:
+    """Log, once (it is cached), that this aiokafka's fetcher is not the one expected."""
+    log.warning(
+        "this aiokafka's fetcher is not the one expected: idle consumers keep their fixed "
+        "fetch wait"
+    )
+
+
 def pace(consumer: Any, idle_ms: int, *, idle_after_s: float = IDLE_AFTER_S) -> bool:
     """Make a started aiokafka consumer's fetches wait `idle_ms` once it is idle, and its own
     wait while records come; whether its fetches are paced (see the module's note)."""
+    if consumer is None:
+        return False
     fetcher: Any = getattr(consumer, "_fetcher", None)
     fetch = getattr(fetcher, "_proc_fetch_request", None)
     busy_ms = getattr(fetcher, "_fetch_max_wait_ms", None)
     if fetch is None or not isinstance(busy_ms, int):
-        log.warning(
-            "this aiokafka's fetcher is not the one expected: an idle consumer keeps its "
-            "fixed fetch wait"
-        )
+        _say_unpaced()
         return False
     if idle_ms <= busy_ms:
         return False  # it waits that long already
