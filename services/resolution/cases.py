@@ -378,8 +378,8 @@ async def context(
         )
         if held is not None:
             seen[held_key] = held
-        usage, sample = await _spent(conn, state, command, actor, policy, now)
-        ctx = replace(ctx, usage=usage, sample=sample)
+        spent, sample = await _spent(conn, state, command, actor, policy, now)
+        ctx = replace(ctx, usage=spent, sample=sample)
     if wants_held:
         if held_key not in seen:
             seen[held_key] = await repository.held_roles(conn, state.team, named)
@@ -396,8 +396,8 @@ async def context(
 async def usage(conn: Conn, state: CaseState, actor: Actor, policy: Policy, now: datetime) -> Usage:
     """Money applied to this customer in the caps' window, and by the actor today (UTC), as
     committed now (nothing locked: for a reader, not a decision)."""
-    usage, _ = await _spent(conn, state, None, actor, policy, now)
-    return usage
+    spent, _ = await _spent(conn, state, None, actor, policy, now)
+    return spent
 
 
 async def _spent(
@@ -428,10 +428,10 @@ async def _spent(
         staff_since=now.replace(hour=0, minute=0, second=0, microsecond=0),
         similar=similar,
     )
-    usage = Usage(customer_window=applied.customer, staff_today=applied.own)
+    spent = Usage(customer_window=applied.customer, staff_today=applied.own)
     if similar is None or applied.similar is None:
-        return usage, None
-    return usage, Sample.of(similar.currency, applied.similar)
+        return spent, None
+    return spent, Sample.of(similar.currency, applied.similar)
 
 
 async def _commit(
