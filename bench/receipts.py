@@ -4,8 +4,11 @@ each one's receipt.
 Runs `complaints up` in its own process (`--split`: one `complaints serve` per service) against
 a broker (embedded tansu unless COMPLAINTS_KAFKA_BOOTSTRAP is set), a fresh database on the
 local PostgreSQL and an SMTP sink of the bench's own in a process of its own, which notes when
-it accepts each receipt. `--slow-sink-ms` makes every reply of the sink leave that long after
-the line it answers arrived, like a distant relay (commands a client pipelines share one wait).
+it accepts each receipt. `--slow-sink-ms` makes every reply of the sink (the 354 to DATA too)
+leave that long after the line it answers arrived, like a distant relay: four waits a message
+for a client that sends MAIL, RCPT, DATA and the message one after another (the aiosmtpd sink
+used before this one delayed three of them, so slow-sink figures from before are not
+comparable), one wait for commands a client pipelines.
 
     python -m bench.receipts --rate 100 --complaints 500
     python -m bench.receipts --rate 500 --complaints 2000 [--slow-sink-ms 50] [--split]
@@ -79,7 +82,10 @@ class _Session:
                     self._reply(b"250-bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8")
                 elif verb == b"DATA":
                     self._reply(b"354 end with <CRLF>.<CRLF>")
-                    self._reply(b"250 accepted", await self._message())
+                    message = await self._message()
+                    if message is None:
+                        break  # the client left mid-message: nothing was accepted
+                    self._reply(b"250 accepted", message)
                 elif verb == b"QUIT":
                     self._reply(b"221 bye")
                     break
@@ -93,11 +99,14 @@ class _Session:
     def _reply(self, text: bytes, message: tuple[str, str] | None = None) -> None:
         self._replies.put_nowait((time.monotonic() + self._delay, text + b"\r\n", message))
 
-    async def _message(self) -> tuple[str, str]:
-        """Read a message up to its lone dot; its Message-ID and X-Complaint-Id."""
+    async def _message(self) -> tuple[str, str] | None:
+        """Read a message up to its lone dot; its Message-ID and X-Complaint-Id (None: the
+        connection ended first)."""
         found = {b"message-id": "", b"x-complaint-id": ""}
         in_headers = True
-        while (line := await self._reader.readline()) not in (b".\r\n", b""):
+        while (line := await self._reader.readline()) != b".\r\n":
+            if not line:
+                return None
             if in_headers:
                 if line in (b"\r\n", b"\n"):
                     in_headers = False
@@ -130,11 +139,14 @@ def _serve_sink(port: int, delay_s: float, out: Any, stop: Any) -> None:
             await _Session(reader, writer, delay_s, accepted).run()
 
         server = await asyncio.start_server(session, "127.0.0.1", port)
-        while not stop.is_set():
-            await asyncio.sleep(0.02)
+        while True:
+            stopping = stop.is_set()
             if accepted:
                 out.put(accepted[:])
                 accepted.clear()
+            if stopping:
+                break
+            await asyncio.sleep(0.02)
         server.close()
 
     asyncio.run(serve())
