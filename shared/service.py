@@ -16,7 +16,18 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import auth, db, deadletters, directory, fetch_pacing, kafka, migrate, outbox, retention
+from shared import (
+    auth,
+    db,
+    deadletters,
+    directory,
+    fetch_pacing,
+    kafka,
+    migrate,
+    outbox,
+    retention,
+    topics,
+)
 from shared.db import Conn
 from shared.events import utcnow
 from shared.outbox import OutboxRelay
@@ -121,6 +132,18 @@ class Service:
             )
 
         self._subscribe(topic, consumer, process, after, follower=follower)
+
+    def learn_staff(self, router: EventRouter) -> None:
+        """Keep this service's replica of the staff directory with `router` (a follower of
+        the staff topic: within a quarter second); after each batch learnt, the members kept
+        for token checks are forgotten, so a change counts at once on this replica."""
+        self.consume(
+            topics.STAFF,
+            router,
+            group=f"{self.group_id}-staff",
+            follower=True,
+            after=self.members.clear,
+        )
 
     def consume_together(
         self,

@@ -30,14 +30,7 @@ class Notify(Service):
             handlers.batch_handler(policy),
             after=self._after_batch,
         )
-        # the staff replica follows within a follower's fetch cycle (see resolution's app)
-        self.consume(
-            topics.STAFF,
-            handlers.staff,
-            group=f"{self.group_id}-staff",
-            follower=True,
-            after=self.members.clear,  # a change learnt here counts at once here
-        )
+        self.learn_staff(handlers.staff)
 
     def _after_batch(self) -> None:
         self.signal.notify()

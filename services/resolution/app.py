@@ -40,13 +40,7 @@ class Resolution(Service):
         self.consume(
             topics.CHANNEL_KEYS, handlers.keys, group=f"{self.group_id}-keys", follower=True
         )
-        self.consume(
-            topics.STAFF,
-            handlers.staff,
-            group=f"{self.group_id}-staff",
-            follower=True,
-            after=self.members.clear,  # a change learnt here counts at once here
-        )
+        self.learn_staff(handlers.staff)
         self.consume(
             topics.COMMANDS,
             handlers.command_router(self.staff_member, self.policy, limit, self.known),
