@@ -374,12 +374,20 @@ def remedies_added(rows: Sequence[Mapping[str, Any]]) -> db.Write:
 _HELD_ROLES = """SELECT DISTINCT role FROM staff_directory
            WHERE active AND (team = {team} OR role IN ('manager', 'director'))
              AND staff_id <> ALL({named}::text[])"""
+# the caps' locks, the customer's first, then the staff member's; 64-bit keys: two customers
+# (or members) rarely share a lock, as 32-bit `hashtext` would
+_LOCK_TOTALS = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('cap:customer:' || $1, 0)), "
+    "pg_advisory_xact_lock(hashtextextended('cap:staff:' || $2, 0))"
+)
+_LOCK_TOTALS_HELD_ROLES = f"{_LOCK_TOTALS}, ARRAY({_HELD_ROLES.format(team='$3', named='$4')})"
+_HELD_ROLES_ALONE = _HELD_ROLES.format(team="$1", named="$2")
 
 
 async def held_roles(conn: Conn, team: str, named: Sequence[str] = ()) -> frozenset[Role]:
     """Roles someone active holds in the team's chain (its own members, and the managers and
     directors who act on every team), leaving out the staff the complaint names."""
-    rows = await conn.fetch(_HELD_ROLES.format(team="$1", named="$2"), team, list(named))
+    rows = await conn.fetch(_HELD_ROLES_ALONE, team, list(named))
     return frozenset(Role(r["role"]) for r in rows)
 
 
@@ -396,17 +404,12 @@ async def lock_totals(
 
     The totals must be read by a later statement: a statement reads what was committed when it
     began, before it waited for the locks."""
-    # 64-bit keys: two customers (or members) rarely share a lock, as 32-bit `hashtext` would
-    locks = (
-        "SELECT pg_advisory_xact_lock(hashtextextended('cap:customer:' || $1, 0)), "
-        "pg_advisory_xact_lock(hashtextextended('cap:staff:' || $2, 0))"
-    )
     if held_in is None:
-        await conn.execute(locks, customer_id, staff_id)
+        await conn.execute(_LOCK_TOTALS, customer_id, staff_id)
         return None
     team, named = held_in
     roles = await conn.fetchval(
-        f"{locks}, ARRAY({_HELD_ROLES.format(team='$3', named='$4')})",
+        _LOCK_TOTALS_HELD_ROLES,
         customer_id,
         staff_id,
         team,
