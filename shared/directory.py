@@ -5,8 +5,9 @@ it changes (and, when it starts, whatever it has not announced yet), and each ch
 creation and revocation (hashes only) on the channel-keys topic. A service that checks
 credentials or authority keeps a replica, learnt through its routers (`learn_staff`,
 `learn_keys`): the newest version of a member wins, so a redelivered or late event never
-undoes a later change. Staff tokens are checked against the replica on every request: a token
-must name an active member and be issued after the member's last revocation.
+undoes a later change. Staff tokens are checked against the replica (a member admitted is read
+again at most `COMPLAINTS_STAFF_RECHECK_S` later, `Recent`): a token must name an active member
+and be issued after the member's last revocation.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ async def admit(
 
 def admitted(member: Member | None, principal: auth.Principal) -> Member:
     """`member`, the directory's entry for a verified staff token's subject, if the token
-    admits them (see `check_staff`)."""
+    admits them (see `admit`)."""
     if member is None:
         raise auth.InvalidToken("it names no member of the staff directory")
     if not member.active:
