@@ -76,10 +76,10 @@ async def main(
             print(f"then {paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
             dsn = bench.settings.require_database_url()
             await settled(dsn)
-            before = cpu_seconds()
+            before = cpu_seconds(dsn)
             rate_all, burst = await _drive(actions_url, burst_ids, tokens, concurrency, None)
             await settled(dsn)
-            spent = cpu_per_unit(before, cpu_seconds(), sum(len(v) for v in burst.values()))
+            spent = cpu_per_unit(before, cpu_seconds(dsn), sum(len(v) for v in burst.values()))
             _report(f"flat out: {rate_all:,.0f} actions/s", burst)
             print(f"  {spent}")
             if paced_ids:

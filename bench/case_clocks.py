@@ -39,7 +39,8 @@ async def main(cases: int, acknowledge: str, resolve: str, replicas: int, timeou
             settings = bench.settings
             await activate_policy(settings, Path(tmp), clocks_in_seconds(acknowledge, resolve))
             await asyncio.sleep(2.5)  # replicas re-read the active policy at most every 2 s
-            conn = await asyncpg.connect(settings.require_database_url())
+            dsn = settings.require_database_url()
+            conn = await asyncpg.connect(dsn)
             try:
                 began = time.monotonic()
                 await produce_submissions(
@@ -53,7 +54,7 @@ async def main(cases: int, acknowledge: str, resolve: str, replicas: int, timeou
                     "every case opened",
                 )
                 opened_s = time.monotonic() - began
-                before = cpu_seconds()
+                before = cpu_seconds(dsn)
                 print(
                     f"{cases} cases opened in {opened_s:.1f} s ({cases / opened_s:,.0f}/s) by "
                     f"{replicas} resolution processes; clocks {acknowledge} and {resolve}",
@@ -70,7 +71,7 @@ async def main(cases: int, acknowledge: str, resolve: str, replicas: int, timeou
                     required=False,
                 )
                 await asyncio.sleep(3)  # room for a duplicate to show
-                spent = cpu_per_unit(before, cpu_seconds(), fired, "firing")
+                spent = cpu_per_unit(before, cpu_seconds(dsn), fired, "firing")
                 code = await _report(conn, cases, expected, fired)
                 print(spent)
                 return code

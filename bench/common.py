@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import psutil
@@ -302,10 +303,11 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
-def cpu_seconds() -> dict[str, float]:
+def cpu_seconds(dsn: str | None = None) -> dict[str, float]:
     """CPU time (user + system) so far of each process this benchmark started, by what it runs
-    (`serve resolution`, `up`, the broker), summed over replicas. PostgreSQL is not counted:
-    it is shared with whatever else the machine runs."""
+    (`serve resolution`, `up`, the broker), summed over replicas; with `dsn`, also that of the
+    PostgreSQL backends connected to its database now (`postgres`: the server's shared processes,
+    the WAL writer and checkpointer, are not counted, nor backends that have gone)."""
     totals: dict[str, float] = {}
     for proc in psutil.Process().children(recursive=True):
         try:
@@ -320,7 +322,25 @@ def cpu_seconds() -> dict[str, float]:
         else:
             continue
         totals[what] = totals.get(what, 0.0) + times.user + times.system
+    if dsn is not None:
+        totals["postgres"] = _backend_seconds(urlsplit(dsn).path.lstrip("/"))
     return totals
+
+
+def _backend_seconds(database: str) -> float:
+    """CPU time of the PostgreSQL backends connected to `database`, by their process titles
+    (`postgres: [cluster:] user database host(port) state`)."""
+    spent = 0.0
+    for proc in psutil.process_iter():
+        try:
+            title = " ".join(proc.cmdline()).split()
+            if title[:1] != ["postgres:"] or database not in title:
+                continue
+            times = proc.cpu_times()
+        except (psutil.Error, IndexError):
+            continue
+        spent += times.user + times.system
+    return spent
 
 
 async def settled(dsn: str, timeout_s: float = 120) -> None:
@@ -349,9 +369,12 @@ def cpu_per_unit(
     spent = {k: after[k] - before.get(k, 0.0) for k in after}
     parts = [f"{k} {1e6 * v / max(units, 1):,.0f}" for k, v in sorted(spent.items())]
     total = 1e6 * sum(spent.values()) / max(units, 1)
-    return (
-        f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} (PostgreSQL not counted)"
+    counted = (
+        "PostgreSQL: its backends for this database"
+        if "postgres" in spent
+        else "PostgreSQL not counted"
     )
+    return f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} ({counted})"
 
 
 def setting_override(text: str) -> tuple[str, str]:

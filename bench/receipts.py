@@ -313,12 +313,13 @@ async def main(args: Any) -> None:
                 await wait_for_mail(sink, set(warm), 120)
                 await asyncio.sleep(args.settle)
                 system.settle_heap()
-                cpu_before = cpu_seconds()
+                cpu_before = cpu_seconds(target.dsn)
                 started, t0 = await post_paced(target, args.complaints, args.rate, args.concurrency)
                 posted = time.monotonic()
                 await wait_for_mail(sink, set(started), args.timeout)
                 await settled(target.dsn)
-                cpu = cpu_per_unit(cpu_before, cpu_seconds(), args.complaints, "complaint")
+                cpu_after = cpu_seconds(target.dsn)
+                cpu = cpu_per_unit(cpu_before, cpu_after, args.complaints, "complaint")
     finally:
         sink.stop()
     latencies = [(sink.accepted[c] - started[c]) * 1000 for c in started]

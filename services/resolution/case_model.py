@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from statistics import median
 from typing import Any, TypeAlias
 
 from services.resolution.audit import GENESIS, entry_hash
@@ -126,11 +125,6 @@ class Sample:
     currency: str
     count: int
     median: Decimal | None
-
-    @classmethod
-    def of(cls, currency: str, amounts: Sequence[Decimal]) -> Sample:
-        """The sample of these amounts."""
-        return cls(currency, len(amounts), median(amounts) if amounts else None)
 
 
 @dataclass(frozen=True)

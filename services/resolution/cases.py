@@ -408,8 +408,9 @@ async def _spent(
     policy: Policy,
     now: datetime,
 ) -> tuple[Usage, Sample | None]:
-    """`usage`, and for a money proposal the remedies of its type and currency granted for
-    similar complaints, in one round trip (a decision holds the totals' locks already)."""
+    """`usage`, and for a money proposal the sample of remedies of its type and currency
+    granted for similar complaints, in one round trip (a decision holds the totals' locks
+    already)."""
     similar = None
     if isinstance(command, ProposeRemedy) and command.remedy.amount is not None:
         similar = repository.Similar(
@@ -429,9 +430,9 @@ async def _spent(
         similar=similar,
     )
     spent = Usage(customer_window=applied.customer, staff_today=applied.own)
-    if similar is None or applied.similar is None:
+    if similar is None or applied.similar_count is None:
         return spent, None
-    return spent, Sample.of(similar.currency, applied.similar)
+    return spent, Sample(similar.currency, applied.similar_count, applied.similar_median)
 
 
 async def _commit(

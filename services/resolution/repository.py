@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -433,12 +433,43 @@ class Similar:
 
 @dataclass(frozen=True)
 class Applied:
-    """Money remedies applied, per currency, to a customer and by a staff member; and the
-    amounts granted for similar complaints, when asked for."""
+    """Money remedies applied, per currency, to a customer and by a staff member; and, when
+    asked for, how many remedies were granted for similar complaints and their median."""
 
     customer: dict[str, Decimal]
     own: dict[str, Decimal]
-    similar: list[Decimal] | None = None
+    similar_count: int | None = None
+    similar_median: Decimal | None = None
+
+
+_MONEY_APPLIED = """
+    SELECT 'customer' AS what, currency, sum(amount) AS amount, NULL::bigint AS n FROM remedies
+    WHERE customer_id = $1 AND at >= $2 AND amount IS NOT NULL
+    GROUP BY currency
+    UNION ALL
+    SELECT 'own', currency, sum(amount), NULL FROM remedies
+    WHERE authorized_by = $3 AND at >= $4 AND amount IS NOT NULL
+    GROUP BY currency"""
+
+# The similar remedies' count and median (the middle amount, or the mean of the two middle
+# ones, as `statistics.median`), computed where the rows are: a proposal's cost must not grow
+# with the number of remedies granted in the window.
+_MONEY_APPLIED_SIMILAR = (
+    "WITH alike AS ("
+    " SELECT amount FROM remedies"
+    " WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8"
+    " AND currency = $9 AND at >= $10 AND amount IS NOT NULL),"
+    " counted AS (SELECT count(*) AS n FROM alike)"
+    + _MONEY_APPLIED
+    + """
+    UNION ALL
+    SELECT 'similar', NULL,
+           (SELECT avg(amount) FROM (
+                SELECT amount FROM alike ORDER BY amount
+                OFFSET (SELECT (n - 1) / 2 FROM counted)
+                LIMIT (SELECT 2 - n % 2 FROM counted)) AS middle),
+           (SELECT n FROM counted)"""
+)
 
 
 async def money_applied(
@@ -452,22 +483,12 @@ async def money_applied(
 ) -> Applied:
     """Money remedies applied, per currency: to one customer since `customer_since`, and
     authorised by one staff member (none: nobody) since `staff_since`; with `similar`, the
-    amounts of remedies of that type and currency granted for similar complaints. One round
-    trip."""
-    query = """SELECT 'customer' AS what, currency, sum(amount) AS amount FROM remedies
-           WHERE customer_id = $1 AND at >= $2 AND amount IS NOT NULL
-           GROUP BY currency
-           UNION ALL
-           SELECT 'own', currency, sum(amount) FROM remedies
-           WHERE authorized_by = $3 AND at >= $4 AND amount IS NOT NULL
-           GROUP BY currency"""
+    count and median of the remedies of that type and currency granted for similar
+    complaints. One round trip."""
     args: list[Any] = [customer_id, customer_since, authorized_by, staff_since]
-    if similar is not None:
-        query += """
-           UNION ALL
-           SELECT 'similar', currency, amount FROM remedies
-           WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8
-             AND currency = $9 AND at >= $10"""
+    if similar is None:
+        rows = await conn.fetch(_MONEY_APPLIED, *args)
+    else:
         args += [
             similar.category,
             similar.severity,
@@ -476,12 +497,15 @@ async def money_applied(
             similar.currency,
             similar.since,
         ]
-    rows = await conn.fetch(query, *args)
-    return Applied(
+        rows = await conn.fetch(_MONEY_APPLIED_SIMILAR, *args)
+    applied = Applied(
         customer={r["currency"]: r["amount"] for r in rows if r["what"] == "customer"},
         own={r["currency"]: r["amount"] for r in rows if r["what"] == "own"},
-        similar=None if similar is None else [r["amount"] for r in rows if r["what"] == "similar"],
     )
+    for r in rows:
+        if r["what"] == "similar":
+            return replace(applied, similar_count=r["n"], similar_median=r["amount"])
+    return applied
 
 
 async def saved_answer(

@@ -750,9 +750,3 @@ def test_deadlines_follow_the_teams_business_hours_and_channel_overrides() -> No
     assert events[-1].data()["acknowledge_by"] == "2026-11-09T11:30:00Z"
     # targets are working time: P3D is 72 working hours, nine 8-hour days, Tue 10 a holiday
     assert events[-1].data()["resolve_by"] == "2026-11-20T15:30:00Z"
-
-
-def test_a_sample_of_amounts() -> None:
-    sample = Sample.of("EUR", [Decimal("10"), Decimal("30"), Decimal("40"), Decimal("90")])
-    assert (sample.count, sample.median) == (4, Decimal("35"))
-    assert Sample.of("EUR", []).median is None

@@ -1,0 +1,113 @@
+"""The consistency sample a proposal is compared with is counted where the remedies are: its
+count and median (as `statistics.median` has it) over the remedies of the same type, currency,
+category, severity and band granted within the window, and nothing else."""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.resolution import repository
+from shared import db, migrate
+from tests.conftest import shared_schema
+
+NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def pool(database: str) -> AsyncIterator[db.Pool]:
+    resolution = migrate.for_service("services.resolution.migrations")
+    async with shared_schema(database, "samples", resolution) as (_, pool):
+        yield pool
+
+
+async def _grant(
+    conn: db.Conn,
+    band: str,
+    amount: Decimal,
+    *,
+    type_: str = "refund",
+    currency: str = "EUR",
+    at: datetime = NOW,
+) -> None:
+    await conn.execute(
+        """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount, currency,
+               category, severity, band, proposer, authorized_by, authorized_role,
+               policy_version, at)
+           VALUES ($1, 'c', 'cust', $2, $3, $4, 'product', 'high', $5, 'a', 'a', 'agent', 1,
+                   $6)""",
+        str(uuid.uuid4()),
+        type_,
+        amount,
+        currency,
+        band,
+        at,
+    )
+
+
+async def _sample(conn: db.Conn, band: str) -> tuple[int | None, Decimal | None]:
+    applied = await repository.money_applied(
+        conn,
+        customer_id="nobody",
+        customer_since=NOW,
+        authorized_by=None,
+        staff_since=NOW,
+        similar=repository.Similar(
+            category="product",
+            severity="high",
+            band=band,
+            type_="refund",
+            currency="EUR",
+            since=NOW - timedelta(days=90),
+        ),
+    )
+    return applied.similar_count, applied.similar_median
+
+
+amounts = st.lists(
+    st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=2),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(amounts=amounts)
+async def test_the_sample_is_the_count_and_median_of_the_similar_amounts(
+    pool: db.Pool, amounts: list[Decimal]
+) -> None:
+    band = f"band-{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn:
+        for amount in amounts:
+            await _grant(conn, band, amount)
+        count, median = await _sample(conn, band)
+    assert count == len(amounts)
+    assert median == (statistics.median(amounts) if amounts else None)
+
+
+async def test_only_similar_remedies_in_the_window_count(pool: db.Pool) -> None:
+    band = f"band-{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn:
+        for amount in ("10", "20", "30"):
+            await _grant(conn, band, Decimal(amount))
+        await _grant(conn, band, Decimal("999"), type_="goodwill_credit")
+        await _grant(conn, band, Decimal("999"), currency="GBP")
+        await _grant(conn, band, Decimal("999"), at=NOW - timedelta(days=91))
+        await _grant(conn, f"{band}-other", Decimal("999"))
+        assert await _sample(conn, band) == (3, Decimal("20"))
+
+
+async def test_without_a_proposal_no_sample_is_taken(pool: db.Pool) -> None:
+    async with pool.acquire() as conn:
+        applied = await repository.money_applied(
+            conn, customer_id="nobody", customer_since=NOW, authorized_by=None, staff_since=NOW
+        )
+    assert (applied.similar_count, applied.similar_median) == (None, None)
