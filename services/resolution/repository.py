@@ -457,23 +457,20 @@ _MONEY_APPLIED = """
     GROUP BY currency"""
 
 # The similar remedies' count and median (the middle amount, or the mean of the two middle
-# ones, as `statistics.median`), computed where the rows are: a proposal's cost must not grow
-# with the number of remedies granted in the window.
+# ones, as `statistics.median` has it), computed where the rows are, in one ordered pass: a
+# proposal's cost must not include every remedy granted in the window shipped to Python.
+# `percentile_disc(f)` is the amount at position ceil(f * n) of the n in order: at 0.5 the
+# lower middle one, just above 0.5 the upper (the same one when n is odd), for n < 10^7.
 _MONEY_APPLIED_SIMILAR = (
-    "WITH alike AS ("
-    " SELECT amount FROM remedies"
-    " WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8"
-    " AND currency = $9 AND at >= $10 AND amount IS NOT NULL),"
-    " counted AS (SELECT count(*) AS n FROM alike)"
-    + _MONEY_APPLIED
+    _MONEY_APPLIED
     + """
     UNION ALL
-    SELECT 'similar', NULL,
-           (SELECT avg(amount) FROM (
-                SELECT amount FROM alike ORDER BY amount
-                OFFSET (SELECT (n - 1) / 2 FROM counted)
-                LIMIT (SELECT 2 - n % 2 FROM counted)) AS middle),
-           (SELECT n FROM counted)"""
+    SELECT 'similar', NULL, (middle[1] + middle[2]) / 2, n FROM (
+        SELECT count(*) AS n,
+               percentile_disc(ARRAY[0.5, 0.5000001]) WITHIN GROUP (ORDER BY amount) AS middle
+        FROM remedies
+        WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8
+          AND currency = $9 AND at >= $10 AND amount IS NOT NULL) AS alike"""
 )
 
 

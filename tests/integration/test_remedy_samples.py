@@ -93,6 +93,22 @@ async def test_the_sample_is_the_count_and_median_of_the_similar_amounts(
     assert median == (statistics.median(amounts) if amounts else None)
 
 
+@pytest.mark.parametrize("count", [1000, 1001])
+async def test_a_large_sample_has_the_median_of_its_amounts(pool: db.Pool, count: int) -> None:
+    band = f"band-{uuid.uuid4().hex[:8]}"
+    amounts = [Decimal(n * 7919 % 100_003) / 100 for n in range(count)]  # shuffled, distinct
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount, currency,
+                   category, severity, band, proposer, authorized_by, authorized_role,
+                   policy_version, at)
+               VALUES ($1, 'c', 'cust', 'refund', $2, 'EUR', 'product', 'high', $3, 'a', 'a',
+                       'agent', 1, $4)""",
+            [(str(uuid.uuid4()), amount, band, NOW) for amount in amounts],
+        )
+        assert await _sample(conn, band) == (count, statistics.median(amounts))
+
+
 async def test_only_similar_remedies_in_the_window_count(pool: db.Pool) -> None:
     band = f"band-{uuid.uuid4().hex[:8]}"
     async with pool.acquire() as conn:
