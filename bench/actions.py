@@ -32,7 +32,7 @@ from bench.common import (
     Bench,
     add_overrides,
     cpu_per_unit,
-    cpu_seconds,
+    cpu_reading,
     percentile,
     running_system,
     settled,
@@ -76,10 +76,12 @@ async def main(
             print(f"then {paced_cases} cases paced at {rate:.0f} actions/s", flush=True)
             dsn = bench.settings.require_database_url()
             await settled(dsn)
-            before = cpu_seconds(dsn)
+            before = await cpu_reading(dsn)
             rate_all, burst = await _drive(actions_url, burst_ids, tokens, concurrency, None)
             await settled(dsn)
-            spent = cpu_per_unit(before, cpu_seconds(dsn), sum(len(v) for v in burst.values()))
+            spent = cpu_per_unit(
+                before, await cpu_reading(dsn), sum(len(v) for v in burst.values())
+            )
             _report(f"flat out: {rate_all:,.0f} actions/s", burst)
             print(f"  {spent}")
             if paced_ids:

@@ -10,12 +10,11 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import psutil
@@ -303,11 +302,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
-def cpu_seconds(dsn: str | None = None) -> dict[str, float]:
+def cpu_seconds() -> dict[str, float]:
     """CPU time (user + system) so far of each process this benchmark started, by what it runs
-    (`serve resolution`, `up`, the broker), summed over replicas; with `dsn`, also that of the
-    PostgreSQL backends connected to its database now (`postgres`: the server's shared processes,
-    the WAL writer and checkpointer, are not counted, nor backends that have gone)."""
+    (`serve resolution`, `up`, the broker), summed over replicas."""
     totals: dict[str, float] = {}
     for proc in psutil.Process().children(recursive=True):
         try:
@@ -322,25 +319,38 @@ def cpu_seconds(dsn: str | None = None) -> dict[str, float]:
         else:
             continue
         totals[what] = totals.get(what, 0.0) + times.user + times.system
-    if dsn is not None:
-        totals["postgres"] = _backend_seconds(urlsplit(dsn).path.lstrip("/"))
     return totals
 
 
-def _backend_seconds(database: str) -> float:
-    """CPU time of the PostgreSQL backends connected to `database`, by their process titles
-    (`postgres: [cluster:] user database host(port) state`)."""
-    spent = 0.0
-    for proc in psutil.process_iter():
-        try:
-            title = " ".join(proc.cmdline()).split()
-            if title[:1] != ["postgres:"] or database not in title:
-                continue
-            times = proc.cpu_times()
-        except (psutil.Error, IndexError):
+BACKEND = "postgres "  # `cpu_reading`'s keys for backends: `postgres <pid> <start time>`
+
+
+async def cpu_reading(dsn: str, *, exclude: Collection[int] = ()) -> dict[str, float]:
+    """`cpu_seconds`, and the CPU time so far of each PostgreSQL backend serving the database
+    of `dsn` (client backends and parallel workers, as `pg_stat_activity` lists them; not
+    those in `exclude`, the benchmark's own). The server's shared processes (WAL writer,
+    checkpointer, autovacuum) are not counted; nor is a backend on another host, which this
+    machine cannot read."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type IN ('client backend', 'parallel worker')"
+            " AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    reading = cpu_seconds()
+    for row in pids:
+        if row["pid"] in exclude:
             continue
-        spent += times.user + times.system
-    return spent
+        try:
+            proc = psutil.Process(row["pid"])
+            times = proc.cpu_times()
+            reading[f"{BACKEND}{proc.pid} {proc.create_time()}"] = times.user + times.system
+        except psutil.Error:
+            continue  # gone meanwhile, or not on this machine
+    return reading
 
 
 async def settled(dsn: str, timeout_s: float = 120) -> None:
@@ -365,15 +375,22 @@ async def settled(dsn: str, timeout_s: float = 120) -> None:
 def cpu_per_unit(
     before: dict[str, float], after: dict[str, float], units: int, unit: str = "action"
 ) -> str:
-    """µs of CPU per `unit` of work for each process between two `cpu_seconds` readings."""
-    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    """µs of CPU per `unit` of work for each process between two readings (`cpu_seconds` or
+    `cpu_reading`). A PostgreSQL backend that began meanwhile counts whole; one that ended
+    meanwhile cannot be read, and is left out (the line says how many)."""
+    spent: dict[str, float] = {}
+    for key, seconds in after.items():
+        what = "postgres" if key.startswith(BACKEND) else key
+        spent[what] = spent.get(what, 0.0) + seconds - before.get(key, 0.0)
     parts = [f"{k} {1e6 * v / max(units, 1):,.0f}" for k, v in sorted(spent.items())]
     total = 1e6 * sum(spent.values()) / max(units, 1)
-    counted = (
-        "PostgreSQL: its backends for this database"
-        if "postgres" in spent
-        else "PostgreSQL not counted"
-    )
+    if "postgres" in spent:
+        gone = sum(1 for key in before if key.startswith(BACKEND) and key not in after)
+        counted = "PostgreSQL: the backends serving this database" + (
+            f"; {gone} that ended meanwhile not counted" if gone else ""
+        )
+    else:
+        counted = "PostgreSQL not counted"
     return f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} ({counted})"
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from bench.common import (
     add_overrides,
     cpu_per_unit,
-    cpu_seconds,
+    cpu_reading,
     percentile,
     post_submissions,
     prepare,
@@ -313,12 +313,12 @@ async def main(args: Any) -> None:
                 await wait_for_mail(sink, set(warm), 120)
                 await asyncio.sleep(args.settle)
                 system.settle_heap()
-                cpu_before = cpu_seconds(target.dsn)
+                cpu_before = await cpu_reading(target.dsn)
                 started, t0 = await post_paced(target, args.complaints, args.rate, args.concurrency)
                 posted = time.monotonic()
                 await wait_for_mail(sink, set(started), args.timeout)
                 await settled(target.dsn)
-                cpu_after = cpu_seconds(target.dsn)
+                cpu_after = await cpu_reading(target.dsn)
                 cpu = cpu_per_unit(cpu_before, cpu_after, args.complaints, "complaint")
     finally:
         sink.stop()

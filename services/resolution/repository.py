@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -460,14 +460,15 @@ _MONEY_APPLIED = """
 # ones, as `statistics.median` has it), computed where the rows are, in one ordered pass: a
 # proposal's cost must not include every remedy granted in the window shipped to Python.
 # `percentile_disc(f)` is the amount at position ceil(f * n) of the n in order: at 0.5 the
-# lower middle one, just above 0.5 the upper (the same one when n is odd), for n < 10^7.
+# lower middle one, at 0.5 + 10^-12 the upper (the same one when n is odd), for n < 5 * 10^11.
 _MONEY_APPLIED_SIMILAR = (
     _MONEY_APPLIED
     + """
     UNION ALL
-    SELECT 'similar', NULL, (middle[1] + middle[2]) / 2, n FROM (
+    SELECT 'similar', NULL, trim_scale((middle[1] + middle[2]) / 2), n FROM (
         SELECT count(*) AS n,
-               percentile_disc(ARRAY[0.5, 0.5000001]) WITHIN GROUP (ORDER BY amount) AS middle
+               percentile_disc(ARRAY[0.5, 0.500000000001]) WITHIN GROUP (ORDER BY amount)
+                   AS middle
         FROM remedies
         WHERE category = $5 AND severity = $6 AND band = $7 AND type = $8
           AND currency = $9 AND at >= $10 AND amount IS NOT NULL) AS alike"""
@@ -500,14 +501,13 @@ async def money_applied(
             similar.since,
         ]
         rows = await conn.fetch(_MONEY_APPLIED_SIMILAR, *args)
-    applied = Applied(
+    sample = [r for r in rows if r["what"] == "similar"]  # one row, when asked for
+    return Applied(
         customer={r["currency"]: r["amount"] for r in rows if r["what"] == "customer"},
         own={r["currency"]: r["amount"] for r in rows if r["what"] == "own"},
+        similar_count=sample[0]["n"] if sample else None,
+        similar_median=sample[0]["amount"] if sample else None,
     )
-    for r in rows:
-        if r["what"] == "similar":
-            return replace(applied, similar_count=r["n"], similar_median=r["amount"])
-    return applied
 
 
 async def saved_answer(

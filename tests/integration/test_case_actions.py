@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -19,12 +20,12 @@ from aiokafka import AIOKafkaProducer
 from services.intake import admin
 from services.intake import repository as intake_repository
 from services.resolution import admin as resolution_admin
-from services.resolution import cases
+from services.resolution import cases, policies
 from services.resolution.case import Acknowledge, Actor, Refusal
-from services.resolution.policy import default_policy
+from services.resolution.policy import consistency_band, default_policy
 from services.resolution.states import States
 from shared import auth, db, quota, topics
-from shared.events import EventType, Role, new_event, utcnow
+from shared.events import EventType, Money, Role, new_event, utcnow
 from tests.support import activate_policy, eventually, read_topic, submission
 
 
@@ -409,6 +410,58 @@ async def test_refunds_at_once_cannot_spend_a_customers_cap_twice(running) -> No
     statuses = sorted(a.json()["status"] for a in answers)
     # an agent may refund one customer 100 EUR in 30 days: two refunds apply, the third waits
     assert statuses == ["awaiting_approval", "remedy_proposed", "remedy_proposed"], statuses
+
+
+async def test_a_proposal_far_from_what_similar_complaints_got_needs_a_justification(
+    running,
+) -> None:
+    """The consistency sample read from the remedies granted (count and median, in the
+    database) reaches the decision: far above or below it, a proposal is refused without a
+    justification, and with one it waits for a second pair of eyes."""
+    case = await _opened(running)
+    conn = await _resolution_conn(running)
+    try:
+        row = await conn.fetchrow(
+            "SELECT category, severity, amount_at_stake FROM cases WHERE complaint_id = $1",
+            case.id,
+        )
+        policy = await policies.active(conn)
+        stake = row["amount_at_stake"]
+        band = consistency_band(policy, Money.model_validate(stake) if stake else None)
+        # a currency no other test grants remedies in: this sample is the test's alone
+        for n in range(policy.consistency.min_sample):
+            await conn.execute(
+                """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount,
+                       currency, category, severity, band, proposer, authorized_by,
+                       authorized_role, policy_version, at)
+                   VALUES ($1, $2, 'cust-sample', 'refund', $3, 'SEK', $4, $5, $6, 'a', 'a',
+                           'agent', $7, now())""",
+                str(uuid.uuid4()),
+                f"sample-{n}",
+                Decimal(390 + n % 3 * 10),  # median 400
+                row["category"],
+                row["severity"],
+                band,
+                policy.version,
+            )
+    finally:
+        await conn.close()
+    agent = await case.member("agent")
+    await case.member("director")  # the policy names no limit in SEK: a director's call
+
+    def refund(amount: str, **extra: str) -> dict[str, Any]:
+        remedy = {"type": "refund", "amount": {"amount": amount, "currency": "SEK"}}
+        return {"action": "propose_remedy", "remedy": remedy, **extra}
+
+    for far in ("5000.00", "50.00"):  # above 3x the median, below a quarter of it
+        refused = await case.act(agent, refund(far))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "justification_required"
+        assert refused.json()["missing"] == ["justification"]
+    justified = await case.act(agent, refund("50.00", justification="a token gesture only"))
+    assert justified.status_code == 200, justified.text
+    assert justified.json()["status"] == "awaiting_approval"
+    assert justified.json()["pending_approval"]["policy_exception"] is True
 
 
 async def test_a_claim_moves_the_case_and_its_load_in_intake_too(running) -> None:

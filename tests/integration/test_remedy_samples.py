@@ -31,22 +31,25 @@ async def pool(database: str) -> AsyncIterator[db.Pool]:
 async def _grant(
     conn: db.Conn,
     band: str,
-    amount: Decimal,
+    amount: Decimal | None,
     *,
     type_: str = "refund",
     currency: str = "EUR",
+    category: str = "product",
+    severity: str = "high",
     at: datetime = NOW,
 ) -> None:
     await conn.execute(
         """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount, currency,
                category, severity, band, proposer, authorized_by, authorized_role,
                policy_version, at)
-           VALUES ($1, 'c', 'cust', $2, $3, $4, 'product', 'high', $5, 'a', 'a', 'agent', 1,
-                   $6)""",
+           VALUES ($1, 'c', 'cust', $2, $3, $4, $5, $6, $7, 'a', 'a', 'agent', 1, $8)""",
         str(uuid.uuid4()),
         type_,
         amount,
         currency,
+        category,
+        severity,
         band,
         at,
     )
@@ -71,8 +74,9 @@ async def _sample(conn: db.Conn, band: str) -> tuple[int | None, Decimal | None]
     return applied.similar_count, applied.similar_median
 
 
+# as the contract's money allows: up to 12 digits before the point and 4 after
 amounts = st.lists(
-    st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=2),
+    st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("999999999999.9999"), places=4),
     max_size=25,
 )
 
@@ -116,6 +120,9 @@ async def test_only_similar_remedies_in_the_window_count(pool: db.Pool) -> None:
             await _grant(conn, band, Decimal(amount))
         await _grant(conn, band, Decimal("999"), type_="goodwill_credit")
         await _grant(conn, band, Decimal("999"), currency="GBP")
+        await _grant(conn, band, Decimal("999"), category="billing")
+        await _grant(conn, band, Decimal("999"), severity="low")
+        await _grant(conn, band, None)  # a remedy without an amount is not in a money sample
         await _grant(conn, band, Decimal("999"), at=NOW - timedelta(days=91))
         await _grant(conn, f"{band}-other", Decimal("999"))
         assert await _sample(conn, band) == (3, Decimal("20"))
