@@ -322,34 +322,39 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
-BACKEND = "postgres "  # `cpu_reading`'s keys for backends: `postgres <pid> <start time>`
+BACKEND = "postgres "  # `cpu_reading`'s keys for backends: `postgres <pid> <backend start>`
 
 
 async def cpu_reading(dsn: str, *, exclude: Collection[int] = ()) -> dict[str, float]:
     """`cpu_seconds`, and the CPU time so far of each PostgreSQL backend serving the database
     of `dsn` (client backends and parallel workers, as `pg_stat_activity` lists them; not
-    those in `exclude`, the benchmark's own). The server's shared processes (WAL writer,
-    checkpointer, autovacuum) are not counted; nor is a backend on another host, which this
-    machine cannot read."""
+    those in `exclude`, the benchmark's own). A backend counts only when a local process of
+    PostgreSQL's with its pid began when the server says it did: one on another host or in a
+    container (pids of its own) is not counted, nor are the server's shared processes (WAL
+    writer, checkpointer, autovacuum), nor a backend that began and ended between readings."""
     conn = await asyncpg.connect(dsn)
     try:
-        pids = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        rows = await conn.fetch(
+            "SELECT pid, backend_start FROM pg_stat_activity"
+            " WHERE datname = current_database()"
             " AND backend_type IN ('client backend', 'parallel worker')"
             " AND pid <> pg_backend_pid()"
         )
     finally:
         await conn.close()
     reading = cpu_seconds()
-    for row in pids:
+    for row in rows:
         if row["pid"] in exclude:
             continue
+        started = row["backend_start"].timestamp()
         try:
             proc = psutil.Process(row["pid"])
+            if not proc.name().startswith("postgres") or abs(proc.create_time() - started) > 2:
+                continue  # not that backend: another machine's, or a container's
             times = proc.cpu_times()
-            reading[f"{BACKEND}{proc.pid} {proc.create_time()}"] = times.user + times.system
         except psutil.Error:
             continue  # gone meanwhile, or not on this machine
+        reading[f"{BACKEND}{row['pid']} {started}"] = times.user + times.system
     return reading
 
 
@@ -377,20 +382,20 @@ def cpu_per_unit(
 ) -> str:
     """µs of CPU per `unit` of work for each process between two readings (`cpu_seconds` or
     `cpu_reading`). A PostgreSQL backend that began meanwhile counts whole; one that ended
-    meanwhile cannot be read, and is left out (the line says how many)."""
+    meanwhile cannot be read, and is left out (the line says how many); one that began and
+    ended between them is never seen."""
     spent: dict[str, float] = {}
     for key, seconds in after.items():
         what = "postgres" if key.startswith(BACKEND) else key
         spent[what] = spent.get(what, 0.0) + seconds - before.get(key, 0.0)
     parts = [f"{k} {1e6 * v / max(units, 1):,.0f}" for k, v in sorted(spent.items())]
     total = 1e6 * sum(spent.values()) / max(units, 1)
+    gone = sum(1 for key in before if key.startswith(BACKEND) and key not in after)
+    ended = f"; {gone} that ended meanwhile not counted" if gone else ""
     if "postgres" in spent:
-        gone = sum(1 for key in before if key.startswith(BACKEND) and key not in after)
-        counted = "PostgreSQL: the backends serving this database" + (
-            f"; {gone} that ended meanwhile not counted" if gone else ""
-        )
+        counted = "PostgreSQL: the backends serving this database" + ended
     else:
-        counted = "PostgreSQL not counted"
+        counted = "PostgreSQL not counted" + ended
     return f"CPU µs per {unit}: " + ", ".join(parts) + f"; total {total:,.0f} ({counted})"
 
 

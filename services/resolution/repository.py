@@ -461,6 +461,9 @@ _MONEY_APPLIED = """
 # proposal's cost must not include every remedy granted in the window shipped to Python.
 # `percentile_disc(f)` is the amount at position ceil(f * n) of the n in order: at 0.5 the
 # lower middle one, at 0.5 + 10^-12 the upper (the same one when n is odd), for n < 5 * 10^11.
+# Their mean is exact: the contract's amounts have at most 12 digits before the point, and
+# numeric division keeps at least 8 after it. `trim_scale` only tidies it (it is compared,
+# never shown, and a Decimal's scale does not change a comparison).
 _MONEY_APPLIED_SIMILAR = (
     _MONEY_APPLIED
     + """

@@ -453,12 +453,14 @@ async def test_a_proposal_far_from_what_similar_complaints_got_needs_a_justifica
         remedy = {"type": "refund", "amount": {"amount": amount, "currency": "SEK"}}
         return {"action": "propose_remedy", "remedy": remedy, **extra}
 
-    for far in ("5000.00", "50.00"):  # above 3x the median, below a quarter of it
-        refused = await case.act(agent, refund(far))
+    median, rule = Decimal(400), policy.consistency
+    above, below = median * rule.high_ratio + 100, median * rule.low_ratio - 10
+    for far in (above, below):  # far outside the sample, either way
+        refused = await case.act(agent, refund(f"{far:.2f}"))
         assert refused.status_code == 422, refused.text
         assert refused.json()["code"] == "justification_required"
         assert refused.json()["missing"] == ["justification"]
-    justified = await case.act(agent, refund("50.00", justification="a token gesture only"))
+    justified = await case.act(agent, refund(f"{below:.2f}", justification="a token gesture"))
     assert justified.status_code == 200, justified.text
     assert justified.json()["status"] == "awaiting_approval"
     assert justified.json()["pending_approval"]["policy_exception"] is True
