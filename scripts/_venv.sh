@@ -8,11 +8,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+# the versions installed are constraints.txt's (scripts/lock refreshes it)
+STAMP="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
   echo "installing complaints and its dependencies into $VENV …" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" -c "$ROOT/constraints.txt"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi
