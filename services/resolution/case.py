@@ -149,6 +149,7 @@ __all__ = [
     "evolve",
     "initial_state",
     "open_case",
+    "reads_held_roles",
     "replay",
 ]
 
@@ -263,6 +264,16 @@ def decide(state: CaseState, command: Command, context: Context) -> list[Event] 
     if isinstance(result, Refusal) or not result:
         return result if isinstance(result, Refusal) else []
     return seal(state, result, context.actor.id, context.now)
+
+
+def reads_held_roles(state: CaseState, command: Command) -> bool:
+    """Whether deciding `command` on `state` reads `Context.held_roles` (the roles someone
+    active holds in the team's chain), so the handler need not read them otherwise: who
+    approves a proposal above authority, who confirms a `not_upheld` on a case naming staff,
+    who decides a reopened case, to whom a clock escalates or an approval climbs."""
+    if isinstance(command, Resolve):
+        return command.outcome is Outcome.NOT_UPHELD and bool(state.staff)
+    return isinstance(command, ProposeRemedy | Reopen | ClockFired)
 
 
 def open_case(facts: RoutedFacts, context: Context) -> list[Event] | Refusal:

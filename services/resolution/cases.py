@@ -35,12 +35,11 @@ from services.resolution.case import (
     Member,
     ProposeRemedy,
     Refusal,
-    Reopen,
-    Resolve,
     RoutedFacts,
     Sample,
     decide,
     open_case,
+    reads_held_roles,
     replay,
 )
 from services.resolution.clocks import ClockKind, timers_between
@@ -368,7 +367,7 @@ async def context(
             ctx = replace(ctx, target=Member(found.staff_id, found.role, found.team, found.active))
     named = tuple(h.staff_id for h in state.staff)
     held_key = ("held", state.team, named)
-    wants_held = isinstance(command, ProposeRemedy | Resolve | Reopen | ClockFired)
+    wants_held = reads_held_roles(state, command)
     if isinstance(command, ProposeRemedy | Approve):
         held = await repository.lock_totals(
             conn,

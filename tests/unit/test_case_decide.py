@@ -43,6 +43,7 @@ from services.resolution.case import (
     decide,
     initial_state,
     open_case,
+    reads_held_roles,
     replay,
 )
 from services.resolution.clocks import ClockKind, desired_timers
@@ -524,6 +525,21 @@ def test_not_upheld_on_named_staff_needs_a_higher_role_to_confirm(
         data = result[0].data()
         assert data["outcome"] == "not_upheld" and data["confirmed_by"] == confirmer.id
         assert data["decided_by"] == "a1"
+
+
+def test_a_decision_reads_the_roles_held_only_where_it_says_it_does() -> None:
+    """`reads_held_roles` lets the handler skip reading the team's chain: a `not_upheld` on a
+    case naming staff needs it (who confirms), other outcomes and cases naming nobody do not."""
+    named, _ = step(opened(("s9",)), StaffRespond("my side"), ctx(staff("s9")))
+    not_upheld = Resolve(Outcome.NOT_UPHELD, "we looked closely")
+    assert reads_held_roles(named, not_upheld)
+    nobody = decide(named, not_upheld, ctx(AGENT, held_roles=frozenset()))
+    assert isinstance(nobody, Refusal) and nobody.code == "no_approver"
+    assert not isinstance(decide(named, not_upheld, ctx(AGENT)), Refusal)
+    assert not reads_held_roles(opened(), not_upheld)
+    assert not reads_held_roles(named, Resolve(Outcome.UPHELD, "sorry"))
+    assert not reads_held_roles(named, Acknowledge())
+    assert reads_held_roles(named, ProposeRemedy(refund("10")))
 
 
 def test_not_upheld_without_named_staff_resolves_at_once() -> None:

@@ -44,6 +44,7 @@ from services.resolution.case import (
     decide,
     evolve,
     open_case,
+    reads_held_roles,
     replay,
 )
 from services.resolution.clocks import desired_timers, timers_between
@@ -222,6 +223,9 @@ def test_random_histories_keep_the_rules(
         command, context = pick(data, state, now)
         now = context.now
         result = decide(state, command, context)
+        if not reads_held_roles(state, command):  # the handler may leave them unread
+            for held in (frozenset(), frozenset(Role)):
+                assert decide(state, command, replace(context, held_roles=held)) == result
         if isinstance(result, Refusal):
             assert result.status in (403, 409, 422)
             continue
