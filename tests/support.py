@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -110,3 +113,27 @@ async def complaints_cli_text(settings: Any, *args: str) -> tuple[int, str, str]
     """`complaints_cli` with stdout and stderr decoded."""
     code, out, err = await complaints_cli(settings, *args)
     return code, out.decode(), err.decode()
+
+
+def remedy_granted(band: str, amount: Decimal | None, at: datetime, **facts: Any) -> dict[str, Any]:
+    """A refund in EUR granted for a product complaint of high severity in `band`, as
+    resolution's `repository.remedies_added` records it; `facts` change any column."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "complaint_id": "c",
+        "customer_id": "cust",
+        "type": "refund",
+        "amount": amount,
+        "currency": "EUR",
+        "percent": None,
+        "category": "product",
+        "severity": "high",
+        "band": band,
+        "proposer": "a",
+        "authorized_by": "a",
+        "authorized_role": "agent",
+        "policy_exception": False,
+        "justification": None,
+        "policy_version": 1,
+        "at": at,
+    } | facts

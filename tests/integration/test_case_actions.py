@@ -20,13 +20,13 @@ from aiokafka import AIOKafkaProducer
 from services.intake import admin
 from services.intake import repository as intake_repository
 from services.resolution import admin as resolution_admin
-from services.resolution import cases, policies
+from services.resolution import cases, policies, repository
 from services.resolution.case import Acknowledge, Actor, Refusal
 from services.resolution.policy import consistency_band, default_policy
 from services.resolution.states import States
 from shared import auth, db, quota, topics
 from shared.events import EventType, Money, Role, new_event, utcnow
-from tests.support import activate_policy, eventually, read_topic, submission
+from tests.support import activate_policy, eventually, read_topic, remedy_granted, submission
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -429,21 +429,21 @@ async def test_a_proposal_far_from_what_similar_complaints_got_needs_a_justifica
         stake = row["amount_at_stake"]
         band = consistency_band(policy, Money.model_validate(stake) if stake else None)
         # a currency no other test grants remedies in: this sample is the test's alone
-        for n in range(policy.consistency.min_sample):
-            await conn.execute(
-                """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount,
-                       currency, category, severity, band, proposer, authorized_by,
-                       authorized_role, policy_version, at)
-                   VALUES ($1, $2, 'cust-sample', 'refund', $3, 'SEK', $4, $5, $6, 'a', 'a',
-                           'agent', $7, now())""",
-                str(uuid.uuid4()),
-                f"sample-{n}",
-                Decimal(390 + n % 3 * 10),  # median 400
-                row["category"],
-                row["severity"],
+        sample = [
+            remedy_granted(
                 band,
-                policy.version,
+                Decimal(390 + n % 3 * 10),  # median 400
+                utcnow(),
+                complaint_id=f"sample-{n}",
+                customer_id="cust-sample",
+                currency="SEK",
+                category=row["category"],
+                severity=row["severity"],
+                policy_version=policy.version,
             )
+            for n in range(policy.consistency.min_sample)
+        ]
+        await repository.remedies_added(sample).run(conn)
     finally:
         await conn.close()
     agent = await case.member("agent")

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from services.resolution import repository
 from shared import db, migrate
 from tests.conftest import shared_schema
+from tests.support import remedy_granted
 
 NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
 
@@ -29,30 +31,9 @@ async def pool(database: str) -> AsyncIterator[db.Pool]:
 
 
 async def _grant(
-    conn: db.Conn,
-    band: str,
-    amount: Decimal | None,
-    *,
-    type_: str = "refund",
-    currency: str = "EUR",
-    category: str = "product",
-    severity: str = "high",
-    at: datetime = NOW,
+    conn: db.Conn, band: str, amount: Decimal | None, *, at: datetime = NOW, **facts: Any
 ) -> None:
-    await conn.execute(
-        """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount, currency,
-               category, severity, band, proposer, authorized_by, authorized_role,
-               policy_version, at)
-           VALUES ($1, 'c', 'cust', $2, $3, $4, $5, $6, $7, 'a', 'a', 'agent', 1, $8)""",
-        str(uuid.uuid4()),
-        type_,
-        amount,
-        currency,
-        category,
-        severity,
-        band,
-        at,
-    )
+    await repository.remedies_added([remedy_granted(band, amount, at, **facts)]).run(conn)
 
 
 async def _sample(conn: db.Conn, band: str) -> tuple[int | None, Decimal | None]:
@@ -102,14 +83,7 @@ async def test_a_large_sample_has_the_median_of_its_amounts(pool: db.Pool, count
     band = f"band-{uuid.uuid4().hex[:8]}"
     amounts = [Decimal(n * 7919 % 100_003) / 100 for n in range(count)]  # shuffled, distinct
     async with pool.acquire() as conn:
-        await conn.executemany(
-            """INSERT INTO remedies (event_id, complaint_id, customer_id, type, amount, currency,
-                   category, severity, band, proposer, authorized_by, authorized_role,
-                   policy_version, at)
-               VALUES ($1, 'c', 'cust', 'refund', $2, 'EUR', 'product', 'high', $3, 'a', 'a',
-                       'agent', 1, $4)""",
-            [(str(uuid.uuid4()), amount, band, NOW) for amount in amounts],
-        )
+        await repository.remedies_added([remedy_granted(band, a, NOW) for a in amounts]).run(conn)
         assert await _sample(conn, band) == (count, statistics.median(amounts))
 
 
@@ -118,7 +92,7 @@ async def test_only_similar_remedies_in_the_window_count(pool: db.Pool) -> None:
     async with pool.acquire() as conn:
         for amount in ("10", "20", "30"):
             await _grant(conn, band, Decimal(amount))
-        await _grant(conn, band, Decimal("999"), type_="goodwill_credit")
+        await _grant(conn, band, Decimal("999"), type="goodwill_credit")
         await _grant(conn, band, Decimal("999"), currency="GBP")
         await _grant(conn, band, Decimal("999"), category="billing")
         await _grant(conn, band, Decimal("999"), severity="low")
