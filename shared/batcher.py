@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -30,7 +31,9 @@ class Batcher(Generic[In, Out]):
     async def submit(self, item: In) -> Out:
         """Write `item` with its batch; its result, or the error its own write raised."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
+            # in a context of its own, not the first caller's: a batch works for many callers,
+            # and its statements must not show in that one's trace (each item carries its own)
+            self._task = asyncio.create_task(self._run(), context=contextvars.Context())
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._wake.set()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.resolution import actions, cases, repository
+from services.resolution import action_batches, actions, cases, repository
 from services.resolution.action_limit import ActionLimit
 from services.resolution.case import Actor, ActorKind, Refusal
 from services.resolution.policy import Remaining, remaining
@@ -140,10 +139,11 @@ def install(
     policy: cases.PolicySource,
     limit: ActionLimit,
     known: States,
+    staff_actions: action_batches.StaffActions,
 ) -> None:
     """Add resolution's routes to `router`; decisions use the active `policy` and go on from
     the case states `known` to this replica, and staff actions spend the member's rate
-    `limit`."""
+    `limit` and are kept in `staff_actions`' batches."""
 
     @router.get(
         "/v1/complaints/{complaint_id}",
@@ -204,46 +204,9 @@ def install(
         limited = await limit.check(member.staff_id)
         if limited is not None:
             return _too_many(limited, request.url.path)
-        async with service.pool.acquire() as conn, conn.transaction():
-            found = await cases.load(conn, complaint_id, known=known)
-            if found is None:
-                raise Problem(404, "Not found", f"no complaint {complaint_id}")
-            if idempotency_key is not None:
-                # under the case's lock: a retry racing the first attempt waits for its answer
-                saved = await repository.saved_answer(
-                    conn, complaint_id, member.staff_id, idempotency_key
-                )
-                if saved is not None:
-                    if saved["request_sha256"] != _digest(action):
-                        raise Problem(
-                            422,
-                            "Invalid request",
-                            "this Idempotency-Key was used for another action",
-                        )
-                    return _replayed(saved["status"], saved["body"], response)
-            result = await cases.staff_action(
-                conn,
-                found,
-                action,
-                member,
-                policies=policy,
-                now=utcnow(),
-                known=known,
-                answer=True,
-            )
-            status, body = await _answer(
-                conn, complaint_id, result, staff=True, instance=request.url.path
-            )
-            if idempotency_key is not None:
-                await repository.save_answer(
-                    conn,
-                    complaint_id,
-                    member.staff_id,
-                    idempotency_key,
-                    _digest(action),
-                    status,
-                    body,
-                )
+        status, body = await staff_actions.act(
+            action_batches.Request(complaint_id, action, member, request.url.path, idempotency_key)
+        )
         return _replayed(status, body, response)
 
     @router.post(
@@ -351,7 +314,7 @@ async def _answer(
     """The status and body an action's outcome answers with: the case's view (as the decision
     wrote it, or read when nothing was decided), or the refusal as a problem document."""
     if isinstance(result, Refusal):
-        return result.status, _refusal_document(result, instance)
+        return result.status, refusal_document(result, instance)
     found = result.view or await repository.load_view(conn, complaint_id)
     assert found is not None
     return 200, staff_view(found) if staff else channel_view(found)
@@ -367,7 +330,7 @@ NOTHING = Remaining(
 )
 
 
-def _refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
+def refusal_document(refusal: Refusal, instance: str) -> dict[str, Any]:
     return _refusal_problem(refusal).document(instance)
 
 
@@ -397,12 +360,6 @@ def _replayed(status: int, body: dict[str, Any], response: Response) -> Any:
     if status == 200:
         return body
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
-
-
-def _digest(action: actions.Action) -> str:
-    """What an Idempotency-Key was sent with: the action as parsed (field order and spacing
-    of the body do not matter)."""
-    return hashlib.sha256(action.model_dump_json().encode()).hexdigest()
 
 
 def _iso(at: Any) -> str | None:

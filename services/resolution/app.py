@@ -6,7 +6,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.resolution import api, cases, handlers, review_api, states
+from services.resolution import action_batches, api, cases, handlers, review_api, states
 from services.resolution.action_limit import ActionLimit
 from services.resolution.policies import PolicyCache
 from services.resolution.policy import Policy
@@ -26,7 +26,14 @@ class Resolution(Service):
         self.known = states.States(self.settings.case_states_mb * 1024 * 1024)
         # one bucket share per member in this replica, for HTTP actions and commands alike
         limit = ActionLimit(self.settings, lambda: self.pool)
-        api.install(self, self.router, self.policy, limit, self.known)
+        self.staff_actions = action_batches.StaffActions(
+            lambda: self.pool,
+            policies=self.policy,
+            known=self.known,
+            view_of=api.staff_view,
+            refused=api.refusal_document,
+        )
+        api.install(self, self.router, self.policy, limit, self.known, self.staff_actions)
         review_api.install(self, self.router)
         self.consume_together(
             topics.EVENTS,
@@ -62,6 +69,10 @@ class Resolution(Service):
             *super().retention_rules(),
             retention.Rule("action_requests", "at", timedelta(days=1)),
         ]
+
+    async def stop(self) -> None:
+        await self.staff_actions.close()
+        await super().stop()
 
     async def on_open(self) -> None:
         worker = timers.TimerWorker(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -161,6 +162,23 @@ async def open_many(
     await _commit_many(conn, decisions)
 
 
+async def load_many(
+    conn: Conn, complaint_ids: Collection[str], *, known: states.States
+) -> dict[str, Loaded]:
+    """`load` for several cases in one round trip, their rows locked in the order of their ids
+    (as every batch locks them: no deadlock); by id, the cases not found (or not opened yet)
+    left out."""
+    bases = known.of(complaint_ids)
+    reads = await repository.lock_cases_with_events(
+        conn, {c: base.version if base else 0 for c, base in bases.items()}
+    )
+    return {
+        complaint_id: Loaded(read.row, await _current(conn, read, bases[complaint_id], known))
+        for complaint_id, read in reads.items()
+        if read.row["version"] > 0
+    }
+
+
 async def act(
     conn: Conn,
     loaded: Loaded,
@@ -175,15 +193,48 @@ async def act(
 ) -> Kept | Refusal:
     """Decide `command` by `actor` on the `load`ed case and keep the outcome: the new state
     (with `answer`, and the case's view after it), or the refusal (nothing changed)."""
-    ctx = await context(
+    result = await _decided(
         conn, loaded.state, command, actor, policy=policy, now=now, expected=expected_version
     )
-    result = decide(loaded.state, command, ctx)
+    if isinstance(result, Refusal):
+        return result
+    if result is None:
+        return Kept(loaded.state)  # nothing to decide (a move to where the case already is)
+    return await _commit(conn, result, known=known, answer=answer)
+
+
+async def _decided(
+    conn: Conn,
+    state: CaseState,
+    command: Command,
+    actor: Actor,
+    *,
+    policy: Policy,
+    now: datetime,
+    expected: int | None = None,
+    seen: dict[Any, Any] | None = None,
+    unwritten: Unwritten | None = None,
+    trace: dict[str, str] | None = None,
+) -> Decision | Refusal | None:
+    """`command` by `actor` decided on `state` (see `context`), not kept yet; None when there
+    is nothing to decide."""
+    ctx = await context(
+        conn,
+        state,
+        command,
+        actor,
+        policy=policy,
+        now=now,
+        expected=expected,
+        seen=seen,
+        unwritten=unwritten,
+    )
+    result = decide(state, command, ctx)
     if isinstance(result, Refusal):
         return result
     if not result:
-        return Kept(loaded.state)  # nothing to decide (a move to where the case already is)
-    return await _commit(conn, loaded.state, result, policy=policy, known=known, answer=answer)
+        return None
+    return Decision(result, state, replay(result, state), policy, trace=trace)
 
 
 async def staff_action(
@@ -200,18 +251,56 @@ async def staff_action(
     """A staff member's action, from HTTP or the command topic alike, decided and kept (see
     `act`): against the case version they saw, under the policy version a pending approval
     was proposed under, else the active one."""
+    result = await staff_decision(conn, loaded.state, action, member, policies=policies, now=now)
+    if isinstance(result, Refusal):
+        return result
+    if result is None:
+        return Kept(loaded.state)
+    return await _commit(conn, result, known=known, answer=answer)
+
+
+async def staff_decision(
+    conn: Conn,
+    state: CaseState,
+    action: actions.Action,
+    member: directory.Member,
+    *,
+    policies: PolicySource,
+    now: datetime,
+    seen: dict[Any, Any] | None = None,
+    unwritten: Unwritten | None = None,
+    trace: dict[str, str] | None = None,
+) -> Decision | Refusal | None:
+    """`staff_action`'s decision, not kept yet (None: nothing to decide); with `seen` and
+    `unwritten`, one of a batch's (see `context`), its events continuing `trace`."""
     command = actions.command(action)
-    return await act(
+    return await _decided(
         conn,
-        loaded,
+        state,
         command,
-        staff_actor(member, loaded.state),
-        policy=await policies(conn, pinned_version(loaded.state, command)),
+        staff_actor(member, state),
+        policy=await policies(conn, pinned_version(state, command)),
         now=now,
-        known=known,
-        expected_version=action.version,
-        answer=answer,
+        expected=action.version,
+        seen=seen,
+        unwritten=unwritten,
+        trace=trace,
     )
+
+
+async def keep_many(
+    conn: Conn, decided: Sequence[Decision], *, known: states.States, views: Collection[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Keep the decisions of distinct cases (see `_commit`), and read the views of the cases
+    `views` after them (a case decided alone, and the only one asked for, is answered by the
+    statement keeping it); the views by id."""
+    if len(decided) == 1 and set(views) <= {decided[0].after.complaint_id}:
+        kept = await _commit(conn, decided[0], known=known, answer=bool(views))
+        return {kept.state.complaint_id: kept.view} if kept.view is not None else {}
+    for d in decided:
+        known.put(d.after)
+    await _commit_many(conn, decided)
+    return await repository.load_views(conn, views) if views else {}
 
 
 async def fire(
@@ -302,17 +391,22 @@ async def _keep_effects(conn: Conn, decided: Sequence[Decision]) -> None:
 def _effects(conn: Conn, decided: Sequence[Decision]) -> list[db.Write]:
     """The writes of what decisions lead to, for the caller's transaction: the remedies they
     applied, their events in the outbox, the clocks they want armed or no longer want."""
-    applied = [
-        _remedy_row(e, d.after, d.policy)
-        for d in decided
-        for e in d.events
-        if e.type is Kind.REMEDY_APPROVED
-    ]
+    applied = _applied(decided)
     writes = [repository.remedies_added(applied)] if applied else []
     messages = [_message(e, d.trace) for d in decided for e in d.events]
     if messages:
         writes.append(outbox.enqueued(conn, messages))
     return writes + _rearmed(conn, decided)
+
+
+def _applied(decided: Sequence[Decision]) -> list[dict[str, Any]]:
+    """The remedies decisions applied, as `remedies_added` writes them."""
+    return [
+        _remedy_row(e, d.after, d.policy)
+        for d in decided
+        for e in d.events
+        if e.type is Kind.REMEDY_APPROVED
+    ]
 
 
 def _read_model(events: Sequence[Event], after: CaseState) -> dict[str, Any]:
@@ -344,6 +438,47 @@ def staff_actor(member: directory.Member, state: CaseState) -> Actor:
     )
 
 
+@dataclass
+class Unwritten:
+    """Money a batch of decisions applied in its transaction that is not written yet (the batch
+    writes it with everything else at its end), per (customer or staff member, currency): the
+    caps of the batch's later decisions count it. The batch holds the caps' locks of all its
+    decisions (`repository.lock_totals_many`), so none of them takes any. The consistency
+    sample is read as committed, as it is for decisions running at once in two transactions."""
+
+    customer: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    staff: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+
+    def add(self, decision: Decision) -> None:
+        """Count the money `decision` applied."""
+        for row in _applied([decision]):
+            if row["amount"] is None:
+                continue
+            amount, currency = Decimal(str(row["amount"])), row["currency"]
+            for spent, who in (
+                (self.customer, row["customer_id"]),
+                (self.staff, row["authorized_by"]),
+            ):
+                spent[who, currency] = spent.get((who, currency), Decimal(0)) + amount
+
+    def onto(self, usage: Usage, customer_id: str, staff_id: str) -> Usage:
+        """`usage` (as committed) with what this batch applied to the customer and by the member."""
+        return Usage(
+            customer_window=_plus(usage.customer_window, self.customer, customer_id),
+            staff_today=_plus(usage.staff_today, self.staff, staff_id),
+        )
+
+
+def _plus(
+    committed: dict[str, Decimal], unwritten: dict[tuple[str, str], Decimal], who: str
+) -> dict[str, Decimal]:
+    total = dict(committed)
+    for (whose, currency), amount in unwritten.items():
+        if whose == who:
+            total[currency] = total.get(currency, Decimal(0)) + amount
+    return total
+
+
 async def context(
     conn: Conn,
     state: CaseState,
@@ -354,11 +489,14 @@ async def context(
     now: datetime,
     expected: int | None = None,
     seen: dict[Any, Any] | None = None,
+    unwritten: Unwritten | None = None,
 ) -> Context:
     """Everything `decide` needs besides the state and the command, read from the database
     (only what this command's rules read); `expected`: the case version the actor saw (None:
     not checked). With `seen`, the roles held in a chain and the assignees' roles are read
-    once per batch of decisions sharing it (not the caps and samples, which each changes)."""
+    once per batch of decisions sharing it (not the caps and samples, which each changes).
+    With `unwritten`, a decision of a batch: the caps' locks are held already, and what the
+    batch applied before it counts against them."""
     ctx = Context(actor=actor, policy=policy, now=now, expected_version=expected)
     seen = {} if seen is None else seen
     if isinstance(command, Assign):
@@ -369,15 +507,18 @@ async def context(
     held_key = ("held", state.team, named)
     wants_held = reads_held_roles(state, command)
     if isinstance(command, ProposeRemedy | Approve):
-        held = await repository.lock_totals(
-            conn,
-            customer_id=state.customer_id,
-            staff_id=actor.id,
-            held_in=(state.team, named) if wants_held and held_key not in seen else None,
-        )
-        if held is not None:
-            seen[held_key] = held
+        if unwritten is None:
+            held = await repository.lock_totals(
+                conn,
+                customer_id=state.customer_id,
+                staff_id=actor.id,
+                held_in=(state.team, named) if wants_held and held_key not in seen else None,
+            )
+            if held is not None:
+                seen[held_key] = held
         spent, sample = await _spent(conn, state, command, actor, policy, now)
+        if unwritten is not None:
+            spent = unwritten.onto(spent, state.customer_id, actor.id)
         ctx = replace(ctx, usage=spent, sample=sample)
     if wants_held:
         if held_key not in seen:
@@ -435,26 +576,19 @@ async def _spent(
 
 
 async def _commit(
-    conn: Conn,
-    before: CaseState,
-    events: Sequence[Event],
-    *,
-    policy: Policy,
-    known: states.States,
-    answer: bool = False,
+    conn: Conn, decision: Decision, *, known: states.States, answer: bool = False
 ) -> Kept:
-    """Keep decided events in one statement: log and read model (with `answer`, the view
-    after them), remedies, outbox, timers."""
-    after = replay(events, before)
-    known.put(after)
+    """Keep a decision in one statement: log and read model (with `answer`, the view after
+    it), remedies, outbox, timers."""
+    known.put(decision.after)
     view = await repository.record_decision(
         conn,
-        events,
-        _read_model(events, after),
+        decision.events,
+        _read_model(decision.events, decision.after),
         answer=answer,
-        also=_effects(conn, [Decision(events, before, after, policy)]),
+        also=_effects(conn, [decision]),
     )
-    return Kept(after, view)
+    return Kept(decision.after, view)
 
 
 def _rearmed(conn: Conn, decided: Sequence[Decision]) -> list[db.Write]:

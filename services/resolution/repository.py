@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -118,16 +118,16 @@ async def append_timelines(conn: Conn, entries: Sequence[tuple[str, str, Timelin
 
 
 # A case's timeline (what other services said of it, and its decisions) as one json array,
-# for a query whose $1 is the complaint id; `{decided}` names where its decided events are.
+# for the case whose id is `{case}`; `{decided}` names where its decided events are.
 _TIMELINE = """(
     SELECT coalesce(json_agg(json_build_object(
                'type', type, 'at', at, 'actor', actor, 'detail', detail)
                ORDER BY at, source, n), '[]')
     FROM (SELECT type, at, actor, detail, 0 AS source, id AS n
-          FROM timeline WHERE complaint_id = $1
+          FROM timeline WHERE complaint_id = {case}
           UNION ALL
           SELECT type, at, actor, data - 'chain' - 'complaint_id' - 'actor' - 'at', 1, seq
-          FROM {decided} WHERE complaint_id = $1) AS entries
+          FROM {decided} WHERE complaint_id = {case}) AS entries
     ) AS timeline_entries"""
 
 
@@ -135,11 +135,23 @@ async def load_view(conn: Conn, complaint_id: str) -> dict[str, Any] | None:
     """The case with its timeline (what other services said of it, and its decisions), or
     None; one round trip."""
     row = await conn.fetchrow(
-        f"SELECT c.*, {_TIMELINE.format(decided='case_events')} "
+        f"SELECT c.*, {_TIMELINE.format(decided='case_events', case='$1')} "
         "FROM cases c WHERE complaint_id = $1",
         complaint_id,
     )
     return None if row is None else _view(row)
+
+
+_VIEWS = (
+    f"SELECT c.*, {_TIMELINE.format(decided='case_events', case='c.complaint_id')} "
+    "FROM cases c WHERE complaint_id = ANY($1::text[])"
+)
+
+
+async def load_views(conn: Conn, complaint_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """`load_view` for several cases in one round trip, by id (a case missing is not there)."""
+    rows = await conn.fetch(_VIEWS, list(complaint_ids))
+    return {row["complaint_id"]: _view(row) for row in rows}
 
 
 def _view(row: asyncpg.Record) -> dict[str, Any]:
@@ -173,6 +185,13 @@ _CASES_SKIP_LOCKED = _CASE_WITH_EVENTS.format(
     source="unnest($1::text[], $2::int[]) AS k(complaint_id, known) JOIN cases c USING "
     "(complaint_id) FOR UPDATE OF c SKIP LOCKED",
 )
+# Several cases, by their ids ($1) and the versions known ($2), each waiting for its lock,
+# taken in the order of their ids (as every batch takes them: no deadlock between two).
+_CASES_LOCKED = _CASE_WITH_EVENTS.format(
+    known="k.known",
+    source="unnest($1::text[], $2::int[]) AS k(complaint_id, known) JOIN cases c USING "
+    "(complaint_id) ORDER BY c.complaint_id FOR UPDATE OF c",
+)
 Decided = list[tuple[str, dict[str, Any], str]]
 
 
@@ -201,6 +220,18 @@ async def try_lock_cases_with_events(conn: Conn, known: Mapping[str, int]) -> di
     round trip, never waiting: the ones no other transaction holds, by id (a case missing is
     held, or does not exist)."""
     rows = await conn.fetch(_CASES_SKIP_LOCKED, list(known), list(known.values()))
+    return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
+
+
+async def lock_cases_with_events(conn: Conn, known: Mapping[str, int]) -> dict[str, CaseRead]:
+    """`lock_case_with_events` for several cases (each with the version known of it) in one
+    round trip, their locks taken in the order of their ids; by id (a case missing does not
+    exist). One case is read by its own statement (see `_ONE_CASE`)."""
+    if len(known) == 1:
+        [(complaint_id, version)] = known.items()
+        read = await lock_case_with_events(conn, complaint_id, known=version)
+        return {} if read is None else {complaint_id: read}
+    rows = await conn.fetch(_CASES_LOCKED, list(known), list(known.values()))
     return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
 
 
@@ -273,7 +304,8 @@ _DECISION_AND_VIEW = _RECORD_DECISION.format(
     answer="saved.*, "
     + _TIMELINE.format(
         decided="(SELECT complaint_id, type, at, actor, data, seq FROM case_events"
-        " UNION ALL SELECT * FROM decided) AS d"
+        " UNION ALL SELECT * FROM decided) AS d",
+        case="$1",
     )
 )
 _DECISION_ONLY = _RECORD_DECISION.format(answer="saved.version")
@@ -424,6 +456,24 @@ async def lock_totals(
     return frozenset(Role(r) for r in roles)
 
 
+# the caps' locks of a batch, by their names in the order given
+_LOCK_TOTALS_MANY = (
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM unnest($1::text[]) AS k"
+)
+
+
+async def lock_totals_many(
+    conn: Conn, *, customer_ids: Collection[str], staff_ids: Collection[str]
+) -> None:
+    """`lock_totals` for a batch of decisions, in one round trip: every customer's lock, then
+    every staff member's, each kind in the order of the ids (the order `lock_totals` follows
+    for one of each: no deadlock between batches, nor with a single decision)."""
+    names = [f"cap:customer:{c}" for c in sorted(set(customer_ids))]
+    names += [f"cap:staff:{s}" for s in sorted(set(staff_ids))]
+    if names:
+        await conn.execute(_LOCK_TOTALS_MANY, names)
+
+
 @dataclass(frozen=True)
 class Similar:
     """Which remedies count as granted for similar complaints (see `money_applied`)."""
@@ -523,6 +573,43 @@ async def saved_answer(
         complaint_id,
         actor,
         key,
+    )
+
+
+async def saved_answers(
+    conn: Conn, keys: Collection[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], asyncpg.Record]:
+    """`saved_answer` for several `(complaint_id, actor, key)` in one round trip."""
+    if not keys:
+        return {}
+    complaint_ids, actors, idempotency_keys = (list(column) for column in zip(*keys, strict=True))
+    rows = await conn.fetch(
+        """SELECT a.complaint_id, a.actor, a.idempotency_key, a.status, a.body, a.request_sha256
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS k(complaint_id, actor, key)
+           JOIN action_requests a ON a.complaint_id = k.complaint_id AND a.actor = k.actor
+                                 AND a.idempotency_key = k.key""",
+        complaint_ids,
+        actors,
+        idempotency_keys,
+    )
+    return {(r["complaint_id"], r["actor"], r["idempotency_key"]): r for r in rows}
+
+
+async def save_answers(conn: Conn, answers: Sequence[tuple[str, str, str, str, int, Any]]) -> None:
+    """`save_answer` for several `(complaint_id, actor, key, request, status, body)` in one
+    round trip."""
+    if not answers:
+        return
+    columns = list(zip(*answers, strict=True))
+    await conn.execute(
+        """INSERT INTO action_requests
+               (complaint_id, actor, idempotency_key, request_sha256, status, body)
+           SELECT c, a, k, r, s, b::jsonb
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
+               AS t(c, a, k, r, s, b)
+           ON CONFLICT DO NOTHING""",
+        *(list(column) for column in columns[:5]),
+        [json.dumps(body) for body in columns[5]],
     )
 
 

@@ -4,18 +4,20 @@ records as the consumer hands them over."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from complaints.samples import submission
-from services.resolution import handlers
+from services.resolution import action_batches, actions, api, cases, handlers
 from services.resolution.policy import Policy, default_policy
 from services.resolution.states import States
-from shared import db, migrate, topics
+from shared import db, directory, migrate, topics
 from shared.events import (
     Category,
     Channel,
@@ -23,6 +25,7 @@ from shared.events import (
     EventType,
     ReassignedData,
     ReceivedData,
+    Role,
     RoutedData,
     Severity,
     SubmittedData,
@@ -135,3 +138,150 @@ async def test_a_batch_does_what_each_event_did_alone_in_order_and_once(pool: db
     before = await _counts(pool)
     await _apply(pool, records)  # redelivered: nothing changes
     assert await _counts(pool) == before
+
+
+# --- staff actions kept together (services/resolution/action_batches.py) ----------------------
+
+
+def _member(staff_id: str, role: Role) -> directory.Member:
+    return directory.Member(
+        staff_id=staff_id,
+        name=staff_id,
+        team="customer-care",
+        role=role,
+        languages=["nl"],
+        available=True,
+        active=True,
+        version=1,
+        at=NOW,
+    )
+
+
+AGENT = _member("agent-1", Role.AGENT)
+
+
+async def _staff_actions(pool: db.Pool, customers: dict[str, str]) -> action_batches.StaffActions:
+    """Cases opened for `customers` (complaint id → customer id), routed to AGENT, with a
+    senior agent above AGENT in the team; the batches that act on them."""
+    records = []
+    for n, (complaint_id, customer) in enumerate(customers.items()):
+        records.append(_record(EventType.RECEIVED, _received(complaint_id, customer), offset=2 * n))
+        routed = _routed(complaint_id, "customer-care")
+        records.append(_record(EventType.ROUTED, routed, offset=2 * n + 1))
+    await _apply(pool, records)
+    async with pool.acquire() as conn:
+        for member in (AGENT, _member("senior-1", Role.SENIOR_AGENT)):
+            await directory.learn_member(conn, member)
+    return action_batches.StaffActions(
+        lambda: pool,
+        policies=_policy,
+        known=States(),
+        view_of=api.staff_view,
+        refused=api.refusal_document,
+    )
+
+
+def _request(complaint_id: str, body: dict[str, Any], key: str | None = None) -> Any:
+    action = actions.ACTION.validate_python(body)
+    return action_batches.Request(complaint_id, action, AGENT, f"/v1/{complaint_id}", key)
+
+
+async def _logged(pool: db.Pool, complaint_id: str) -> list[str]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM case_events WHERE complaint_id = $1 ORDER BY seq", complaint_id
+        )
+    return [r["type"] for r in rows]
+
+
+async def test_actions_sent_together_are_kept_in_one_batch_and_answered_as_if_alone(
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = (f"{x}-{uuid.uuid4().hex[:6]}" for x in "abc")
+    batches = await _staff_actions(pool, {a: "cust-a", b: "cust-b", c: "cust-c"})
+    locked: list[list[str]] = []
+    load_many = cases.load_many
+
+    async def spied(conn: db.Conn, ids: Any, *, known: States) -> Any:
+        locked.append(sorted(ids))
+        return await load_many(conn, ids, known=known)
+
+    monkeypatch.setattr(cases, "load_many", spied)
+    ack = {"action": "acknowledge"}
+    answers = await asyncio.gather(
+        batches.act(_request(a, ack)),
+        batches.act(_request(b, {**ack, "version": 0})),  # stale: opening made it 1 or more
+        batches.act(_request("nobody", ack)),
+        batches.act(_request(c, ack, key="k1")),
+        batches.act(_request(c, ack, key="k1")),  # the same key again: its first answer
+        batches.act(_request(a, {"action": "note", "text": "called back"})),  # after a's ack
+    )
+    try:
+        (s_a, v_a), (s_b, p_b), (s_x, p_x), (s_c1, v_c1), (s_c2, v_c2), (s_n, v_n) = answers
+        # one transaction for the first action on each case, one for the second on a and c
+        assert locked == [sorted([a, b, "nobody", c]), sorted([c, a])]
+        assert s_a == 200 and v_a["status"] == "acknowledged"
+        assert s_b == 409 and p_b["current_version"] >= 1 and p_b["instance"] == f"/v1/{b}"
+        assert s_x == 404 and p_x["detail"] == "no complaint nobody"
+        assert (s_c1, s_c2) == (200, 200) and v_c1 == v_c2
+        assert s_n == 200 and v_n["version"] == v_a["version"] + 1
+        assert (await _logged(pool, c)).count("complaint.acknowledged") == 1
+        assert (await _logged(pool, b)).count("complaint.acknowledged") == 0
+        of_a = await _logged(pool, a)
+        assert of_a.index("complaint.acknowledged") < of_a.index("complaint.note_added")
+    finally:
+        await batches.close()
+
+
+async def test_money_one_decision_of_a_batch_applied_counts_against_the_next_ones_caps(
+    pool: db.Pool,
+) -> None:
+    ids = [f"m{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
+    # one customer: the agent may give 100 EUR a month in all, 50 EUR at once
+    batches = await _staff_actions(pool, dict.fromkeys(ids, "cust-capped"))
+    try:
+        await asyncio.gather(*(batches.act(_request(i, {"action": "acknowledge"})) for i in ids))
+        refund = {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}}
+        answers = await asyncio.gather(
+            *(batches.act(_request(i, {"action": "propose_remedy", "remedy": refund})) for i in ids)
+        )
+        assert [status for status, _ in answers] == [200, 200, 200]
+        logged = [await _logged(pool, i) for i in ids]
+        # 40 + 40 within the cap; a third 40 would make 120: it waits for a senior agent
+        assert ["complaint.remedy_approved" in log for log in logged] == [True, True, False]
+        assert "complaint.approval_requested" in logged[2]
+        async with pool.acquire() as conn:
+            applied = await conn.fetchval(
+                "SELECT sum(amount) FROM remedies WHERE customer_id = 'cust-capped'"
+            )
+        assert applied == Decimal("80.00")
+    finally:
+        await batches.close()
+
+
+async def test_an_action_that_cannot_be_kept_fails_alone(
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, bad = f"g-{uuid.uuid4().hex[:6]}", f"x-{uuid.uuid4().hex[:6]}"
+    batches = await _staff_actions(pool, {good: "cust-g", bad: "cust-x"})
+    decision = cases.staff_decision
+
+    async def failing(conn: db.Conn, state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state.complaint_id == bad:
+            raise RuntimeError("unforeseen")
+        return await decision(conn, state, *args, **kwargs)
+
+    monkeypatch.setattr(cases, "staff_decision", failing)
+    ack = {"action": "acknowledge"}
+    try:
+        outcomes = await asyncio.gather(
+            batches.act(_request(good, ack)),
+            batches.act(_request(bad, ack)),
+            return_exceptions=True,
+        )
+        assert outcomes[0][0] == 200  # type: ignore[index]
+        assert isinstance(outcomes[1], RuntimeError)
+        assert (await _logged(pool, good)).count("complaint.acknowledged") == 1
+        assert (await _logged(pool, bad)).count("complaint.acknowledged") == 0
+    finally:
+        await batches.close()
