@@ -516,7 +516,7 @@ async def context(
             )
             if held is not None:
                 seen[held_key] = held
-        spent, sample = await _spent(conn, state, command, actor, policy, now)
+        spent, sample = await _spent(conn, state, command, actor, policy, now, seen)
         if unwritten is not None:
             spent = unwritten.onto(spent, state.customer_id, actor.id)
         ctx = replace(ctx, usage=spent, sample=sample)
@@ -547,10 +547,12 @@ async def _spent(
     actor: Actor,
     policy: Policy,
     now: datetime,
+    seen: dict[Any, Any] | None = None,
 ) -> tuple[Usage, Sample | None]:
     """`usage`, and for a money proposal the sample of remedies of its type and currency
     granted for similar complaints, in one round trip (a decision holds the totals' locks
-    already)."""
+    already). With `seen`, a sample is read once per batch of decisions sharing it (all of
+    them read at the batch's one `now`, as committed)."""
     similar = None
     if isinstance(command, ProposeRemedy) and command.remedy.amount is not None:
         similar = repository.Similar(
@@ -561,18 +563,24 @@ async def _spent(
             currency=command.remedy.amount.currency,
             since=now - timedelta(days=policy.consistency.window_days),
         )
+    known_sample = seen.get(("sample", similar)) if seen is not None and similar else None
     applied = await repository.money_applied(
         conn,
         customer_id=state.customer_id,
         customer_since=now - timedelta(days=policy.caps.customer_window_days),
         authorized_by=actor.id if actor.kind is ActorKind.STAFF else None,
         staff_since=now.replace(hour=0, minute=0, second=0, microsecond=0),
-        similar=similar,
+        similar=similar if known_sample is None else None,
     )
     spent = Usage(customer_window=applied.customer, staff_today=applied.own)
+    if known_sample is not None:
+        return spent, known_sample
     if similar is None or applied.similar_count is None:
         return spent, None
-    return spent, Sample(similar.currency, applied.similar_count, applied.similar_median)
+    sample = Sample(similar.currency, applied.similar_count, applied.similar_median)
+    if seen is not None:
+        seen["sample", similar] = sample
+    return spent, sample
 
 
 async def _commit(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from complaints.samples import submission
-from services.resolution import action_batches, actions, api, cases, handlers
+from services.resolution import action_batches, actions, api, cases, handlers, repository
 from services.resolution.policy import Policy, default_policy
 from services.resolution.states import States
 from shared import db, directory, migrate, topics
@@ -234,11 +234,19 @@ async def test_actions_sent_together_are_kept_in_one_batch_and_answered_as_if_al
 
 
 async def test_money_one_decision_of_a_batch_applied_counts_against_the_next_ones_caps(
-    pool: db.Pool,
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = [f"m{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
     # one customer: the agent may give 100 EUR a month in all, 50 EUR at once
     batches = await _staff_actions(pool, dict.fromkeys(ids, "cust-capped"))
+    samples: list[Any] = []
+    money_applied = repository.money_applied
+
+    async def spied(conn: db.Conn, **kwargs: Any) -> Any:
+        samples.append(kwargs["similar"])
+        return await money_applied(conn, **kwargs)
+
+    monkeypatch.setattr(repository, "money_applied", spied)
     try:
         await asyncio.gather(*(batches.act(_request(i, {"action": "acknowledge"})) for i in ids))
         refund = {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}}
@@ -246,6 +254,8 @@ async def test_money_one_decision_of_a_batch_applied_counts_against_the_next_one
             *(batches.act(_request(i, {"action": "propose_remedy", "remedy": refund})) for i in ids)
         )
         assert [status for status, _ in answers] == [200, 200, 200]
+        # three similar proposals in one batch: their consistency sample is read once
+        assert len(samples) == 3 and sum(s is not None for s in samples) == 1
         logged = [await _logged(pool, i) for i in ids]
         # 40 + 40 within the cap; a third 40 would make 120: it waits for a senior agent
         assert ["complaint.remedy_approved" in log for log in logged] == [True, True, False]
