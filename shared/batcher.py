@@ -25,11 +25,15 @@ class Batcher(Generic[In, Out]):
         self._write = write
         self._max = max_batch
         self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+        self._writing: list[asyncio.Future[Out]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def submit(self, item: In) -> Out:
         """Write `item` with its batch; its result, or the error its own write raised."""
+        if self._closed:
+            raise RuntimeError("shutting down")
         if self._task is None or self._task.done():
             # in a context of its own, not the first caller's: a batch works for many callers,
             # and its statements must not show in that one's trace (each item carries its own)
@@ -40,14 +44,18 @@ class Batcher(Generic[In, Out]):
         return await future
 
     async def close(self) -> None:
+        """Stop writing: the callers of the write in flight and of those pending get an error
+        (what the write in flight did may or may not be committed), later ones too."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for _, future in self._pending:
+        for future in [*self._writing, *(future for _, future in self._pending)]:
             if not future.done():
                 future.set_exception(RuntimeError("shutting down"))
         self._pending.clear()
+        self._writing.clear()
 
     async def _run(self) -> None:
         while True:
@@ -61,11 +69,13 @@ class Batcher(Generic[In, Out]):
         live = [(item, future) for item, future in batch if not future.done()]
         if not live:
             return
+        self._writing = [future for _, future in live]
         try:
             results = await self._write([item for item, _ in live])
         except Exception as exc:
             if len(live) == 1:
-                live[0][1].set_exception(exc)
+                if not live[0][1].done():
+                    live[0][1].set_exception(exc)
                 return
             for single in live:  # find the bad one; the others still succeed
                 await self._flush([single])

@@ -1,15 +1,22 @@
 """Staff actions over HTTP, kept together: the actions that arrive while one transaction is
 being written share the next (group commit, `shared.batcher`).
 
-A batch locks its cases in one statement (in the order of their ids, as every batch does: no
-deadlock), finds the answers kept for the Idempotency-Keys it was sent, takes every cap's lock
-its money decisions need at once (`repository.lock_totals_many`), decides each action on its
-case in the order they came (`cases.staff_decision`; what one decision applied counts against
-the caps of the next, `cases.Unwritten`), then writes every decision, reads every answer and
-keeps the keyed ones, and commits once. Each action is answered as if it were alone: its
-case's view after it, or its refusal. Two actions on one case never share a batch: the second
-runs in the next transaction, on the first's outcome. A batch that fails is tried again one
-action at a time, so an action that cannot be kept fails alone.
+A batch locks its cases in one statement, never waiting (`SKIP LOCKED`), finds the answers
+kept for the Idempotency-Keys it was sent, takes every cap's lock its money decisions need at
+once (`repository.lock_totals_many`), decides each action on its case in the order they came
+(`cases.staff_decision`; what one decision applied counts against the caps of the next,
+`cases.Unwritten`), then writes every decision, reads every answer and keeps the keyed ones,
+and commits once. Each action is answered as if it were alone: its case's view after it, or
+its refusal.
+
+Nothing in a batch waits for a case: an action whose case another transaction holds (a
+decision of another replica, a consumer batch, a clock firing) leaves the batch and waits for
+it in a transaction of its own, as every action did before batches, so one busy case holds up
+no other action and no lock cycle can form with transactions that lock cases in another
+order. Two actions on one case never share a batch: the second joins the next, after the
+first is kept. A batch that fails for its content is tried one action at a time, so only the
+action that cannot be kept fails; one that fails because the database went away is not (its
+commit may have happened): each action fails, and a retry with its Idempotency-Key is safe.
 """
 
 from __future__ import annotations
@@ -17,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
 
 import asyncpg
 
 from services.resolution import actions, cases, repository, states
 from services.resolution.case import Refusal
-from shared import directory, telemetry
+from shared import directory, kafka, telemetry
 from shared.batcher import Batcher
 from shared.db import Conn, Pool
 from shared.events import utcnow
@@ -38,6 +46,7 @@ Answer = tuple[int, dict[str, Any]]
 # PostgreSQL broke a lock cycle, or a snapshot could not be kept: the batch is tried again.
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 MAX_BATCH = 64
+T = TypeVar("T")
 # The actions whose decisions read (and may spend under) the caps: `cases.context`.
 SPENDING = (actions.ProposeRemedyAction, actions.ApproveAction)
 
@@ -54,11 +63,23 @@ class Request:
     idempotency_key: str | None = None
     trace: dict[str, str] = field(default_factory=telemetry.inject_headers)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """What an Idempotency-Key was sent with: the action as parsed (field order and
         spacing of the body do not matter)."""
         return hashlib.sha256(self.action.model_dump_json().encode()).hexdigest()
+
+
+class _Again:
+    """The outcome of an action whose case had another action in its batch: send it again."""
+
+
+class _Held:
+    """The outcome of an action whose case another transaction holds: wait for it alone."""
+
+
+AGAIN, HELD = _Again(), _Held()
+Outcome = Answer | Exception | _Again | _Held
 
 
 class StaffActions:
@@ -79,69 +100,87 @@ class StaffActions:
         self._known = known
         self._view_of = view_of
         self._refused = refused
-        self._batcher: Batcher[Request, Answer | Exception] = Batcher(
-            self._write, max_batch=MAX_BATCH
-        )
+        self._batcher: Batcher[Request, Outcome] = Batcher(self._write, max_batch=MAX_BATCH)
 
     async def act(self, request: Request) -> Answer:
-        """Decide and keep `request` with whatever batch it joins; its answer."""
-        outcome = await self._batcher.submit(request)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        """Decide and keep `request` with whatever batch it joins (alone when its case is
+        busy); its answer."""
+        while True:
+            outcome = await self._batcher.submit(request)
+            if isinstance(outcome, _Again):
+                continue  # the action before it on its case was kept: its turn now
+            if isinstance(outcome, _Held):
+                return await self._retried(lambda conn: self._alone(conn, request))
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
 
     async def close(self) -> None:
         await self._batcher.close()
 
-    async def _write(self, requests: Sequence[Request]) -> list[Answer | Exception]:
-        """Each request's answer, or the error that kept it from being kept. Never raises: a
-        round committed is never tried again."""
-        answers: dict[int, Answer | Exception] = {}
-        pending = list(enumerate(requests))
-        while pending:  # rounds of distinct cases, each in arrival order
-            round_, seen, later = [], set(), []
-            for n, request in pending:
-                if request.complaint_id in seen:
-                    later.append((n, request))
-                else:
-                    seen.add(request.complaint_id)
-                    round_.append((n, request))
-            answers.update(await self._round(round_))
-            pending = later
-        return [answers[n] for n in range(len(requests))]
+    async def _write(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Each request's outcome: the first on each case decided in one transaction, any
+        other sent again. Never raises: a batch committed is never tried again."""
+        first: dict[str, int] = {}
+        for n, request in enumerate(requests):
+            first.setdefault(request.complaint_id, n)
+        batch = [requests[n] for n in first.values()]
+        decided = dict(zip(first.values(), await self._batch(batch), strict=True))
+        return [decided.get(n, AGAIN) for n in range(len(requests))]
 
-    async def _round(self, numbered: list[tuple[int, Request]]) -> dict[int, Answer | Exception]:
-        """One transaction for requests on distinct cases; when it fails, one per request."""
+    async def _batch(self, requests: Sequence[Request]) -> list[Outcome]:
+        """One transaction for requests on distinct cases; when it fails for its content, one
+        per request."""
         try:
-            answers = await self._retried([request for _, request in numbered])
-            return {n: answer for (n, _), answer in zip(numbered, answers, strict=True)}
+            return list(await self._retried(lambda conn: self._together(conn, requests)))
         except Exception as exc:
-            if len(numbered) == 1:
-                return {numbered[0][0]: exc}
+            if len(requests) == 1 or kafka.is_transient(exc):
+                return [exc] * len(requests)
             log.warning(
                 "a batch of %d staff actions failed (%s); each is tried alone",
-                len(numbered),
+                len(requests),
                 type(exc).__name__,
             )
-        outcomes: dict[int, Answer | Exception] = {}
-        for single in numbered:
-            outcomes.update(await self._round([single]))
+        outcomes: list[Outcome] = []
+        for request in requests:
+            outcomes += await self._batch([request])
         return outcomes
 
-    async def _retried(self, requests: Sequence[Request]) -> list[Answer]:
+    async def _retried(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`work` in a transaction, run again when PostgreSQL broke a lock cycle."""
         for attempt in range(4):
             try:
                 async with self._pool().acquire() as conn, conn.transaction():
-                    return await self._decide_and_keep(conn, requests)
+                    return await work(conn)
             except RETRYABLE:
                 if attempt == 3:
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def _decide_and_keep(self, conn: Conn, requests: Sequence[Request]) -> list[Answer]:
-        now = utcnow()
-        loaded = await cases.load_many(conn, [r.complaint_id for r in requests], known=self._known)
+    async def _together(self, conn: Conn, requests: Sequence[Request]) -> list[Outcome]:
+        """Requests on distinct cases decided and kept in `conn`'s transaction; HELD for those
+        whose case another transaction holds."""
+        loaded, held = await cases.try_load_many(
+            conn, [r.complaint_id for r in requests], known=self._known
+        )
+        ready = [r for r in requests if r.complaint_id not in held]
+        answers = iter(await self._decide_and_keep(conn, ready, loaded))
+        return [HELD if r.complaint_id in held else next(answers) for r in requests]
+
+    async def _alone(self, conn: Conn, request: Request) -> Answer:
+        """One request decided and kept in `conn`'s transaction, waiting for its case."""
+        found = await cases.load(conn, request.complaint_id, known=self._known)
+        loaded = {request.complaint_id: found} if found is not None else {}
+        [answer] = await self._decide_and_keep(conn, [request], loaded)
+        return answer
+
+    async def _decide_and_keep(
+        self, conn: Conn, requests: Sequence[Request], loaded: Mapping[str, cases.Loaded]
+    ) -> list[Answer]:
+        """Requests on distinct cases, those `loaded` locked by this transaction (the others
+        do not exist), decided and kept; their answers."""
+        now = utcnow()  # once the cases are locked: after whatever decided on them before
         keyed = [_key(r) for r in requests if r.idempotency_key and r.complaint_id in loaded]
         saved = await repository.saved_answers(conn, keyed)
         answers: dict[int, Answer] = {}

@@ -162,21 +162,24 @@ async def open_many(
     await _commit_many(conn, decisions)
 
 
-async def load_many(
+async def try_load_many(
     conn: Conn, complaint_ids: Collection[str], *, known: states.States
-) -> dict[str, Loaded]:
-    """`load` for several cases in one round trip, their rows locked in the order of their ids
-    (as every batch locks them: no deadlock); by id, the cases not found (or not opened yet)
-    left out."""
+) -> tuple[dict[str, Loaded], set[str]]:
+    """`load` for several cases in one round trip, never waiting for a lock: the opened cases
+    no other transaction holds (their rows locked until this one ends), by id, and the ids of
+    those another holds (a case missing from both does not exist or is not opened yet)."""
     bases = known.of(complaint_ids)
-    reads = await repository.lock_cases_with_events(
+    reads = await repository.try_lock_cases_with_events(
         conn, {c: base.version if base else 0 for c, base in bases.items()}
     )
-    return {
+    missing = [c for c in bases if c not in reads]
+    held = await repository.existing_cases(conn, missing) if missing else set()
+    loaded = {
         complaint_id: Loaded(read.row, await _current(conn, read, bases[complaint_id], known))
         for complaint_id, read in reads.items()
         if read.row["version"] > 0
     }
+    return loaded, held
 
 
 async def act(
@@ -334,20 +337,12 @@ async def fire_many(
     by_case: dict[str, list[timers.Timer]] = {}
     for timer in sorted(due, key=lambda t: (t.due_at, t.key)):
         by_case.setdefault(str(timer.payload["complaint_id"]), []).append(timer)
-    bases = known.of(by_case)
-    found = await repository.try_lock_cases_with_events(
-        conn, {c: base.version if base else 0 for c, base in bases.items()}
-    )
-    missing = [c for c in by_case if c not in found]
-    held = await repository.existing_cases(conn, missing) if missing else set()
+    loaded, held = await try_load_many(conn, by_case, known=known)
     later = {t.key for c in held for t in by_case[c]}
     decided: list[Decision] = []
     seen: dict[Any, Any] = {}  # the directory as this batch read it
-    for complaint_id in sorted(found):
-        read = found[complaint_id]
-        if read.row["version"] == 0:
-            continue  # not opened yet: nothing to decide
-        before = state = await _current(conn, read, bases[complaint_id], known)
+    for complaint_id in sorted(loaded):
+        before = state = loaded[complaint_id].state
         new: list[Event] = []
         policy: Policy | None = None
         for timer in by_case[complaint_id]:

@@ -179,18 +179,12 @@ _CASE_WITH_EVENTS = """SELECT c.complaint_id, c.version, c.chain_head, c.team, c
 # sized for unknown arrays, never looks cheaper), which cost three times the CPU of the query.
 _ONE_CASE = _CASE_WITH_EVENTS.format(known="$2::int", source="cases c WHERE c.complaint_id = $1")
 _ONE_CASE_LOCKED = f"{_ONE_CASE} FOR UPDATE OF c"
+_ONE_CASE_SKIP_LOCKED = f"{_ONE_CASE_LOCKED} SKIP LOCKED"
 # Several cases, by their ids ($1) and the versions known ($2), skipping those held.
 _CASES_SKIP_LOCKED = _CASE_WITH_EVENTS.format(
     known="k.known",
     source="unnest($1::text[], $2::int[]) AS k(complaint_id, known) JOIN cases c USING "
     "(complaint_id) FOR UPDATE OF c SKIP LOCKED",
-)
-# Several cases, by their ids ($1) and the versions known ($2), each waiting for its lock,
-# taken in the order of their ids (as every batch takes them: no deadlock between two).
-_CASES_LOCKED = _CASE_WITH_EVENTS.format(
-    known="k.known",
-    source="unnest($1::text[], $2::int[]) AS k(complaint_id, known) JOIN cases c USING "
-    "(complaint_id) ORDER BY c.complaint_id FOR UPDATE OF c",
 )
 Decided = list[tuple[str, dict[str, Any], str]]
 
@@ -218,20 +212,12 @@ async def lock_case_with_events(
 async def try_lock_cases_with_events(conn: Conn, known: Mapping[str, int]) -> dict[str, CaseRead]:
     """`lock_case_with_events` for several cases (each with the version known of it) in one
     round trip, never waiting: the ones no other transaction holds, by id (a case missing is
-    held, or does not exist)."""
-    rows = await conn.fetch(_CASES_SKIP_LOCKED, list(known), list(known.values()))
-    return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
-
-
-async def lock_cases_with_events(conn: Conn, known: Mapping[str, int]) -> dict[str, CaseRead]:
-    """`lock_case_with_events` for several cases (each with the version known of it) in one
-    round trip, their locks taken in the order of their ids; by id (a case missing does not
-    exist). One case is read by its own statement (see `_ONE_CASE`)."""
+    held, or does not exist). One case is read by its own statement (see `_ONE_CASE`)."""
     if len(known) == 1:
         [(complaint_id, version)] = known.items()
-        read = await lock_case_with_events(conn, complaint_id, known=version)
-        return {} if read is None else {complaint_id: read}
-    rows = await conn.fetch(_CASES_LOCKED, list(known), list(known.values()))
+        row = await conn.fetchrow(_ONE_CASE_SKIP_LOCKED, complaint_id, version)
+        return {} if row is None else {complaint_id: await _with_events(conn, row)}
+    rows = await conn.fetch(_CASES_SKIP_LOCKED, list(known), list(known.values()))
     return {row["complaint_id"]: await _with_events(conn, row) for row in rows}
 
 

@@ -200,13 +200,13 @@ async def test_actions_sent_together_are_kept_in_one_batch_and_answered_as_if_al
     a, b, c = (f"{x}-{uuid.uuid4().hex[:6]}" for x in "abc")
     batches = await _staff_actions(pool, {a: "cust-a", b: "cust-b", c: "cust-c"})
     locked: list[list[str]] = []
-    load_many = cases.load_many
+    try_load_many = cases.try_load_many
 
     async def spied(conn: db.Conn, ids: Any, *, known: States) -> Any:
         locked.append(sorted(ids))
-        return await load_many(conn, ids, known=known)
+        return await try_load_many(conn, ids, known=known)
 
-    monkeypatch.setattr(cases, "load_many", spied)
+    monkeypatch.setattr(cases, "try_load_many", spied)
     ack = {"action": "acknowledge"}
     answers = await asyncio.gather(
         batches.act(_request(a, ack)),
@@ -293,5 +293,98 @@ async def test_an_action_that_cannot_be_kept_fails_alone(
         assert isinstance(outcomes[1], RuntimeError)
         assert (await _logged(pool, good)).count("complaint.acknowledged") == 1
         assert (await _logged(pool, bad)).count("complaint.acknowledged") == 0
+    finally:
+        await batches.close()
+
+
+async def test_an_action_whose_case_is_held_waits_alone_and_holds_up_no_other(
+    pool: db.Pool,
+) -> None:
+    busy, free = f"busy-{uuid.uuid4().hex[:6]}", f"free-{uuid.uuid4().hex[:6]}"
+    batches = await _staff_actions(pool, {busy: "cust-b", free: "cust-f"})
+    ack = {"action": "acknowledge"}
+    holder = await pool.acquire()
+    try:
+        await holder.execute("BEGIN")
+        # another transaction decides on `busy` (a consumer batch, another replica)
+        await holder.execute("SELECT 1 FROM cases WHERE complaint_id = $1 FOR UPDATE", busy)
+        waiting = asyncio.ensure_future(batches.act(_request(busy, ack)))
+        status, _ = await asyncio.wait_for(batches.act(_request(free, ack)), timeout=5)
+        assert status == 200 and not waiting.done()
+        await holder.execute("ROLLBACK")
+        status, view = await asyncio.wait_for(waiting, timeout=5)
+        assert status == 200 and view["status"] == "acknowledged"
+    finally:
+        await pool.release(holder)
+        await batches.close()
+
+
+async def test_caps_hold_across_batches_of_two_replicas_deciding_at_once(
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"r{n}-{uuid.uuid4().hex[:6]}" for n in range(4)]
+    replica = await _staff_actions(pool, dict.fromkeys(ids, "cust-shared"))
+    other = action_batches.StaffActions(
+        lambda: pool,
+        policies=_policy,
+        known=States(),
+        view_of=api.staff_view,
+        refused=api.refusal_document,
+    )
+    money_applied = repository.money_applied
+
+    async def slow(conn: db.Conn, **kwargs: Any) -> Any:
+        applied = await money_applied(conn, **kwargs)
+        await asyncio.sleep(0.1)  # both batches have read the totals before either commits
+        return applied
+
+    try:
+        await asyncio.gather(*(replica.act(_request(i, {"action": "acknowledge"})) for i in ids))
+        monkeypatch.setattr(repository, "money_applied", slow)
+        refund = {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}}
+        propose = {"action": "propose_remedy", "remedy": refund}
+        await asyncio.gather(
+            *(replica.act(_request(i, propose)) for i in ids[:2]),
+            *(other.act(_request(i, propose)) for i in ids[2:]),
+        )
+        async with pool.acquire() as conn:
+            applied = await conn.fetchval(
+                "SELECT sum(amount) FROM remedies WHERE customer_id = 'cust-shared'"
+            )
+        # 100 EUR a month for this customer: two of the four refunds, never three or four
+        assert applied == Decimal("80.00")
+    finally:
+        await replica.close()
+        await other.close()
+
+
+async def test_a_batch_that_fails_after_deciding_leaves_no_trace_and_each_action_applies_once(
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"f{n}-{uuid.uuid4().hex[:6]}" for n in range(2)]
+    batches = await _staff_actions(pool, dict.fromkeys(ids, "cust-f"))
+    load_views = repository.load_views
+    failures = []
+
+    async def failing_once(conn: db.Conn, complaint_ids: Any) -> Any:
+        if not failures:  # after the batch wrote its decisions (and kept their states)
+            failures.append(sorted(complaint_ids))
+            raise RuntimeError("unforeseen")
+        return await load_views(conn, complaint_ids)
+
+    monkeypatch.setattr(repository, "load_views", failing_once)
+    try:
+        answers = await asyncio.gather(
+            *(batches.act(_request(i, {"action": "acknowledge"})) for i in ids)
+        )
+        assert failures == [sorted(ids)]
+        assert [status for status, _ in answers] == [200, 200]
+        for complaint_id, (_, view) in zip(ids, answers, strict=True):
+            logged = await _logged(pool, complaint_id)
+            assert logged.count("complaint.acknowledged") == 1
+            assert view["version"] == len(logged)
+        # the states the failed batch kept are not taken for the cases' next decisions
+        status, view = await batches.act(_request(ids[0], {"action": "note", "text": "x"}))
+        assert status == 200 and view["version"] == len(await _logged(pool, ids[0]))
     finally:
         await batches.close()
