@@ -196,48 +196,38 @@ async def act(
 ) -> Kept | Refusal:
     """Decide `command` by `actor` on the `load`ed case and keep the outcome: the new state
     (with `answer`, and the case's view after it), or the refusal (nothing changed)."""
-    result = await _decided(
+    ctx = await context(
         conn, loaded.state, command, actor, policy=policy, now=now, expected=expected_version
     )
+    return await _kept(conn, loaded.state, _decision(loaded.state, command, ctx), known, answer)
+
+
+async def _kept(
+    conn: Conn,
+    state: CaseState,
+    result: Decision | Refusal | None,
+    known: states.States,
+    answer: bool,
+) -> Kept | Refusal:
+    """A decision on `state` kept (see `_commit`), or its refusal (nothing changed)."""
     if isinstance(result, Refusal):
         return result
     if result is None:
-        return Kept(loaded.state)  # nothing to decide (a move to where the case already is)
+        return Kept(state)  # nothing to decide (a move to where the case already is)
     return await _commit(conn, result, known=known, answer=answer)
 
 
-async def _decided(
-    conn: Conn,
-    state: CaseState,
-    command: Command,
-    actor: Actor,
-    *,
-    policy: Policy,
-    now: datetime,
-    expected: int | None = None,
-    seen: dict[Any, Any] | None = None,
-    unwritten: Unwritten | None = None,
-    trace: dict[str, str] | None = None,
+def _decision(
+    state: CaseState, command: Command, ctx: Context, trace: dict[str, str] | None = None
 ) -> Decision | Refusal | None:
-    """`command` by `actor` decided on `state` (see `context`), not kept yet; None when there
-    is nothing to decide."""
-    ctx = await context(
-        conn,
-        state,
-        command,
-        actor,
-        policy=policy,
-        now=now,
-        expected=expected,
-        seen=seen,
-        unwritten=unwritten,
-    )
+    """`command` decided on `state` in `ctx`, not kept yet (its events continuing `trace`);
+    None when there is nothing to decide."""
     result = decide(state, command, ctx)
     if isinstance(result, Refusal):
         return result
     if not result:
         return None
-    return Decision(result, state, replay(result, state), policy, trace=trace)
+    return Decision(result, state, replay(result, state), ctx.policy, trace=trace)
 
 
 async def staff_action(
@@ -255,11 +245,7 @@ async def staff_action(
     `act`): against the case version they saw, under the policy version a pending approval
     was proposed under, else the active one."""
     result = await staff_decision(conn, loaded.state, action, member, policies=policies, now=now)
-    if isinstance(result, Refusal):
-        return result
-    if result is None:
-        return Kept(loaded.state)
-    return await _commit(conn, result, known=known, answer=answer)
+    return await _kept(conn, loaded.state, result, known, answer)
 
 
 async def staff_decision(
@@ -277,7 +263,7 @@ async def staff_decision(
     """`staff_action`'s decision, not kept yet (None: nothing to decide); with `seen` and
     `unwritten`, one of a batch's (see `context`), its events continuing `trace`."""
     command = actions.command(action)
-    return await _decided(
+    ctx = await context(
         conn,
         state,
         command,
@@ -287,8 +273,8 @@ async def staff_decision(
         expected=action.version,
         seen=seen,
         unwritten=unwritten,
-        trace=trace,
     )
+    return _decision(state, command, ctx, trace)
 
 
 async def keep_many(

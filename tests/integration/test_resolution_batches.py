@@ -172,6 +172,19 @@ async def _staff_actions(pool: db.Pool, customers: dict[str, str]) -> action_bat
     async with pool.acquire() as conn:
         for member in (AGENT, _member("senior-1", Role.SENIOR_AGENT)):
             await directory.learn_member(conn, member)
+    return _batches(pool)
+
+
+async def _one_customers(
+    pool: db.Pool, count: int, customer: str
+) -> tuple[list[str], action_batches.StaffActions]:
+    """`count` cases of one customer (`_staff_actions`)."""
+    ids = [f"{customer}-{n}-{uuid.uuid4().hex[:6]}" for n in range(count)]
+    return ids, await _staff_actions(pool, dict.fromkeys(ids, customer))
+
+
+def _batches(pool: db.Pool) -> action_batches.StaffActions:
+    """Staff-action batches as a replica of its own keeps them."""
     return action_batches.StaffActions(
         lambda: pool,
         policies=_policy,
@@ -184,6 +197,14 @@ async def _staff_actions(pool: db.Pool, customers: dict[str, str]) -> action_bat
 def _request(complaint_id: str, body: dict[str, Any], key: str | None = None) -> Any:
     action = actions.ACTION.validate_python(body)
     return action_batches.Request(complaint_id, action, AGENT, f"/v1/{complaint_id}", key)
+
+
+async def _applied_to(pool: db.Pool, customer: str) -> Decimal:
+    async with pool.acquire() as conn:
+        total: Decimal = await conn.fetchval(
+            "SELECT sum(amount) FROM remedies WHERE customer_id = $1", customer
+        )
+    return total
 
 
 async def _logged(pool: db.Pool, complaint_id: str) -> list[str]:
@@ -236,9 +257,8 @@ async def test_actions_sent_together_are_kept_in_one_batch_and_answered_as_if_al
 async def test_money_one_decision_of_a_batch_applied_counts_against_the_next_ones_caps(
     pool: db.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = [f"m{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
     # one customer: the agent may give 100 EUR a month in all, 50 EUR at once
-    batches = await _staff_actions(pool, dict.fromkeys(ids, "cust-capped"))
+    ids, batches = await _one_customers(pool, 3, "cust-capped")
     samples: list[Any] = []
     money_applied = repository.money_applied
 
@@ -260,11 +280,7 @@ async def test_money_one_decision_of_a_batch_applied_counts_against_the_next_one
         # 40 + 40 within the cap; a third 40 would make 120: it waits for a senior agent
         assert ["complaint.remedy_approved" in log for log in logged] == [True, True, False]
         assert "complaint.approval_requested" in logged[2]
-        async with pool.acquire() as conn:
-            applied = await conn.fetchval(
-                "SELECT sum(amount) FROM remedies WHERE customer_id = 'cust-capped'"
-            )
-        assert applied == Decimal("80.00")
+        assert await _applied_to(pool, "cust-capped") == Decimal("80.00")
     finally:
         await batches.close()
 
@@ -322,15 +338,8 @@ async def test_an_action_whose_case_is_held_waits_alone_and_holds_up_no_other(
 async def test_caps_hold_across_batches_of_two_replicas_deciding_at_once(
     pool: db.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = [f"r{n}-{uuid.uuid4().hex[:6]}" for n in range(4)]
-    replica = await _staff_actions(pool, dict.fromkeys(ids, "cust-shared"))
-    other = action_batches.StaffActions(
-        lambda: pool,
-        policies=_policy,
-        known=States(),
-        view_of=api.staff_view,
-        refused=api.refusal_document,
-    )
+    ids, replica = await _one_customers(pool, 4, "cust-shared")
+    other = _batches(pool)  # a second replica
     money_applied = repository.money_applied
 
     async def slow(conn: db.Conn, **kwargs: Any) -> Any:
@@ -347,12 +356,8 @@ async def test_caps_hold_across_batches_of_two_replicas_deciding_at_once(
             *(replica.act(_request(i, propose)) for i in ids[:2]),
             *(other.act(_request(i, propose)) for i in ids[2:]),
         )
-        async with pool.acquire() as conn:
-            applied = await conn.fetchval(
-                "SELECT sum(amount) FROM remedies WHERE customer_id = 'cust-shared'"
-            )
         # 100 EUR a month for this customer: two of the four refunds, never three or four
-        assert applied == Decimal("80.00")
+        assert await _applied_to(pool, "cust-shared") == Decimal("80.00")
     finally:
         await replica.close()
         await other.close()
@@ -361,8 +366,7 @@ async def test_caps_hold_across_batches_of_two_replicas_deciding_at_once(
 async def test_a_batch_that_fails_after_deciding_leaves_no_trace_and_each_action_applies_once(
     pool: db.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = [f"f{n}-{uuid.uuid4().hex[:6]}" for n in range(2)]
-    batches = await _staff_actions(pool, dict.fromkeys(ids, "cust-f"))
+    ids, batches = await _one_customers(pool, 2, "cust-f")
     load_views = repository.load_views
     failures = []
 
