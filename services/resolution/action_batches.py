@@ -13,18 +13,22 @@ Nothing in a batch waits for a case: an action whose case another transaction ho
 decision of another replica, a consumer batch, a clock firing) leaves the batch and waits for
 it in a transaction of its own, as every action did before batches, so one busy case holds up
 no other action and no lock cycle can form with transactions that lock cases in another
-order. Two actions on one case never share a batch: the second joins the next, after the
-first is kept. A batch that fails for its content is tried one action at a time, so only the
-action that cannot be kept fails; one that fails because the database went away is not (its
-commit may have happened): each action fails, and a retry with its Idempotency-Key is safe.
+order. Two actions on one case never share a batch: a replica's actions on one case take
+turns, in the order they came, each joining a batch once the one before it is kept (were two
+to meet in one all the same, the log's key on each case's version would fail the batch, and
+each would be tried alone). A batch that fails for its content is tried one action at a time,
+so only the action that cannot be kept fails; one that fails because the database went away
+is not (its commit may have happened): each action fails, and a retry with its
+Idempotency-Key is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -70,16 +74,36 @@ class Request:
         return hashlib.sha256(self.action.model_dump_json().encode()).hexdigest()
 
 
-class _Again:
-    """The outcome of an action whose case had another action in its batch: send it again."""
-
-
 class _Held:
     """The outcome of an action whose case another transaction holds: wait for it alone."""
 
 
-AGAIN, HELD = _Again(), _Held()
-Outcome = Answer | Exception | _Again | _Held
+HELD = _Held()
+Outcome = Answer | Exception | _Held
+
+
+class _Turns:
+    """One turn at a time per case, in the order asked for (`asyncio.Lock` is fair); a case
+    nobody waits for holds no lock."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, complaint_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(complaint_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[complaint_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[complaint_id]
+            if users == 1:
+                del self._locks[complaint_id]
+            else:
+                self._locks[complaint_id] = (lock, users - 1)
 
 
 class StaffActions:
@@ -100,37 +124,27 @@ class StaffActions:
         self._known = known
         self._view_of = view_of
         self._refused = refused
-        self._batcher: Batcher[Request, Outcome] = Batcher(self._write, max_batch=MAX_BATCH)
+        self._batcher: Batcher[Request, Outcome] = Batcher(self._batch, max_batch=MAX_BATCH)
+        self._turns = _Turns()
 
     async def act(self, request: Request) -> Answer:
         """Decide and keep `request` with whatever batch it joins (alone when its case is
-        busy); its answer."""
-        while True:
+        busy), after this replica's actions on its case that came before it; its answer."""
+        async with self._turns.of(request.complaint_id):
             outcome = await self._batcher.submit(request)
-            if isinstance(outcome, _Again):
-                continue  # the action before it on its case was kept: its turn now
             if isinstance(outcome, _Held):
                 return await self._retried(lambda conn: self._alone(conn, request))
-            if isinstance(outcome, Exception):
-                raise outcome
-            return outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def close(self) -> None:
         await self._batcher.close()
 
-    async def _write(self, requests: Sequence[Request]) -> list[Outcome]:
-        """Each request's outcome: the first on each case decided in one transaction, any
-        other sent again. Never raises: a batch committed is never tried again."""
-        first: dict[str, int] = {}
-        for n, request in enumerate(requests):
-            first.setdefault(request.complaint_id, n)
-        batch = [requests[n] for n in first.values()]
-        decided = dict(zip(first.values(), await self._batch(batch), strict=True))
-        return [decided.get(n, AGAIN) for n in range(len(requests))]
-
     async def _batch(self, requests: Sequence[Request]) -> list[Outcome]:
-        """One transaction for requests on distinct cases; when it fails for its content, one
-        per request."""
+        """One transaction for requests on distinct cases (their turns: see `act`); when it
+        fails for its content, one per request. Never raises: a batch committed is never
+        tried again."""
         try:
             return list(await self._retried(lambda conn: self._together(conn, requests)))
         except Exception as exc:

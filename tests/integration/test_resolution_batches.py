@@ -392,3 +392,45 @@ async def test_a_batch_that_fails_after_deciding_leaves_no_trace_and_each_action
         assert status == 200 and view["version"] == len(await _logged(pool, ids[0]))
     finally:
         await batches.close()
+
+
+async def test_a_replicas_actions_on_one_case_apply_in_the_order_they_came(
+    pool: db.Pool,
+) -> None:
+    case = f"t-{uuid.uuid4().hex[:6]}"
+    batches = await _staff_actions(pool, {case: "cust-t"})
+    texts = [f"call {n}" for n in range(6)]
+    try:
+        answers = await asyncio.gather(
+            *(batches.act(_request(case, {"action": "note", "text": t})) for t in texts)
+        )
+        assert [status for status, _ in answers] == [200] * 6
+        async with pool.acquire() as conn:
+            noted = await conn.fetch(
+                "SELECT data->>'text' AS text FROM case_events"
+                " WHERE complaint_id = $1 AND type = 'complaint.note_added' ORDER BY seq",
+                case,
+            )
+        assert [r["text"] for r in noted] == texts
+    finally:
+        await batches.close()
+
+
+async def test_two_actions_on_one_case_meeting_in_a_batch_are_each_kept_once(
+    pool: db.Pool,
+) -> None:
+    case = f"d-{uuid.uuid4().hex[:6]}"
+    batches = await _staff_actions(pool, {case: "cust-d"})
+    try:
+        # past the turns `act` takes: the log's key on the case's version must catch it
+        outcomes = await asyncio.gather(
+            batches._batcher.submit(_request(case, {"action": "acknowledge"})),
+            batches._batcher.submit(_request(case, {"action": "note", "text": "x"})),
+        )
+        assert [o[0] for o in outcomes] == [200, 200]  # type: ignore[index]
+        logged = await _logged(pool, case)
+        assert logged.count("complaint.acknowledged") == logged.count("complaint.note_added") == 1
+        status, view = await batches.act(_request(case, {"action": "note", "text": "y"}))
+        assert status == 200 and view["version"] == len(await _logged(pool, case))
+    finally:
+        await batches.close()
