@@ -124,10 +124,16 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL cannot store NUL in text; refuse it here, with the field named.
+def no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text, nor can a lone surrogate (`"\ud800"` in JSON) be
+    # sent to it as UTF-8; refuse them here, with the field named.
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\u0000) characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must not contain unpaired surrogates (\\ud800-\\udfff)") from None
     return value
 
 
@@ -188,7 +194,7 @@ def _rfc3339(value: object) -> object:
         raise PydanticCustomError("rfc3339", str(exc)) from None
 
 
-NoNul = AfterValidator(_no_nul)
+NoNul = AfterValidator(no_nul)
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
 # A time from outside: an RFC 3339 string with an offset (or an aware `datetime` in process).
 Rfc3339Datetime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_aware)]

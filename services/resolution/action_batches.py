@@ -1,25 +1,28 @@
-"""Staff actions over HTTP, kept together: the actions that arrive while one transaction is
-being written share the next (group commit, `shared.batcher`).
+"""Staff actions over HTTP, kept together: the actions that arrive while one transaction is being
+written share the next (group commit, `shared.batcher`).
 
-A batch locks its cases in one statement, never waiting (`SKIP LOCKED`), finds the answers
-kept for the Idempotency-Keys it was sent, takes every cap's lock its money decisions need at
-once (`repository.lock_totals_many`), decides each action on its case in the order they came
-(`cases.staff_decision`; what one decision applied counts against the caps of the next,
-`cases.Unwritten`), then writes every decision, reads every answer and keeps the keyed ones,
-and commits once. Each action is answered as if it were alone: its case's view after it, or
-its refusal.
+A batch locks its cases in one statement, never waiting (`SKIP LOCKED`), finds the answers kept
+for the Idempotency-Keys it was sent, takes every cap's lock its money decisions need at once,
+never waiting either (`repository.try_lock_totals_many`), decides each action on its case in
+the order they came (`cases.staff_decision`; what one decision applied counts against the caps
+of the next, `cases.Unwritten`), then writes every decision, reads every answer and keeps the
+keyed ones, and commits once. Each action is answered as if it were alone: its case's view
+after it, or its refusal.
 
-Nothing in a batch waits for a case: an action whose case another transaction holds (a
-decision of another replica, a consumer batch, a clock firing) leaves the batch and waits for
-it in a transaction of its own, as every action did before batches, so one busy case holds up
-no other action and no lock cycle can form with transactions that lock cases in another
-order. Two actions on one case never share a batch: a replica's actions on one case take
-turns, in the order they came, each joining a batch once the one before it is kept (were two
-to meet in one all the same, the log's key on each case's version would fail the batch, and
-each would be tried alone). A batch that fails for its content is tried one action at a time,
-so only the action that cannot be kept fails; one that fails because the database went away
-is not (its commit may have happened): each action fails, and a retry with its
-Idempotency-Key is safe.
+Nothing in a batch waits for a lock: an action whose case, or whose caps, another transaction
+holds (a decision of another replica, a consumer batch, a clock firing) leaves the batch and
+waits for them in a transaction of its own, as every action did before batches, so one busy
+case holds up no other action and no lock cycle can form with transactions that lock cases in
+another order. Such waits are bounded: at most `alone_limit` at once (each holds a connection
+of the pool, which must keep some for everything else) and `LOCK_WAIT_S` each (then 503: the
+database is busy, try again). Two actions on one case never share a batch: a replica's actions
+on one case take turns, in the order they were let in (after the token check and the rate
+limit: two sent within a millisecond of each other may swap), each joining a batch once the one
+before it is kept (were two to meet in one all the same, the log's key on each case's version
+would fail the batch, and each would be tried alone). A batch that fails for its content is
+tried one action at a time, so only the action that cannot be kept fails; one that fails
+because the database went away is not (its commit may have happened): each action fails, and a
+retry with its Idempotency-Key is safe.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class _Held:
 
 
 HELD = _Held()
+# How long an action waits alone for its case or its caps before it is answered 503.
+LOCK_WAIT_S = 10
 Outcome = Answer | Exception | _Held
 
 
@@ -118,6 +123,7 @@ class StaffActions:
         known: states.States,
         view_of: Callable[[dict[str, Any]], dict[str, Any]],
         refused: Callable[[Refusal, str], dict[str, Any]],
+        alone_limit: int = 4,
     ) -> None:
         self._pool = pool  # called at a write: the pool exists once the service has started
         self._policies = policies
@@ -126,6 +132,7 @@ class StaffActions:
         self._refused = refused
         self._batcher: Batcher[Request, Outcome] = Batcher(self._batch, max_batch=MAX_BATCH)
         self._turns = _Turns()
+        self._alone_slots = asyncio.Semaphore(alone_limit)
 
     async def act(self, request: Request) -> Answer:
         """Decide and keep `request` with whatever batch it joins (alone when its case is
@@ -133,7 +140,8 @@ class StaffActions:
         async with self._turns.of(request.complaint_id):
             outcome = await self._batcher.submit(request)
             if isinstance(outcome, _Held):
-                return await self._retried(lambda conn: self._alone(conn, request))
+                async with self._alone_slots:  # before taking a connection
+                    return await self._retried(lambda conn: self._alone(conn, request))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -179,25 +187,33 @@ class StaffActions:
             conn, [r.complaint_id for r in requests], known=self._known
         )
         ready = [r for r in requests if r.complaint_id not in held]
-        answers = iter(await self._decide_and_keep(conn, ready, loaded))
+        answers = iter(await self._decide_and_keep(conn, ready, loaded, wait=False))
         return [HELD if r.complaint_id in held else next(answers) for r in requests]
 
     async def _alone(self, conn: Conn, request: Request) -> Answer:
-        """One request decided and kept in `conn`'s transaction, waiting for its case."""
+        """One request decided and kept in `conn`'s transaction, waiting for its case and its
+        caps (`LOCK_WAIT_S` at most)."""
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
         found = await cases.load(conn, request.complaint_id, known=self._known)
         loaded = {request.complaint_id: found} if found is not None else {}
-        [answer] = await self._decide_and_keep(conn, [request], loaded)
+        [answer] = await self._decide_and_keep(conn, [request], loaded, wait=True)
+        assert not isinstance(answer, _Held)  # it waited
         return answer
 
     async def _decide_and_keep(
-        self, conn: Conn, requests: Sequence[Request], loaded: Mapping[str, cases.Loaded]
-    ) -> list[Answer]:
+        self,
+        conn: Conn,
+        requests: Sequence[Request],
+        loaded: Mapping[str, cases.Loaded],
+        *,
+        wait: bool,
+    ) -> list[Answer | _Held]:
         """Requests on distinct cases, those `loaded` locked by this transaction (the others
-        do not exist), decided and kept; their answers."""
-        now = utcnow()  # once the cases are locked: after whatever decided on them before
+        do not exist), decided and kept; their answers. Without `wait`, HELD for a money
+        action whose caps another transaction holds (nothing of it decided)."""
         keyed = [_key(r) for r in requests if r.idempotency_key and r.complaint_id in loaded]
         saved = await repository.saved_answers(conn, keyed)
-        answers: dict[int, Answer] = {}
+        answers: dict[int, Answer | _Held] = {}
         todo: list[int] = []
         for n, request in enumerate(requests):
             if request.complaint_id not in loaded:
@@ -207,13 +223,22 @@ class StaffActions:
                 answers[n] = _replayed(request, earlier)
             else:
                 todo.append(n)
-        spending = [requests[n] for n in todo if isinstance(requests[n].action, SPENDING)]
-        if spending:
+        spending = [n for n in todo if isinstance(requests[n].action, SPENDING)]
+        customer = {n: loaded[requests[n].complaint_id].state.customer_id for n in spending}
+        staff = {n: requests[n].member.staff_id for n in spending}
+        if spending and wait:
             await repository.lock_totals_many(
-                conn,
-                customer_ids=[loaded[r.complaint_id].state.customer_id for r in spending],
-                staff_ids=[r.member.staff_id for r in spending],
+                conn, customer_ids=customer.values(), staff_ids=staff.values()
             )
+        elif spending:
+            busy_customers, busy_staff = await repository.try_lock_totals_many(
+                conn, customer_ids=customer.values(), staff_ids=staff.values()
+            )
+            for n in spending:
+                if customer[n] in busy_customers or staff[n] in busy_staff:
+                    answers[n] = HELD
+            todo = [n for n in todo if n not in answers]
+        now = utcnow()  # once the cases and caps are locked: after what decided on them before
         seen: dict[Any, Any] = {}
         unwritten = cases.Unwritten()
         decided: list[cases.Decision] = []
@@ -241,20 +266,17 @@ class StaffActions:
             await asyncio.sleep(0)
         viewed = {requests[n].complaint_id for n, refusal in outcome.items() if refusal is None}
         views = await cases.keep_many(conn, decided, known=self._known, views=viewed)
+        kept: list[tuple[str, str, str, str, int, Any]] = []  # the keyed answers
         for n, refusal in outcome.items():
             request = requests[n]
             if refusal is not None:
-                answers[n] = (refusal.status, self._refused(refusal, request.instance))
+                answer = (refusal.status, self._refused(refusal, request.instance))
             else:
-                answers[n] = (200, self._view_of(views[request.complaint_id]))
-        await repository.save_answers(
-            conn,
-            [
-                (*_key(requests[n]), requests[n].digest, *answers[n])
-                for n in todo
-                if requests[n].idempotency_key
-            ],
-        )
+                answer = (200, self._view_of(views[request.complaint_id]))
+            answers[n] = answer
+            if request.idempotency_key:
+                kept.append((*_key(request), request.digest, *answer))
+        await repository.save_answers(conn, kept)
         return [answers[n] for n in range(len(requests))]
 
 

@@ -10,10 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from services.resolution import case
 from services.resolution.policy import Remedy as DomainRemedy
-from shared.events import Outcome, Remedy
+from shared.events import NoNul, Outcome, Remedy
 
-Text = Annotated[str, Field(min_length=1, max_length=5000)]
-Short = Annotated[str, Field(max_length=2000)]
+# Every text an action carries is stored: none may hold what PostgreSQL cannot (`NoNul`).
+Text = Annotated[str, Field(min_length=1, max_length=5000), NoNul]
+Short = Annotated[str, Field(max_length=2000), NoNul]
+Reason = Annotated[str, Field(min_length=1, max_length=2000), NoNul]
+Long = Annotated[str, Field(min_length=1, max_length=10_000), NoNul]
 
 
 class _Action(BaseModel):
@@ -29,7 +32,7 @@ class AcknowledgeAction(_Action):
 
 class AssignAction(_Action):
     action: Literal["assign"]
-    to: Annotated[str, Field(min_length=1, max_length=128)]
+    to: Annotated[str, Field(min_length=1, max_length=128), NoNul]
 
 
 class ClaimAction(_Action):
@@ -47,7 +50,7 @@ class RequestStaffResponseAction(_Action):
 
 class StaffRespondAction(_Action):
     action: Literal["staff_respond"]
-    statement: Annotated[str, Field(min_length=1, max_length=10_000)]
+    statement: Long
 
 
 class ProposeRemedyAction(_Action):
@@ -68,18 +71,18 @@ class ApproveAction(_Action):
 
 class DeclineAction(_Action):
     action: Literal["decline"]
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Reason
 
 
 class ResolveAction(_Action):
     action: Literal["resolve"]
     outcome: Outcome
-    message: Annotated[str, Field(max_length=10_000)] = ""
+    message: Annotated[str, Field(max_length=10_000), NoNul] = ""
 
 
 class ReopenAction(_Action):
     action: Literal["reopen"]
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Reason
 
 
 class CloseAction(_Action):
@@ -117,7 +120,7 @@ class Reply(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: Annotated[str, Field(min_length=1, max_length=10_000)]
+    text: Long
     appeal: bool = False
 
 

@@ -15,7 +15,7 @@ from services.resolution.policy import Remaining, remaining
 from services.resolution.states import States
 from shared import auth, directory
 from shared.db import Conn
-from shared.events import utcnow
+from shared.events import no_nul, utcnow
 from shared.service import Service
 from shared.web import Problem, bearer, problem_response
 
@@ -157,7 +157,7 @@ def install(
         token = bearer(request)
         async with service.pool.acquire() as conn:
             member, channel = await _caller(service, conn, token)
-            found = await repository.load_view(conn, complaint_id)
+            found = await repository.load_view(conn, _case_id(complaint_id))
         # nobody learns of complaints they may not see, not even that they exist
         if found is None or not _may_read(found["case"], member, channel):
             raise Problem(404, "Not found", f"no complaint {complaint_id}")
@@ -205,7 +205,9 @@ def install(
         if limited is not None:
             return _too_many(limited, request.url.path)
         status, body = await staff_actions.act(
-            action_batches.Request(complaint_id, action, member, request.url.path, idempotency_key)
+            action_batches.Request(
+                _case_id(complaint_id), action, member, request.url.path, idempotency_key
+            )
         )
         return _replayed(status, body, response)
 
@@ -226,7 +228,7 @@ def install(
             channel = await directory.channel_for_key(conn, auth.hash_key(bearer(request)))
             if channel is None:
                 raise Problem(401, "Unauthorized", "send the submitting channel's live key")
-            found = await cases.load(conn, complaint_id, known=known)
+            found = await cases.load(conn, _case_id(complaint_id), known=known)
             if found is None or found.state.channel.value != channel:
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             result = await cases.act(
@@ -252,7 +254,7 @@ def install(
     async def get_authority(complaint_id: str, request: Request) -> dict[str, Any]:
         async with service.pool.acquire() as conn:
             member = await service.staff_or_401(conn, bearer(request))
-            loaded = await cases.load(conn, complaint_id, known=known, lock=False)
+            loaded = await cases.load(conn, _case_id(complaint_id), known=known, lock=False)
             if loaded is None or not _may_read(dict(loaded.row), member, None):
                 raise Problem(404, "Not found", f"no complaint {complaint_id}")
             active = await policy(conn, None)
@@ -397,6 +399,15 @@ async def _caller(
                 f"neither a live channel key nor a valid staff token ({refused})",
             ) from None
         return None, channel
+
+
+def _case_id(complaint_id: str) -> str:
+    """The path's complaint id; 404 for one that can name no complaint (text PostgreSQL cannot
+    hold, which would otherwise fail the statement reading it)."""
+    try:
+        return no_nul(complaint_id)
+    except ValueError:
+        raise Problem(404, "Not found", "no such complaint") from None
 
 
 def _may_read(case: dict[str, Any], member: directory.Member | None, channel: str | None) -> bool:

@@ -32,6 +32,8 @@ class Resolution(Service):
             known=self.known,
             view_of=api.staff_view,
             refused=api.refusal_document,
+            # actions waiting alone for a busy case hold at most half the pool's connections
+            alone_limit=max(1, self.settings.database_pool_size // 2),
         )
         api.install(self, self.router, self.policy, limit, self.known, self.staff_actions)
         review_api.install(self, self.router)

@@ -454,10 +454,36 @@ async def lock_totals_many(
     """`lock_totals` for a batch of decisions, in one round trip: every customer's lock, then
     every staff member's, each kind in the order of the ids (the order `lock_totals` follows
     for one of each: no deadlock between batches, nor with a single decision)."""
-    names = [f"cap:customer:{c}" for c in sorted(set(customer_ids))]
-    names += [f"cap:staff:{s}" for s in sorted(set(staff_ids))]
+    names = _cap_locks(customer_ids, staff_ids)
     if names:
         await conn.execute(_LOCK_TOTALS_MANY, names)
+
+
+def _cap_locks(customer_ids: Collection[str], staff_ids: Collection[str]) -> list[str]:
+    """The names of the caps' locks, customers' first, then staff members', each in id order."""
+    names = [f"cap:customer:{c}" for c in sorted(set(customer_ids))]
+    return names + [f"cap:staff:{s}" for s in sorted(set(staff_ids))]
+
+
+_TRY_LOCK_TOTALS = (
+    "SELECT k FROM unnest($1::text[]) AS k"
+    " WHERE NOT pg_try_advisory_xact_lock(hashtextextended(k, 0))"
+)
+
+
+async def try_lock_totals_many(
+    conn: Conn, *, customer_ids: Collection[str], staff_ids: Collection[str]
+) -> tuple[set[str], set[str]]:
+    """`lock_totals_many` without waiting: the customers and the staff members whose caps'
+    locks another transaction holds (the others are locked until this transaction ends)."""
+    names = _cap_locks(customer_ids, staff_ids)
+    if not names:
+        return set(), set()
+    busy = [r["k"] for r in await conn.fetch(_TRY_LOCK_TOTALS, names)]
+    return (
+        {k.removeprefix("cap:customer:") for k in busy if k.startswith("cap:customer:")},
+        {k.removeprefix("cap:staff:") for k in busy if k.startswith("cap:staff:")},
+    )
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,31 @@ async def test_stale_versions_retried_keys_and_malformed_actions(running) -> Non
     assert unknown.status_code == 422
 
 
+async def test_text_postgresql_cannot_hold_is_refused_with_the_field_named(running) -> None:
+    case = await _opened(running)
+    agent = await case.member("agent")
+    version = (await case.view())["version"]
+    for body, field in [
+        ({"action": "note", "text": "a\u0000b"}, "text"),
+        ({"action": "assign", "to": "nobody\u0000"}, "to"),
+        ({"action": "decline", "reason": "lone \ud800 surrogate"}, "reason"),
+    ]:
+        # raw JSON: the escapes reach the server as sent
+        answer = await running.http.post(
+            f"/v1/complaints/{case.id}/actions",
+            content=json.dumps(body, ensure_ascii=True),
+            headers={**_auth(agent), "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, (body, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert field in answer.text
+    odd_id = await running.http.post(
+        "/v1/complaints/abc%00def/actions", json={"action": "acknowledge"}, headers=_auth(agent)
+    )
+    assert odd_id.status_code == 404, odd_id.text
+    assert (await case.view())["version"] == version  # nothing was applied
+
+
 async def test_outsiders_may_not_act_or_read(running) -> None:
     case = await _opened(running)
     outsider = await case.member("supervisor", team=f"elsewhere-{uuid.uuid4().hex[:4]}")

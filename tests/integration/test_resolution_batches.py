@@ -5,12 +5,14 @@ records as the consumer hands them over."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 
 from complaints.samples import submission
@@ -183,7 +185,7 @@ async def _one_customers(
     return ids, await _staff_actions(pool, dict.fromkeys(ids, customer))
 
 
-def _batches(pool: db.Pool) -> action_batches.StaffActions:
+def _batches(pool: db.Pool, **options: Any) -> action_batches.StaffActions:
     """Staff-action batches as a replica of its own keeps them."""
     return action_batches.StaffActions(
         lambda: pool,
@@ -191,7 +193,20 @@ def _batches(pool: db.Pool) -> action_batches.StaffActions:
         known=States(),
         view_of=api.staff_view,
         refused=api.refusal_document,
+        **options,
     )
+
+
+@contextlib.asynccontextmanager
+async def _held(pool: db.Pool, lock: str, *args: Any) -> AsyncIterator[None]:
+    """Another transaction holding what the statement `lock` locks, until the block ends."""
+    async with pool.acquire() as holder:
+        await holder.execute("BEGIN")
+        try:
+            await holder.execute(lock, *args)
+            yield
+        finally:
+            await holder.execute("ROLLBACK")
 
 
 def _request(complaint_id: str, body: dict[str, Any], key: str | None = None) -> Any:
@@ -319,19 +334,15 @@ async def test_an_action_whose_case_is_held_waits_alone_and_holds_up_no_other(
     busy, free = f"busy-{uuid.uuid4().hex[:6]}", f"free-{uuid.uuid4().hex[:6]}"
     batches = await _staff_actions(pool, {busy: "cust-b", free: "cust-f"})
     ack = {"action": "acknowledge"}
-    holder = await pool.acquire()
+    # another transaction decides on `busy` (a consumer batch, another replica)
     try:
-        await holder.execute("BEGIN")
-        # another transaction decides on `busy` (a consumer batch, another replica)
-        await holder.execute("SELECT 1 FROM cases WHERE complaint_id = $1 FOR UPDATE", busy)
-        waiting = asyncio.ensure_future(batches.act(_request(busy, ack)))
-        status, _ = await asyncio.wait_for(batches.act(_request(free, ack)), timeout=5)
-        assert status == 200 and not waiting.done()
-        await holder.execute("ROLLBACK")
+        async with _held(pool, "SELECT 1 FROM cases WHERE complaint_id = $1 FOR UPDATE", busy):
+            waiting = asyncio.ensure_future(batches.act(_request(busy, ack)))
+            status, _ = await asyncio.wait_for(batches.act(_request(free, ack)), timeout=5)
+            assert status == 200 and not waiting.done()
         status, view = await asyncio.wait_for(waiting, timeout=5)
         assert status == 200 and view["status"] == "acknowledged"
     finally:
-        await pool.release(holder)
         await batches.close()
 
 
@@ -432,5 +443,57 @@ async def test_two_actions_on_one_case_meeting_in_a_batch_are_each_kept_once(
         assert logged.count("complaint.acknowledged") == logged.count("complaint.note_added") == 1
         status, view = await batches.act(_request(case, {"action": "note", "text": "y"}))
         assert status == 200 and view["version"] == len(await _logged(pool, case))
+    finally:
+        await batches.close()
+
+
+async def test_waits_alone_are_bounded_so_busy_cases_never_take_every_connection(
+    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = [f"w{n}-{uuid.uuid4().hex[:6]}" for n in range(7)]
+    free = f"free-{uuid.uuid4().hex[:6]}"
+    await _staff_actions(pool, {**dict.fromkeys(busy, "cust-w"), free: "cust-w"})
+    # the pool has 8: one holds the cases, at most 2 wait for them, the rest stay free
+    batches = _batches(pool, alone_limit=2)
+    monkeypatch.setattr(action_batches, "LOCK_WAIT_S", 3)
+    ack = {"action": "acknowledge"}
+    try:
+        async with _held(pool, "SELECT 1 FROM cases WHERE complaint_id = ANY($1) FOR UPDATE", busy):
+            waiting = [asyncio.ensure_future(batches.act(_request(b, ack))) for b in busy]
+            await asyncio.sleep(0.3)
+            status, _ = await asyncio.wait_for(batches.act(_request(free, ack)), timeout=2)
+            assert status == 200
+            # held past LOCK_WAIT_S: each action is answered (503: the database is busy)
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*waiting, return_exceptions=True), timeout=30
+            )
+            assert all(isinstance(o, asyncpg.exceptions.LockNotAvailableError) for o in outcomes)
+    finally:
+        await batches.close()
+    for b in busy:
+        assert "complaint.acknowledged" not in await _logged(pool, b)
+
+
+async def test_a_proposal_whose_caps_are_held_waits_alone_and_holds_up_no_other(
+    pool: db.Pool,
+) -> None:
+    spend, other = f"s-{uuid.uuid4().hex[:6]}", f"o-{uuid.uuid4().hex[:6]}"
+    batches = await _staff_actions(pool, {spend: "cust-held", other: "cust-other"})
+    await batches.act(_request(spend, {"action": "acknowledge"}))
+    refund = {"type": "refund", "amount": {"amount": "40.00", "currency": "EUR"}}
+    # another replica deciding for this customer holds its caps' lock
+    cap_lock = "SELECT pg_advisory_xact_lock(hashtextextended('cap:customer:' || $1, 0))"
+    try:
+        async with _held(pool, cap_lock, "cust-held"):
+            proposing = asyncio.ensure_future(
+                batches.act(_request(spend, {"action": "propose_remedy", "remedy": refund}))
+            )
+            status, _ = await asyncio.wait_for(
+                batches.act(_request(other, {"action": "acknowledge"})), timeout=5
+            )
+            assert status == 200 and not proposing.done()
+        status, _ = await asyncio.wait_for(proposing, timeout=5)
+        assert status == 200
+        assert "complaint.remedy_approved" in await _logged(pool, spend)
     finally:
         await batches.close()
