@@ -40,9 +40,17 @@ async def test_one_trace_covers_http_intake_resolution_and_notify(running: Runni
     def covered():
         services = {s.resource.attributes["service.name"] for s in spans_of_trace()}
         names = {s.name for s in spans_of_trace()}
+        # a consumer's span ends after its batch commits: the relay, woken by that commit,
+        # may publish (and end its own span) before it, so wait for each consumer's span
+        consuming = {
+            s.resource.attributes["service.name"]
+            for s in spans_of_trace()
+            if s.kind == SpanKind.CONSUMER
+        }
         done = {"complaints-intake", "complaints-resolution", "complaints-notify"} <= services
         return (
             done
+            and {"complaints-resolution", "complaints-notify"} <= consuming
             and "notification deliver" in names
             and any(n.startswith("complaints.events.v1 process") for n in names)
         )
