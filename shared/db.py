@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -19,6 +20,23 @@ from opentelemetry.trace import SpanKind
 Pool = asyncpg.Pool
 # What handlers and repositories take: a plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
+T = TypeVar("T")
+# PostgreSQL broke a lock cycle, or could not serialise: the transaction may simply run again.
+RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+async def retried_transaction(pool: Pool, work: Callable[[Conn], Awaitable[T]]) -> T:
+    """`work` in a transaction on a connection of `pool`, run again (four tries in all, a
+    short back-off between them) when PostgreSQL broke a lock cycle or could not serialise."""
+    for attempt in range(4):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except RETRYABLE:
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.01 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _operation(query: str) -> str:

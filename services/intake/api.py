@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from services.intake import handlers, repository
-from shared import auth, jsonsafe, quota, quotas
+from shared import auth, db, jsonsafe, quota, quotas
 from shared.batcher import Batcher
 from shared.events import CloudEvent, EventType, SubmittedData, utcnow
 from shared.service import Service
@@ -103,7 +101,6 @@ def install(service: Service, router: APIRouter) -> Submissions:
     return submissions
 
 
-RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 KEY_CACHE_S = 5.0  # a revoked key stops working within this long
 
 
@@ -128,16 +125,9 @@ class Submissions:
     async def _write(self, items: Sequence[handlers.Submission]) -> list[tuple[str, bool]]:
         """One transaction for the batch, retried when PostgreSQL broke a lock cycle (e.g. with
         a consumer batch assigning in the same team)."""
-        for attempt in range(4):
-            try:
-                async with self._service.pool.acquire() as conn, conn.transaction():
-                    results = await handlers.accept_many(conn, items, now=utcnow())
-                return results
-            except RETRYABLE:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.01 * 2**attempt)
-        raise AssertionError("unreachable")
+        return await db.retried_transaction(
+            self._service.pool, lambda conn: handlers.accept_many(conn, items, now=utcnow())
+        )
 
     async def caller(self, key: str) -> Caller | None:
         """Who holds `key` (None: unknown or revoked), remembered for `KEY_CACHE_S`."""

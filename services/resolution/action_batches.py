@@ -40,7 +40,7 @@ import asyncpg
 
 from services.resolution import actions, cases, repository, states
 from services.resolution.case import Refusal
-from shared import directory, kafka, telemetry
+from shared import db, directory, kafka, telemetry
 from shared.batcher import Batcher
 from shared.db import Conn, Pool
 from shared.events import utcnow
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 # An action's answer: its HTTP status and body (a case's view, or a problem document).
 Answer = tuple[int, dict[str, Any]]
-# PostgreSQL broke a lock cycle, or a snapshot could not be kept: the batch is tried again.
-RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 MAX_BATCH = 64
 T = TypeVar("T")
 # The actions whose decisions read (and may spend under) the caps: `cases.context`.
@@ -170,15 +168,7 @@ class StaffActions:
 
     async def _retried(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """`work` in a transaction, run again when PostgreSQL broke a lock cycle."""
-        for attempt in range(4):
-            try:
-                async with self._pool().acquire() as conn, conn.transaction():
-                    return await work(conn)
-            except RETRYABLE:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.01 * 2**attempt)
-        raise AssertionError("unreachable")
+        return await db.retried_transaction(self._pool(), work)
 
     async def _together(self, conn: Conn, requests: Sequence[Request]) -> list[Outcome]:
         """Requests on distinct cases decided and kept in `conn`'s transaction; HELD for those

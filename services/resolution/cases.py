@@ -423,8 +423,9 @@ def staff_actor(member: directory.Member, state: CaseState) -> Actor:
 class Unwritten:
     """Money a batch of decisions applied in its transaction that is not written yet (the batch
     writes it with everything else at its end), per (customer or staff member, currency): the
-    caps of the batch's later decisions count it. The batch holds the caps' locks of all its
-    decisions (`repository.lock_totals_many`), so none of them takes any. The consistency
+    caps of the batch's later decisions count it. The batch took the caps' locks of all its
+    decisions before deciding any (`repository.try_lock_totals_many`, or `lock_totals_many`
+    for an action deciding alone), so none of them takes any. The consistency
     sample is read as committed, as it is for decisions running at once in two transactions."""
 
     customer: dict[tuple[str, str], Decimal] = field(default_factory=dict)

@@ -575,23 +575,11 @@ async def money_applied(
     )
 
 
-async def saved_answer(
-    conn: Conn, complaint_id: str, actor: str, key: str
-) -> asyncpg.Record | None:
-    """The answer given to an earlier action with this Idempotency-Key, if any."""
-    return await conn.fetchrow(
-        """SELECT status, body, request_sha256 FROM action_requests
-           WHERE complaint_id = $1 AND actor = $2 AND idempotency_key = $3""",
-        complaint_id,
-        actor,
-        key,
-    )
-
-
 async def saved_answers(
     conn: Conn, keys: Collection[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], asyncpg.Record]:
-    """`saved_answer` for several `(complaint_id, actor, key)` in one round trip."""
+    """The answers given to earlier actions with these Idempotency-Keys, each
+    `(complaint_id, actor, key)`, by key, in one round trip."""
     if not keys:
         return {}
     complaint_ids, actors, idempotency_keys = (list(column) for column in zip(*keys, strict=True))
@@ -608,8 +596,9 @@ async def saved_answers(
 
 
 async def save_answers(conn: Conn, answers: Sequence[tuple[str, str, str, str, int, Any]]) -> None:
-    """`save_answer` for several `(complaint_id, actor, key, request, status, body)` in one
-    round trip."""
+    """Keep the answers to actions sent with Idempotency-Keys, each `(complaint_id, actor,
+    key, request, status, body)` (`request`: the action's digest), in one round trip; a key
+    answered already keeps its first answer."""
     if not answers:
         return
     columns = list(zip(*answers, strict=True))
@@ -622,23 +611,6 @@ async def save_answers(conn: Conn, answers: Sequence[tuple[str, str, str, str, i
            ON CONFLICT DO NOTHING""",
         *(list(column) for column in columns[:5]),
         [json.dumps(body) for body in columns[5]],
-    )
-
-
-async def save_answer(
-    conn: Conn, complaint_id: str, actor: str, key: str, request: str, status: int, body: Any
-) -> None:
-    """Keep the answer to the action `request` (its digest) sent with Idempotency-Key `key`."""
-    await conn.execute(
-        """INSERT INTO action_requests
-               (complaint_id, actor, idempotency_key, request_sha256, status, body)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-        complaint_id,
-        actor,
-        key,
-        request,
-        status,
-        body,
     )
 
 
