@@ -13,6 +13,13 @@ soon as data arrives, so there an idle consumer loses nothing, and a deployment'
 (500 ms in `deploy/complaints.env.example`) is already longer than the idle one, which then
 changes nothing.
 
+A consumer that passes over most of its topic unread is paced by the records it acts on
+(`Pacing`'s `judged`): resolution skips its own events, which are most of the events topic
+while staff act, and fetching them every 10 ms cost the broker and resolution about 5 % of
+the CPU of a staff action (measured: `docs/performance.md`, eighth pass). Its price, on the dev
+broker only: the first event it acts on after a quiet spell of such events waits up to two idle
+waits.
+
 aiokafka reads the fetcher's wait each time it builds a fetch request; `pace` sets it there,
 after each fetch's answer. That is a private attribute of aiokafka's fetcher: if a release
 renames it, `pace` says so once and the consumers keep their fixed wait.
@@ -34,7 +41,11 @@ IDLE_AFTER_S = 1.0
 
 class Pacing:
     """The wait of a consumer's next fetch: `busy_ms` until no fetch has brought a record for
-    `idle_after_s`, then `idle_ms` (never shorter than `busy_ms`) until one does."""
+    `idle_after_s`, then `idle_ms` (never shorter than `busy_ms`) until one does.
+
+    A `judged` consumer's records count only when it says they were of use (`acted`): one
+    that passes over most of what its topic carries (resolution skips its own events) is idle
+    while nothing it acts on comes, however busy the topic."""
 
     def __init__(
         self,
@@ -42,23 +53,29 @@ class Pacing:
         idle_ms: int,
         *,
         idle_after_s: float = IDLE_AFTER_S,
+        judged: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.busy_ms = busy_ms
         self.idle_ms = max(idle_ms, busy_ms)
         self._idle_after_s = idle_after_s
+        self._judged = judged
         self._clock = clock
         self._last_records = clock()
 
     def after_fetch(self, got_records: bool) -> int:
         """The wait for the next fetch, given whether this one brought records."""
         now = self._clock()
-        if got_records:
+        if got_records and not self._judged:
             self._last_records = now
             return self.busy_ms
         if now - self._last_records >= self._idle_after_s:
             return self.idle_ms
         return self.busy_ms
+
+    def acted(self) -> None:
+        """The consumer acted on records it fetched: it is busy."""
+        self._last_records = self._clock()
 
 
 @functools.cache
@@ -70,20 +87,23 @@ def _say_unpaced() -> None:
     )
 
 
-def pace(consumer: Any, idle_ms: int, *, idle_after_s: float = IDLE_AFTER_S) -> bool:
+def pace(
+    consumer: Any, idle_ms: int, *, idle_after_s: float = IDLE_AFTER_S, judged: bool = False
+) -> Pacing | None:
     """Make a started aiokafka consumer's fetches wait `idle_ms` once it is idle, and its own
-    wait while records come; whether its fetches are paced (see the module's note)."""
+    wait while records come (see `Pacing` for `judged`); its pacing, or None when its fetches
+    are not paced (see the module's note)."""
     if consumer is None:
-        return False
+        return None
     fetcher: Any = getattr(consumer, "_fetcher", None)
     fetch = getattr(fetcher, "_proc_fetch_request", None)
     busy_ms = getattr(fetcher, "_fetch_max_wait_ms", None)
     if fetch is None or not isinstance(busy_ms, int):
         _say_unpaced()
-        return False
+        return None
     if idle_ms <= busy_ms:
-        return False  # it waits that long already
-    pacing = Pacing(busy_ms, idle_ms, idle_after_s=idle_after_s)
+        return None  # it waits that long already
+    pacing = Pacing(busy_ms, idle_ms, idle_after_s=idle_after_s, judged=judged)
 
     async def paced_fetch(*args: Any, **kwargs: Any) -> Any:
         got = await fetch(*args, **kwargs)
@@ -91,4 +111,4 @@ def pace(consumer: Any, idle_ms: int, *, idle_after_s: float = IDLE_AFTER_S) -> 
         return got
 
     fetcher._proc_fetch_request = paced_fetch
-    return True
+    return pacing

@@ -81,6 +81,9 @@ class Service:
         self._relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._workers: list[Worker] = []
+        # consumer groups paced by the records they act on, and every paced group's pacing
+        self._judged: set[str] = set()
+        self._pacings: dict[str, fetch_pacing.Pacing] = {}
         self._cancel_on_stop: list[asyncio.Task[Any]] = []
         self.register()
 
@@ -167,6 +170,7 @@ class Service:
                 records = [r for r in records if r.may_be(None, skip)]
                 if not records:
                     return
+                self._acted(consumer.name)
             await kafka.process_batch_together(
                 pool=self.pool,
                 tracer=self.tracer,
@@ -176,7 +180,7 @@ class Service:
                 apply=lambda conn, items: apply(conn, items, now),
             )
 
-        self._subscribe(topic, consumer, process, after)
+        self._subscribe(topic, consumer, process, after, judged=bool(skip))
 
     def _consumer(self, group_id: str) -> kafka.Consumer:
         return kafka.Consumer(
@@ -194,8 +198,11 @@ class Service:
         after: Callable[[], None] | None,
         *,
         follower: bool = False,
+        judged: bool = False,
     ) -> None:
         """One at-least-once batch subscriber over raw records (see `kafka.raw_batch`).
+        A `judged` subscriber's fetches are paced by the records it acts on (it calls
+        `_acted`), not by every record its topic carries (see `fetch_pacing.Pacing`).
 
         The database or broker being away rewinds the batch and retries it with capped,
         jittered back-off, one log line each time, for as long as it takes. A batch that fails
@@ -205,6 +212,8 @@ class Service:
         """
         group_id = consumer.name
         batches = _BatchFailures(self.name, group_id, consumer.max_tries)
+        if judged:
+            self._judged.add(group_id)
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
@@ -404,7 +413,18 @@ class Service:
         self.broker.running = True
         for subscriber in self.broker.subscribers:
             consumer = getattr(subscriber, "consumer", None)  # FastStream's Kafka subscriber's
-            fetch_pacing.pace(consumer, self.settings.kafka_idle_fetch_wait_ms)
+            group_id = getattr(subscriber, "group_id", None)
+            pacing = fetch_pacing.pace(
+                consumer, self.settings.kafka_idle_fetch_wait_ms, judged=group_id in self._judged
+            )
+            if pacing is not None and group_id is not None:
+                self._pacings[group_id] = pacing
+
+    def _acted(self, group_id: str) -> None:
+        """The subscriber of `group_id` acted on records it fetched (see `_subscribe`)."""
+        pacing = self._pacings.get(group_id)
+        if pacing is not None:
+            pacing.acted()
 
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then release everything."""

@@ -30,7 +30,7 @@ async def test_an_idle_consumer_waits_longer_and_still_takes_the_first_record(
     try:
         fetcher = consumer._fetcher
         # a second with no record and the wait is long; checked within a second of a record
-        assert fetch_pacing.pace(consumer, 300, idle_after_s=1.0)
+        assert fetch_pacing.pace(consumer, 300, idle_after_s=1.0) is not None
 
         async def waits(ms: int) -> bool:
             await consumer.getmany(timeout_ms=50)
@@ -73,3 +73,21 @@ async def test_the_services_pace_their_latency_consumers(running: Running) -> No
         what="the command consumer's idle wait",
     )
     assert waits[topics.STAFF]._fetch_max_wait_ms == running.settings.kafka_follower_fetch_wait_ms
+
+
+async def test_resolution_is_idle_while_only_its_own_events_come(running: Running) -> None:
+    """Resolution's event consumer passes over the events resolution itself published: they
+    keep it no busier than an empty topic; an event it acts on makes it busy."""
+    resolution = running.services["resolution"]
+    [events] = [s for s in resolution.broker.subscribers if s.topics[0].name == topics.EVENTS]
+    pacing = resolution._pacings[events.group_id]
+    assert pacing._judged
+    fetcher = events.consumer._fetcher
+    idle_ms = running.settings.kafka_idle_fetch_wait_ms
+    pacing._last_records -= 60  # as if nothing it acts on had come for a minute
+    await eventually(lambda: fetcher._fetch_max_wait_ms == idle_ms, what="the idle wait")
+    resolution._acted(events.group_id)
+    await eventually(
+        lambda: fetcher._fetch_max_wait_ms == running.settings.kafka_fetch_max_wait_ms,
+        what="the short wait",
+    )

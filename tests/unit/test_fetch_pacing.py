@@ -60,6 +60,22 @@ def test_a_consumer_starts_busy() -> None:
     assert pacing.after_fetch(False) == 10
 
 
+def test_a_judged_consumer_is_busy_only_with_records_it_acts_on() -> None:
+    """Resolution passes over its own events: a topic busy with them alone leaves it idle."""
+    clock = _Clock()
+    pacing = Pacing(10, 250, idle_after_s=1.0, judged=True, clock=clock)
+    clock.now += 5
+    assert pacing.after_fetch(True) == 250  # records, none acted on
+    pacing.acted()
+    assert pacing.after_fetch(True) == 10
+    clock.now += 0.5
+    assert pacing.after_fetch(True) == 10
+    clock.now += 0.5
+    assert pacing.after_fetch(True) == 250  # a second of records it passed over
+    pacing.acted()
+    assert pacing.after_fetch(False) == 10
+
+
 class _Fetcher:
     def __init__(self, wait_ms: int, answers: list[bool]) -> None:
         self._fetch_max_wait_ms = wait_ms
@@ -76,7 +92,7 @@ class _Consumer:
 
 async def test_pace_sets_the_wait_the_fetcher_builds_its_next_request_with() -> None:
     fetcher = _Fetcher(10, [False, True])
-    assert fetch_pacing.pace(_Consumer(fetcher), 250, idle_after_s=0.0)
+    assert fetch_pacing.pace(_Consumer(fetcher), 250, idle_after_s=0.0) is not None
     assert await fetcher._proc_fetch_request("assignment", 1, "request") is False
     assert fetcher._fetch_max_wait_ms == 250
     assert await fetcher._proc_fetch_request("assignment", 1, "request") is True
@@ -86,7 +102,7 @@ async def test_pace_sets_the_wait_the_fetcher_builds_its_next_request_with() -> 
 def test_a_consumer_that_waits_as_long_already_is_left_alone() -> None:
     fetcher = _Fetcher(250, [])
     original = fetcher._proc_fetch_request
-    assert not fetch_pacing.pace(_Consumer(fetcher), 100)
+    assert fetch_pacing.pace(_Consumer(fetcher), 100) is None
     assert fetcher._proc_fetch_request == original
 
 
@@ -95,7 +111,7 @@ def test_an_unknown_fetcher_is_reported_once_and_left_alone(
 ) -> None:
     fetch_pacing._say_unpaced.cache_clear()
     with caplog.at_level(logging.WARNING, logger="shared.fetch_pacing"):
-        assert not fetch_pacing.pace(_Consumer(object()), 100)
-        assert not fetch_pacing.pace(_Consumer(object()), 100)
-        assert not fetch_pacing.pace(None, 100)  # a subscriber without a consumer: quietly
+        assert fetch_pacing.pace(_Consumer(object()), 100) is None
+        assert fetch_pacing.pace(_Consumer(object()), 100) is None
+        assert fetch_pacing.pace(None, 100) is None  # a subscriber without a consumer: quietly
     assert caplog.text.count("fixed fetch wait") == 1
