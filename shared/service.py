@@ -156,18 +156,22 @@ class Service:
         *,
         group: str | None = None,
         after: Callable[[], None] | None = None,
+        only: Collection[str] | None = None,
         skip: Collection[str] = (),
+        follower: bool = False,
     ) -> None:
         """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
         after a batch commits, `after` is called (the commit itself wakes the
         workers it gave work, see `db.wake_after_commit`). Records whose type header names a
-        type in `skip` are passed over unread (`apply` must still pass over such a record
-        that came without the header)."""
+        type not in `only` (when given) or in `skip` are passed over unread (`apply` must still
+        pass over such a record that came without the header). A `follower` is off every
+        latency path (see `consume`)."""
         consumer = self._consumer(group or self.group_id)
+        judged = only is not None or bool(skip)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
-            if skip:
-                records = [r for r in records if r.may_be(None, skip)]
+            if judged:
+                records = [r for r in records if r.may_be(only, skip)]
                 if not records:
                     return
                 self._acted(consumer.name)
@@ -180,7 +184,7 @@ class Service:
                 apply=lambda conn, items: apply(conn, items, now),
             )
 
-        self._subscribe(topic, consumer, process, after, judged=bool(skip))
+        self._subscribe(topic, consumer, process, after, follower=follower, judged=judged)
 
     def _consumer(self, group_id: str) -> kafka.Consumer:
         return kafka.Consumer(

@@ -17,10 +17,12 @@ class Intake(Service):
     def register(self) -> None:
         self.submissions = api.install(self, self.router)
         self.consume_together(topics.SUBMITTED, handlers.parse_record, handlers.apply_submissions)
-        self.consume(
+        self.consume_together(
             topics.EVENTS,
-            handlers.cases,
+            handlers.parse_case_event,
+            handlers.follow_cases,
             group=f"{self.group_id}-cases",
+            only=handlers.FOLLOWED,
             follower=True,  # staff load may lag a case's resolution by a fraction of a second
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.intake import domain, repository
-from shared import ids, jsonsafe, outbox, topics
+from shared import ids, inbox, jsonsafe, outbox, topics
 from shared.db import Conn
 from shared.events import (
     AssignedData,
@@ -34,7 +34,7 @@ from shared.events import (
 )
 from shared.frozen import changed
 from shared.kafka import Record, Rejected
-from shared.routing import Delivery, EventRouter
+from shared.routing import decode
 from shared.web import field_errors, summarise
 
 SOURCE = "complaints/intake"
@@ -406,42 +406,89 @@ async def apply_submissions(
 
 CONSUMER = "intake"
 
-# What later events say about a case, as intake tracks it for open load and customer history;
-# the other events on the topic are skipped unread (by their type header).
-cases = EventRouter(CONSUMER)
+# What later events say about a case, as intake tracks it for open load and customer history,
+# with the model each is read as; the other events on the topic are skipped unread (by their
+# type header), or, without one, read and passed over.
+FOLLOWED: dict[str, type[CaseEventData]] = {
+    EventType.ACKNOWLEDGED: CaseEventData,
+    EventType.CLOSED: CaseEventData,
+    EventType.REOPENED: CaseEventData,
+    EventType.ASSIGNED: AssignedData,
+    EventType.RESOLVED: ResolvedData,
+    EventType.FEEDBACK_RECEIVED: FeedbackData,
+}
+CaseEvent = tuple[CloudEvent, CaseEventData | None]
 
 
-@cases.on(EventType.ACKNOWLEDGED, model=CaseEventData)
-async def acknowledged(conn: Conn, data: CaseEventData, _: Delivery) -> None:
-    await repository.case_update(conn, data.complaint_id, acknowledged=True)
+def parse_case_event(record: Record) -> CaseEvent:
+    """The event in a record of `complaints.events.v1` and its data when intake follows its
+    type (None when it does not), or `Rejected` saying why not."""
+    event, data = decode(record, FOLLOWED)
+    return event, data
 
 
-@cases.on(EventType.CLOSED, model=CaseEventData)
-async def closed(conn: Conn, data: CaseEventData, _: Delivery) -> None:
-    await repository.case_update(conn, data.complaint_id, open=False)
+async def follow_cases(
+    conn: Conn, items: Sequence[tuple[CaseEvent, dict[str, str]]], now: datetime
+) -> None:
+    """Apply a batch of followed events, in a few statements whatever its size: the events
+    seen before (the inbox) change nothing; the rest go in rounds, the first event of each
+    case, then the second, …, so each case's events apply in their order."""
+    followed = [(event, data) for (event, data), _ in items if data is not None]
+    fresh_ids = await inbox.first_times(conn, CONSUMER, [event.id for event, _ in followed])
+    rounds: list[list[tuple[CloudEvent, CaseEventData]]] = []
+    seen: Counter[str] = Counter()
+    for event, data in followed:
+        if event.id not in fresh_ids:
+            continue
+        fresh_ids.discard(event.id)  # a repeat later in the batch is not fresh
+        n = seen[data.complaint_id]
+        seen[data.complaint_id] += 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append((event, data))
+    for round_ in rounds:
+        await _follow_round(conn, round_, now)
 
 
-@cases.on(EventType.REOPENED, model=CaseEventData)
-async def reopened(conn: Conn, data: CaseEventData, delivery: Delivery) -> None:
-    await repository.case_update(conn, data.complaint_id, open=True)
-    await repository.record_reopen(conn, data.complaint_id, data.at or delivery.now)
-
-
-@cases.on(EventType.ASSIGNED, model=AssignedData)
-async def assigned(conn: Conn, data: AssignedData, delivery: Delivery) -> None:
-    await repository.move_holder(conn, data.complaint_id, data.to_assignee, data.at or delivery.now)
-
-
-@cases.on(EventType.RESOLVED, model=ResolvedData)
-async def resolved(conn: Conn, data: ResolvedData, _: Delivery) -> None:
-    await repository.case_update(
-        conn, data.complaint_id, open=False, outcome=data.outcome.value, **remedy_value(data.remedy)
-    )
-
-
-@cases.on(EventType.FEEDBACK_RECEIVED, model=FeedbackData)
-async def feedback(conn: Conn, data: FeedbackData, _: Delivery) -> None:
-    await repository.case_update(conn, data.complaint_id, satisfaction=data.score)
+async def _follow_round(
+    conn: Conn, events: Sequence[tuple[CloudEvent, CaseEventData]], now: datetime
+) -> None:
+    """Events about different cases (one each), applied together."""
+    acknowledged: list[str] = []
+    opens: dict[str, bool] = {}
+    outcomes: list[tuple[str, str, Any, str | None]] = []
+    scores: dict[str, int] = {}
+    reopened: dict[str, datetime] = {}
+    for event, data in events:
+        complaint_id = data.complaint_id
+        if event.type == EventType.ACKNOWLEDGED:
+            acknowledged.append(complaint_id)
+        elif event.type == EventType.CLOSED:
+            opens[complaint_id] = False
+        elif event.type == EventType.REOPENED:
+            opens[complaint_id] = True
+            reopened[complaint_id] = data.at or now
+        elif isinstance(data, AssignedData):
+            # rare (a claim, an assignment): one statement each
+            await repository.move_holder(conn, complaint_id, data.to_assignee, data.at or now)
+        elif isinstance(data, ResolvedData):
+            opens[complaint_id] = False
+            value = remedy_value(data.remedy)
+            outcomes.append(
+                (
+                    complaint_id,
+                    data.outcome.value,
+                    value.get("remedy_amount"),
+                    value.get("remedy_currency"),
+                )
+            )
+        elif isinstance(data, FeedbackData):
+            scores[complaint_id] = data.score
+    await repository.cases_acknowledged(conn, acknowledged)
+    await repository.cases_open(conn, opens)
+    await repository.cases_resolved(conn, outcomes)
+    await repository.cases_reopened(conn, reopened)
+    await repository.cases_rated(conn, scores)
 
 
 def remedy_value(remedy: Remedy | None) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -259,36 +260,66 @@ async def open_unacknowledged(conn: Conn, staff_id: str) -> list[asyncpg.Record]
     )
 
 
-async def case_update(conn: Conn, complaint_id: str, **changes: Any) -> None:
-    """Apply what a later event says about a case (open, acknowledged, outcome, remedy,
-    satisfaction)."""
-    record = {
-        k: v
-        for k, v in changes.items()
-        if k in ("outcome", "satisfaction", "remedy_amount", "remedy_currency")
-    }
-    if "acknowledged" in changes:
+async def cases_acknowledged(conn: Conn, complaint_ids: Sequence[str]) -> None:
+    """These cases were acknowledged by their holders."""
+    if complaint_ids:
         await conn.execute(
-            "UPDATE assignments SET acknowledged = $2 WHERE complaint_id = $1",
-            complaint_id,
-            changes["acknowledged"],
+            "UPDATE assignments SET acknowledged = true WHERE complaint_id = ANY($1::text[])",
+            list(complaint_ids),
         )
-    if "open" in changes:
-        # a case that closes frees its holder's capacity; one that reopens takes it again
+
+
+async def cases_open(conn: Conn, opens: Mapping[str, bool]) -> None:
+    """Each case is now open or not (`complaint_id -> open`): a case that closes frees its
+    holder's capacity, one that reopens takes it again (a case already so changes nothing)."""
+    if not opens:
+        return
+    # one change per member, summed: an UPDATE joined to several rows of one member would
+    # apply only one of them
+    await conn.execute(
+        """WITH changed AS (
+               UPDATE assignments a SET open = u.open
+               FROM unnest($1::text[], $2::bool[]) AS u(complaint_id, open)
+               WHERE a.complaint_id = u.complaint_id AND a.open <> u.open
+               RETURNING a.staff_id, CASE WHEN u.open THEN a.weight ELSE -a.weight END AS delta),
+           per_member AS (
+               SELECT staff_id, sum(delta) AS delta FROM changed GROUP BY staff_id)
+           UPDATE staff s SET open_load = s.open_load + p.delta
+           FROM per_member p WHERE s.staff_id = p.staff_id""",
+        list(opens),
+        list(opens.values()),
+    )
+
+
+async def cases_resolved(
+    conn: Conn, outcomes: Sequence[tuple[str, str, Decimal | None, str | None]]
+) -> None:
+    """Each case's outcome and the money value of its remedy, for customer history
+    (`(complaint_id, outcome, amount, currency)`; without an amount, the value stays)."""
+    if outcomes:
         await conn.execute(
-            """WITH changed AS (
-                   UPDATE assignments SET open = $2 WHERE complaint_id = $1 AND open <> $2
-                   RETURNING staff_id, weight)
-               UPDATE staff s
-               SET open_load = s.open_load + CASE WHEN $2 THEN c.weight ELSE -c.weight END
-               FROM changed c WHERE s.staff_id = c.staff_id""",
-            complaint_id,
-            changes["open"],
+            """UPDATE complaints c SET outcome = u.outcome,
+                   remedy_amount = coalesce(u.amount, c.remedy_amount),
+                   remedy_currency = coalesce(u.currency, c.remedy_currency)
+               FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[])
+                    AS u(complaint_id, outcome, amount, currency)
+               WHERE c.complaint_id = u.complaint_id""",
+            [o[0] for o in outcomes],
+            [o[1] for o in outcomes],
+            [o[2] for o in outcomes],
+            [o[3] for o in outcomes],
         )
-    if record:
-        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(record, start=2))
+
+
+async def cases_rated(conn: Conn, scores: Mapping[str, int]) -> None:
+    """The customer's satisfaction with each case (`complaint_id -> score`)."""
+    if scores:
         await conn.execute(
-            f"UPDATE complaints SET {sets} WHERE complaint_id = $1", complaint_id, *record.values()
+            """UPDATE complaints c SET satisfaction = u.score
+               FROM unnest($1::text[], $2::int[]) AS u(complaint_id, score)
+               WHERE c.complaint_id = u.complaint_id""",
+            list(scores),
+            list(scores.values()),
         )
 
 
@@ -316,15 +347,18 @@ async def move_holder(conn: Conn, complaint_id: str, to: str | None, at: datetim
     )
 
 
-async def record_reopen(conn: Conn, complaint_id: str, at: datetime) -> None:
-    """A reopened case counts as the customer's contact again (their repeat-contact history)."""
-    await conn.execute(
-        """UPDATE complaints SET reopens = reopens + 1,
-               last_reopened_at = greatest(last_reopened_at, $2)
-           WHERE complaint_id = $1""",
-        complaint_id,
-        at,
-    )
+async def cases_reopened(conn: Conn, reopened: Mapping[str, datetime]) -> None:
+    """A reopened case counts as the customer's contact again (their repeat-contact history):
+    `complaint_id -> when`."""
+    if reopened:
+        await conn.execute(
+            """UPDATE complaints c SET reopens = reopens + 1,
+                   last_reopened_at = greatest(last_reopened_at, u.at)
+               FROM unnest($1::text[], $2::timestamptz[]) AS u(complaint_id, at)
+               WHERE c.complaint_id = u.complaint_id""",
+            list(reopened),
+            list(reopened.values()),
+        )
 
 
 # ---------------------------------------------------------------------- staff directory

@@ -111,7 +111,8 @@ async def _run_batches(pool: db.Pool) -> tuple[list[tuple[str, bool]], dict[str,
         ((earlier, _),) = await handlers.accept_many(
             conn, [_earlier()], now=NOW - timedelta(days=2)
         )
-        await repository.case_update(conn, earlier, outcome="upheld", satisfaction=4)
+        await repository.cases_resolved(conn, [(earlier, "upheld", None, None)])
+        await repository.cases_rated(conn, {earlier: 4})
         before = await conn.fetchval("SELECT max(id) FROM outbox")
         results = await handlers.accept_many(conn, _batch(), now=NOW)
         outbox = await conn.fetch(

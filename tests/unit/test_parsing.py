@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.intake.handlers import MAX_RECORD_BYTES, cases, parse_submitted
+from services.intake.handlers import FOLLOWED, MAX_RECORD_BYTES, parse_submitted
 from shared.events import EventType, new_event
 from shared.kafka import Record, Rejected
 from tests.support import submission
@@ -88,7 +88,7 @@ def _record(headers: tuple[tuple[str, bytes], ...]) -> Record:
 )
 def test_a_consumer_skips_only_records_announced_as_other_types(headers, wanted):
     record = _record(headers)
-    assert record.may_be(cases.types) is wanted
+    assert record.may_be(FOLLOWED) is wanted
     assert record.may_be(None) is True
 
 

@@ -1,0 +1,122 @@
+"""Intake follows what resolution says of its cases in batches: each case's events in their
+order, several cases of one member at once, a redelivered event changing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.intake import handlers, repository
+from shared import db, migrate
+from shared.events import CloudEvent, EventType, SubmittedData, new_event
+from tests.conftest import shared_schema
+
+NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[db.Pool]:
+    migrations = migrate.for_service("services.intake.migrations")
+    async with shared_schema(database, "intakefollow", migrations) as (_name, pool):
+        yield pool
+
+
+def _event(type_: str, complaint_id: str, **data: Any) -> tuple[handlers.CaseEvent, dict[str, str]]:
+    event = new_event(
+        type=type_,
+        source="complaints/resolution",
+        data={"complaint_id": complaint_id, "actor": "amy", **data},
+    )
+    return (event, handlers.FOLLOWED[type_].model_validate(event.data)), {}
+
+
+def _other(type_: str, complaint_id: str) -> tuple[handlers.CaseEvent, dict[str, str]]:
+    event: CloudEvent = new_event(
+        type=type_, source="complaints/resolution", data={"complaint_id": complaint_id}
+    )
+    return (event, None), {}
+
+
+async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.add_staff(
+            conn,
+            staff_id="amy",
+            name="Amy",
+            team="customer-care",
+            role="agent",
+            languages=["en"],
+            capacity=10,
+            available=True,
+        )
+        accepted = await handlers.accept_many(
+            conn,
+            [
+                handlers.Submission(
+                    SubmittedData.model_validate(
+                        {
+                            "external_id": f"web-{n}",
+                            "channel": "web",
+                            "category": "service",
+                            "description": "Late.",
+                            "customer": {"id": "c-1", "name": "C", "email": "c@example.com"},
+                        }
+                    ),
+                    "web/test",
+                    {},
+                )
+                for n in range(3)
+            ],
+            now=NOW,
+        )
+        a, b, c = (complaint_id for complaint_id, _ in accepted)
+        weights = {
+            r["complaint_id"]: r["weight"]
+            for r in await conn.fetch("SELECT complaint_id, weight, staff_id FROM assignments")
+        }
+        load = await conn.fetchval("SELECT open_load FROM staff WHERE staff_id = 'amy'")
+        assert load == sum(weights.values())
+
+        resolved_b = _event(
+            EventType.RESOLVED,
+            b,
+            outcome="upheld",
+            remedy={"type": "refund", "amount": {"amount": "90.00", "currency": "EUR"}},
+        )
+        at = (NOW + timedelta(hours=1)).isoformat()
+        batch = [
+            _event(EventType.CLOSED, a),
+            resolved_b,  # a second case of amy's closing in the same round
+            _other(EventType.REMEDY_PROPOSED, c),  # not followed: passed over
+            _event(EventType.ACKNOWLEDGED, c),
+            _event(EventType.REOPENED, a, at=at),  # a's second event: after its close
+            _event(EventType.FEEDBACK_RECEIVED, c, score=4),
+            resolved_b,  # a repeat within the batch changes nothing
+            _event(EventType.CLOSED, a),  # a's third: closed again
+        ]
+        await handlers.follow_cases(conn, batch, NOW)
+        await handlers.follow_cases(conn, [resolved_b], NOW)  # redelivered: nothing
+
+        load = await conn.fetchval("SELECT open_load FROM staff WHERE staff_id = 'amy'")
+        assert load == weights[c]
+        rows = {
+            r["complaint_id"]: r
+            for r in await conn.fetch(
+                "SELECT c.complaint_id, open, acknowledged, outcome, remedy_amount::text,"
+                " remedy_currency, satisfaction, reopens, last_reopened_at"
+                " FROM complaints c JOIN assignments USING (complaint_id)"
+            )
+        }
+        assert [rows[x]["open"] for x in (a, b, c)] == [False, False, True]
+        assert [rows[x]["acknowledged"] for x in (a, b, c)] == [False, False, True]
+        assert (rows[b]["outcome"], rows[b]["remedy_amount"], rows[b]["remedy_currency"]) == (
+            "upheld",
+            "90.00",
+            "EUR",
+        )
+        assert rows[c]["satisfaction"] == 4 and rows[a]["satisfaction"] is None
+        assert (rows[a]["reopens"], rows[a]["last_reopened_at"]) == (1, NOW + timedelta(hours=1))
+        assert rows[b]["reopens"] == 0
