@@ -215,6 +215,7 @@ class Service:
         partition moves on. After a batch commits, `after` is called.
         """
         group_id = consumer.name
+        context = self.broker.context
         batches = _BatchFailures(self.name, group_id, consumer.max_tries)
         if judged:
             self._judged.add(group_id)
@@ -228,7 +229,11 @@ class Service:
             group_instance_id=kafka.instance_id(self.settings, group_id),
             **kafka.consumer_options(self.settings, follower=follower),
         )
-        async def on_batch(message: KafkaMessage) -> None:
+        async def on_batch() -> None:
+            # the message from FastStream's context, not as an argument: a `KafkaMessage`
+            # parameter is resolved by a synchronous context lookup that FastStream's
+            # dependency injection runs in a worker thread, a thread hand-off per batch
+            message: KafkaMessage = context.get_local("message")
             records = [kafka.Record.of(raw) for raw in message.raw_message]
             try:
                 await process(records, utcnow())
