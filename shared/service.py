@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import (
@@ -215,7 +215,6 @@ class Service:
         partition moves on. After a batch commits, `after` is called.
         """
         group_id = consumer.name
-        context = self.broker.context
         batches = _BatchFailures(self.name, group_id, consumer.max_tries)
         if judged:
             self._judged.add(group_id)
@@ -233,7 +232,9 @@ class Service:
             # the message from FastStream's context, not as an argument: a `KafkaMessage`
             # parameter is resolved by a synchronous context lookup that FastStream's
             # dependency injection runs in a worker thread, a thread hand-off per batch
-            message: KafkaMessage = context.get_local("message")
+            message: KafkaMessage | None = self.broker.context.get_local("message")
+            if message is None:
+                raise RuntimeError(f"{group_id}: FastStream gave no message to this batch")
             records = [kafka.Record.of(raw) for raw in message.raw_message]
             try:
                 await process(records, utcnow())

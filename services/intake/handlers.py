@@ -424,16 +424,19 @@ def parse_case_event(record: Record) -> CaseEvent:
     """The event in a record of `complaints.events.v1` and its data when intake follows its
     type (None when it does not), or `Rejected` saying why not."""
     event, data = decode(record, FOLLOWED)
-    return event, data
+    return event, data  # data is None for a type intake does not follow
 
 
 async def follow_cases(
     conn: Conn, items: Sequence[tuple[CaseEvent, dict[str, str]]], now: datetime
 ) -> None:
-    """Apply a batch of followed events, in a few statements whatever its size: the events
-    seen before (the inbox) change nothing; the rest go in rounds, the first event of each
-    case, then the second, …, so each case's events apply in their order."""
+    """Apply a batch of followed events: the events seen before (the inbox) change nothing;
+    the rest go in rounds, the first event of each case, then the second, …, so each case's
+    events apply in their order. A round takes one statement per kind of change whatever its
+    size, and one per `complaint.assigned` (rare: a claim, an assignment)."""
     followed = [(event, data) for (event, data), _ in items if data is not None]
+    if not followed:
+        return
     fresh_ids = await inbox.first_times(conn, CONSUMER, [event.id for event, _ in followed])
     rounds: list[list[tuple[CloudEvent, CaseEventData]]] = []
     seen: Counter[str] = Counter()

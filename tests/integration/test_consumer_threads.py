@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import fast_depends.utils
+import anyio.to_thread
 import pytest
 
 from tests.conftest import Running
@@ -18,13 +18,14 @@ async def test_a_batch_reaches_its_handler_without_a_worker_thread(
     `KafkaMessage` parameter was: one hand-off per batch, in every consumer); a complaint
     going through intake, resolution and notify must need none."""
     handed_off: list[Any] = []
-    original = fast_depends.utils.run_in_threadpool
+    original = anyio.to_thread.run_sync
 
     async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
         handed_off.append(func)
         return await original(func, *args, **kwargs)
 
-    monkeypatch.setattr(fast_depends.utils, "run_in_threadpool", counted)
+    # every hand-off goes through anyio's
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
     answer = await running.http.post(
         "/v1/complaints",
         json=submission("web"),

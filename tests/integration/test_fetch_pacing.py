@@ -75,9 +75,10 @@ async def test_the_services_pace_their_latency_consumers(running: Running) -> No
     assert waits[topics.STAFF]._fetch_max_wait_ms == running.settings.kafka_follower_fetch_wait_ms
 
 
-async def test_resolution_is_idle_while_only_its_own_events_come(running: Running) -> None:
-    """Resolution's event consumer passes over the events resolution itself published: they
-    keep it no busier than an empty topic; an event it acts on makes it busy."""
+async def test_resolutions_event_consumer_is_paced_by_what_it_acts_on(running: Running) -> None:
+    """Resolution's event consumer is judged (the records it passes over by their header, its
+    own events, count for nothing: `test_fetch_pacing` in the unit tests): idle, it waits
+    long; what it acts on brings the short wait back."""
     resolution = running.services["resolution"]
     [events] = [s for s in resolution.broker.subscribers if s.topics[0].name == topics.EVENTS]
     pacing = resolution._pacings[events.group_id]

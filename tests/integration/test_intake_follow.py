@@ -68,11 +68,21 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
                     "web/test",
                     {},
                 )
-                for n in range(3)
+                for n in range(4)
             ],
             now=NOW,
         )
-        a, b, c = (complaint_id for complaint_id, _ in accepted)
+        a, b, c, d = (complaint_id for complaint_id, _ in accepted)
+        await repository.add_staff(
+            conn,
+            staff_id="bob",
+            name="Bob",
+            team="customer-care",
+            role="agent",
+            languages=["en"],
+            capacity=10,
+            available=True,
+        )
         weights = {
             r["complaint_id"]: r["weight"]
             for r in await conn.fetch("SELECT complaint_id, weight, staff_id FROM assignments")
@@ -87,21 +97,26 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
             remedy={"type": "refund", "amount": {"amount": "90.00", "currency": "EUR"}},
         )
         at = (NOW + timedelta(hours=1)).isoformat()
+        reopened_a = _event(EventType.REOPENED, a, at=at)
         batch = [
+            # d: closed, given to bob, reopened: in this order bob takes its load, amy none
+            _event(EventType.CLOSED, d),
+            _event(EventType.ASSIGNED, d, from_assignee="amy", to_assignee="bob"),
+            _event(EventType.REOPENED, d, at=(NOW + timedelta(hours=2)).isoformat()),
             _event(EventType.CLOSED, a),
             resolved_b,  # a second case of amy's closing in the same round
             _other(EventType.REMEDY_PROPOSED, c),  # not followed: passed over
             _event(EventType.ACKNOWLEDGED, c),
-            _event(EventType.REOPENED, a, at=at),  # a's second event: after its close
+            reopened_a,  # a's second event: after its close
             _event(EventType.FEEDBACK_RECEIVED, c, score=4),
-            resolved_b,  # a repeat within the batch changes nothing
+            reopened_a,  # a repeat within the batch changes nothing
             _event(EventType.CLOSED, a),  # a's third: closed again
         ]
         await handlers.follow_cases(conn, batch, NOW)
-        await handlers.follow_cases(conn, [resolved_b], NOW)  # redelivered: nothing
+        await handlers.follow_cases(conn, [reopened_a], NOW)  # redelivered: nothing
 
-        load = await conn.fetchval("SELECT open_load FROM staff WHERE staff_id = 'amy'")
-        assert load == weights[c]
+        loads = dict(await conn.fetch("SELECT staff_id, open_load FROM staff"))
+        assert loads == {"amy": weights[c], "bob": weights[d]}
         rows = {
             r["complaint_id"]: r
             for r in await conn.fetch(
@@ -110,8 +125,8 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
                 " FROM complaints c JOIN assignments USING (complaint_id)"
             )
         }
-        assert [rows[x]["open"] for x in (a, b, c)] == [False, False, True]
-        assert [rows[x]["acknowledged"] for x in (a, b, c)] == [False, False, True]
+        assert [rows[x]["open"] for x in (a, b, c, d)] == [False, False, True, True]
+        assert [rows[x]["acknowledged"] for x in (a, b, c, d)] == [False, False, True, False]
         assert (rows[b]["outcome"], rows[b]["remedy_amount"], rows[b]["remedy_currency"]) == (
             "upheld",
             "90.00",
@@ -120,3 +135,4 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
         assert rows[c]["satisfaction"] == 4 and rows[a]["satisfaction"] is None
         assert (rows[a]["reopens"], rows[a]["last_reopened_at"]) == (1, NOW + timedelta(hours=1))
         assert rows[b]["reopens"] == 0
+        assert (rows[d]["reopens"], rows[d]["last_reopened_at"]) == (1, NOW + timedelta(hours=2))

@@ -167,7 +167,9 @@ async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, v
 
     await eventually(sentinel_accepted, what="the record behind the fuzz to be processed")
 
-    async def accounted_for():
+    unaccounted: list[bytes] = []
+
+    async def accounted_for() -> tuple[list[dict]] | None:
         """The dead letters once every record is a complaint or has one (the relay publishes
         dead letters after the commit that made them: the sentinel may be seen first)."""
         letters = [
@@ -183,18 +185,24 @@ async def test_kafka_any_record_is_accepted_or_dead_lettered(running: Running, v
             # not dead-lettered (yet?): then it should be a valid submission, now a complaint
             try:
                 external_id = json.loads(value)["data"]["external_id"].strip()
+                rows = await running.sql(
+                    "SELECT 1 FROM intake.complaints WHERE external_id = $1", external_id
+                )
             except (ValueError, LookupError, TypeError, AttributeError):
-                return None
-            rows = await running.sql(
-                "SELECT 1 FROM intake.complaints WHERE external_id = $1", external_id
-            )
+                rows = []
             if not rows:
+                unaccounted[:] = [value]
                 return None
         return (letters,)
 
-    (letters,) = await eventually(
-        accounted_for, what="every record accepted as a complaint or dead-lettered"
-    )
+    try:
+        (letters,) = await eventually(
+            accounted_for, what="every record accepted as a complaint or dead-lettered"
+        )
+    except AssertionError:
+        raise AssertionError(
+            f"record neither accepted nor dead-lettered: {unaccounted[0][:80]!r}"
+        ) from None
     dead = [base64.b64decode(letter["value_base64"]) for letter in letters]
     assert all(letter["reason"] and letter["reason_code"] for letter in letters)
     for letter, value in zip(letters, dead, strict=True):
