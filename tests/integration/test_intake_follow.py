@@ -40,18 +40,22 @@ def _other(type_: str, complaint_id: str) -> tuple[handlers.CaseEvent, dict[str,
     return (event, None), {}
 
 
+async def _member(conn: db.Conn, staff_id: str) -> None:
+    await repository.add_staff(
+        conn,
+        staff_id=staff_id,
+        name=staff_id,
+        team="customer-care",
+        role="agent",
+        languages=["en"],
+        capacity=10,
+        available=True,
+    )
+
+
 async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await repository.add_staff(
-            conn,
-            staff_id="amy",
-            name="Amy",
-            team="customer-care",
-            role="agent",
-            languages=["en"],
-            capacity=10,
-            available=True,
-        )
+        await _member(conn, "amy")
         accepted = await handlers.accept_many(
             conn,
             [
@@ -73,16 +77,7 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
             now=NOW,
         )
         a, b, c, d = (complaint_id for complaint_id, _ in accepted)
-        await repository.add_staff(
-            conn,
-            staff_id="bob",
-            name="Bob",
-            team="customer-care",
-            role="agent",
-            languages=["en"],
-            capacity=10,
-            available=True,
-        )
+        await _member(conn, "bob")  # after the cases went to amy
         weights = {
             r["complaint_id"]: r["weight"]
             for r in await conn.fetch("SELECT complaint_id, weight, staff_id FROM assignments")
