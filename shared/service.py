@@ -81,9 +81,9 @@ class Service:
         self._relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._workers: list[Worker] = []
-        # consumer groups paced by the records they act on, and every paced group's pacing
-        self._judged: set[str] = set()
-        self._pacings: dict[str, fetch_pacing.Pacing] = {}
+        # the consumer groups paced by the records they act on, each with its pacing once its
+        # subscriber has started (None until then, or when its fetches are not paced)
+        self._judged: dict[str, fetch_pacing.Pacing | None] = {}
         self._cancel_on_stop: list[asyncio.Task[Any]] = []
         self.register()
 
@@ -115,7 +115,7 @@ class Service:
         types, skip = router.types, router.ignored
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
-            records = [r for r in records if r.may_be(types, skip)]
+            records = self._acted_on(consumer.name, records, types, skip)
             if not records:
                 return
             if one_per_transaction and len(records) > 1:
@@ -134,7 +134,8 @@ class Service:
                 handle=one,
             )
 
-        self._subscribe(topic, consumer, process, after, follower=follower)
+        judged = types is not None or bool(skip)
+        self._subscribe(topic, consumer, process, after, follower=follower, judged=judged)
 
     def learn_staff(self, router: EventRouter) -> None:
         """Keep this service's replica of the staff directory with `router` (a follower of
@@ -170,11 +171,9 @@ class Service:
         judged = only is not None or bool(skip)
 
         async def process(records: list[kafka.Record], now: datetime) -> None:
-            if judged:
-                records = [r for r in records if r.may_be(only, skip)]
-                if not records:
-                    return
-                self._acted(consumer.name)
+            records = self._acted_on(consumer.name, records, only, skip)
+            if not records:
+                return
             await kafka.process_batch_together(
                 pool=self.pool,
                 tracer=self.tracer,
@@ -205,8 +204,8 @@ class Service:
         judged: bool = False,
     ) -> None:
         """One at-least-once batch subscriber over raw records (see `kafka.raw_batch`).
-        A `judged` subscriber's fetches are paced by the records it acts on (it calls
-        `_acted`), not by every record its topic carries (see `fetch_pacing.Pacing`).
+        A `judged` subscriber's fetches are paced by the records it acts on (`_acted_on`), not
+        by every record its topic carries (see `fetch_pacing.Pacing`).
 
         The database or broker being away rewinds the batch and retries it with capped,
         jittered back-off, one log line each time, for as long as it takes. A batch that fails
@@ -217,7 +216,7 @@ class Service:
         group_id = consumer.name
         batches = _BatchFailures(self.name, group_id, consumer.max_tries)
         if judged:
-            self._judged.add(group_id)
+            self._judged[group_id] = None
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
             topic,
@@ -423,18 +422,31 @@ class Service:
         self.broker.running = True
         for subscriber in self.broker.subscribers:
             consumer = getattr(subscriber, "consumer", None)  # FastStream's Kafka subscriber's
-            group_id = getattr(subscriber, "group_id", None)
+            group_id = str(getattr(subscriber, "group_id", ""))
+            judged = group_id in self._judged
             pacing = fetch_pacing.pace(
-                consumer, self.settings.kafka_idle_fetch_wait_ms, judged=group_id in self._judged
+                consumer, self.settings.kafka_idle_fetch_wait_ms, judged=judged
             )
-            if pacing is not None and group_id is not None:
-                self._pacings[group_id] = pacing
+            if judged:
+                self._judged[group_id] = pacing
 
-    def _acted(self, group_id: str) -> None:
-        """The subscriber of `group_id` acted on records it fetched (see `_subscribe`)."""
-        pacing = self._pacings.get(group_id)
-        if pacing is not None:
+    def _acted_on(
+        self,
+        group_id: str,
+        records: list[kafka.Record],
+        only: Collection[str] | None,
+        skip: Collection[str],
+    ) -> list[kafka.Record]:
+        """The records of a batch that its subscriber acts on, judged by their type header
+        (`only`: None for any type; never one in `skip`); a judged subscriber (see `_subscribe`)
+        that acts on any is busy."""
+        if only is None and not skip:
+            return records
+        records = [r for r in records if r.may_be(only, skip)]
+        pacing = self._judged.get(group_id)
+        if records and pacing is not None:
             pacing.acted()
+        return records
 
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then release everything."""

@@ -6,7 +6,10 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.resolution.case_model import Kind
+from services.resolution.handlers import OWN
 from shared import fetch_pacing, kafka, topics
+from shared.events import EventType
 from shared.settings import Settings
 from tests.conftest import Running
 from tests.support import eventually
@@ -76,18 +79,28 @@ async def test_the_services_pace_their_latency_consumers(running: Running) -> No
 
 
 async def test_resolutions_event_consumer_is_paced_by_what_it_acts_on(running: Running) -> None:
-    """Resolution's event consumer is judged (the records it passes over by their header, its
-    own events, count for nothing: `test_fetch_pacing` in the unit tests): idle, it waits
-    long; what it acts on brings the short wait back."""
+    """Resolution's event consumer is judged: a batch of its own events (passed over by their
+    header) leaves it idle; one it acts on brings the short wait back."""
     resolution = running.services["resolution"]
     [events] = [s for s in resolution.broker.subscribers if s.topics[0].name == topics.EVENTS]
-    pacing = resolution._pacings[events.group_id]
-    assert pacing._judged
+    pacing = resolution._judged[events.group_id]
+    assert pacing is not None
     fetcher = events.consumer._fetcher
     idle_ms = running.settings.kafka_idle_fetch_wait_ms
+
+    def record(type_: str) -> kafka.Record:
+        headers = (("event-type", type_.encode()),)
+        return kafka.Record(
+            topic=topics.EVENTS, partition=0, offset=0, key=None, value=b"{}", headers=headers
+        )
+
     pacing._last_records -= 60  # as if nothing it acts on had come for a minute
+    own = [record(EventType.ACKNOWLEDGED), record(Kind.DEADLINES_SET)]
+    assert resolution._acted_on(events.group_id, own, None, OWN) == []
+    assert pacing.after_fetch(True) == idle_ms  # fetched, passed over: still idle
     await eventually(lambda: fetcher._fetch_max_wait_ms == idle_ms, what="the idle wait")
-    resolution._acted(events.group_id)
+    routed = [record(EventType.ROUTED)]
+    assert resolution._acted_on(events.group_id, routed, None, OWN) == routed
     await eventually(
         lambda: fetcher._fetch_max_wait_ms == running.settings.kafka_fetch_max_wait_ms,
         what="the short wait",
