@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -423,8 +424,7 @@ CaseEvent = tuple[CloudEvent, CaseEventData | None]
 def parse_case_event(record: Record) -> CaseEvent:
     """The event in a record of `complaints.events.v1` and its data when intake follows its
     type (None when it does not), or `Rejected` saying why not."""
-    event, data = decode(record, FOLLOWED)
-    return event, data  # data is None for a type intake does not follow
+    return decode(record, FOLLOWED)
 
 
 async def follow_cases(
@@ -459,7 +459,7 @@ async def _follow_round(
     """Events about different cases (one each), applied together."""
     acknowledged: list[str] = []
     opens: dict[str, bool] = {}
-    outcomes: list[tuple[str, str, Any, str | None]] = []
+    outcomes: list[tuple[str, str, Decimal | None, str | None]] = []
     scores: dict[str, int] = {}
     reopened: dict[str, datetime] = {}
     for event, data in events:
@@ -476,15 +476,7 @@ async def _follow_round(
             await repository.move_holder(conn, complaint_id, data.to_assignee, data.at or now)
         elif isinstance(data, ResolvedData):
             opens[complaint_id] = False
-            value = remedy_value(data.remedy)
-            outcomes.append(
-                (
-                    complaint_id,
-                    data.outcome.value,
-                    value.get("remedy_amount"),
-                    value.get("remedy_currency"),
-                )
-            )
+            outcomes.append((complaint_id, data.outcome.value, *remedy_value(data.remedy)))
         elif isinstance(data, FeedbackData):
             scores[complaint_id] = data.score
     await repository.cases_acknowledged(conn, acknowledged)
@@ -494,9 +486,10 @@ async def _follow_round(
     await repository.cases_rated(conn, scores)
 
 
-def remedy_value(remedy: Remedy | None) -> dict[str, Any]:
-    """The money value of the remedy a case was resolved with, for customer history: nothing
-    when there was none or it has no amount (an apology, a percentage)."""
+def remedy_value(remedy: Remedy | None) -> tuple[Decimal | None, str | None]:
+    """The money value of the remedy a case was resolved with (amount, currency), for customer
+    history: None and None when there was none or it has no amount (an apology, a
+    percentage)."""
     if remedy is None or remedy.amount is None:
-        return {}
-    return {"remedy_amount": remedy.amount.decimal(), "remedy_currency": remedy.amount.currency}
+        return None, None
+    return remedy.amount.decimal(), remedy.amount.currency

@@ -294,15 +294,15 @@ def test_terms_inside_longer_matches_still_count():
     [
         (
             {"type": "refund", "amount": {"amount": "80.00", "currency": "EUR"}},
-            {"remedy_amount": Decimal("80.00"), "remedy_currency": "EUR"},
+            (Decimal("80.00"), "EUR"),
         ),
         (
             {"type": "replacement", "amount": {"amount": "12.5", "currency": "TRY"}},
-            {"remedy_amount": Decimal("12.5"), "remedy_currency": "TRY"},
+            (Decimal("12.5"), "TRY"),
         ),
-        ({"type": "discount_next_purchase", "percent": 10}, {}),
-        ({"type": "apology_only"}, {}),
-        (None, {}),
+        ({"type": "discount_next_purchase", "percent": 10}, (None, None)),
+        ({"type": "apology_only"}, (None, None)),
+        (None, (None, None)),
     ],
 )
 def test_the_value_of_a_resolved_cases_remedy(remedy, value):
