@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import struct
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -14,7 +15,6 @@ import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -70,6 +70,38 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
             )
     finally:
         await admin.close()
+
+
+_M = 0x5BD1E995
+_WORD = 0xFFFFFFFF
+_UNPACK_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of `data` as an unsigned 32-bit value (Java's `Utils.murmur2`, as
+    aiokafka's `murmur2` gives it), at about half that one's cost: the 4-byte words are read
+    by one `struct` call, not assembled a byte at a time."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    unpack = _UNPACK_WORDS.get(words)
+    if unpack is None:
+        unpack = _UNPACK_WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+    for k in unpack(data):
+        k = (k * _M) & _WORD
+        k = ((k ^ (k >> 24)) * _M) & _WORD
+        h = ((h * _M) & _WORD) ^ k
+    tail = length & 3
+    if tail:
+        base = length - tail
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h = ((h ^ data[base]) * _M) & _WORD
+    h ^= h >> 13
+    h = (h * _M) & _WORD
+    return h ^ (h >> 15)
 
 
 class KeyPartitioner:
