@@ -6,7 +6,7 @@ Each runs inside the caller's transaction and writes its events to the outbox th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -407,17 +407,71 @@ async def apply_submissions(
 
 CONSUMER = "intake"
 
+
 # What later events say about a case, as intake tracks it for open load and customer history,
 # with the model each is read as; the other events on the topic are skipped unread (by their
 # type header), or, without one, read and passed over.
-FOLLOWED: dict[str, type[CaseEventData]] = {
-    EventType.ACKNOWLEDGED: CaseEventData,
-    EventType.CLOSED: CaseEventData,
-    EventType.REOPENED: CaseEventData,
-    EventType.ASSIGNED: AssignedData,
-    EventType.RESOLVED: ResolvedData,
-    EventType.FEEDBACK_RECEIVED: FeedbackData,
+@dataclass
+class _Round:
+    """What a round of followed events changes, one list per kind of change, each written by
+    one statement (`apply`); the events are about different cases, so their order within the
+    round does not matter."""
+
+    now: datetime
+    acknowledged: list[str] = field(default_factory=list)
+    opens: dict[str, bool] = field(default_factory=dict)
+    moves: list[tuple[str, str | None, datetime]] = field(default_factory=list)
+    outcomes: list[tuple[str, str, Decimal | None, str | None]] = field(default_factory=list)
+    scores: dict[str, int] = field(default_factory=dict)
+    reopened: dict[str, datetime] = field(default_factory=dict)
+
+    def acknowledge(self, data: CaseEventData) -> None:
+        self.acknowledged.append(data.complaint_id)
+
+    def close(self, data: CaseEventData) -> None:
+        self.opens[data.complaint_id] = False
+
+    def reopen(self, data: CaseEventData) -> None:
+        self.opens[data.complaint_id] = True
+        self.reopened[data.complaint_id] = data.at or self.now
+
+    def move(self, data: AssignedData) -> None:
+        self.moves.append((data.complaint_id, data.to_assignee, data.at or self.now))
+
+    def resolve(self, data: ResolvedData) -> None:
+        self.opens[data.complaint_id] = False
+        self.outcomes.append((data.complaint_id, data.outcome.value, *remedy_value(data.remedy)))
+
+    def rate(self, data: FeedbackData) -> None:
+        self.scores[data.complaint_id] = data.score
+
+    async def apply(self, conn: Conn) -> None:
+        for complaint_id, to, at in self.moves:  # rare (a claim, an assignment): one each
+            await repository.move_holder(conn, complaint_id, to, at)
+        await repository.cases_acknowledged(conn, self.acknowledged)
+        await repository.cases_open(conn, self.opens)
+        await repository.cases_resolved(conn, self.outcomes)
+        await repository.cases_reopened(conn, self.reopened)
+        await repository.cases_rated(conn, self.scores)
+
+
+@dataclass(frozen=True)
+class _Followed:
+    """A type of event intake follows: its data's model, and what it changes in a round."""
+
+    model: type[CaseEventData]
+    collect: Callable[[_Round, Any], None]
+
+
+_FOLLOWING: dict[str, _Followed] = {
+    EventType.ACKNOWLEDGED: _Followed(CaseEventData, _Round.acknowledge),
+    EventType.CLOSED: _Followed(CaseEventData, _Round.close),
+    EventType.REOPENED: _Followed(CaseEventData, _Round.reopen),
+    EventType.ASSIGNED: _Followed(AssignedData, _Round.move),
+    EventType.RESOLVED: _Followed(ResolvedData, _Round.resolve),
+    EventType.FEEDBACK_RECEIVED: _Followed(FeedbackData, _Round.rate),
 }
+FOLLOWED: dict[str, type[CaseEventData]] = {t: f.model for t, f in _FOLLOWING.items()}
 CaseEvent = tuple[CloudEvent, CaseEventData | None]
 
 
@@ -438,7 +492,7 @@ async def follow_cases(
     if not followed:
         return
     fresh_ids = await inbox.first_times(conn, CONSUMER, [event.id for event, _ in followed])
-    rounds: list[list[tuple[CloudEvent, CaseEventData]]] = []
+    rounds: list[_Round] = []
     seen: Counter[str] = Counter()
     for event, data in followed:
         if event.id not in fresh_ids:
@@ -447,43 +501,10 @@ async def follow_cases(
         n = seen[data.complaint_id]
         seen[data.complaint_id] += 1
         if n == len(rounds):
-            rounds.append([])
-        rounds[n].append((event, data))
+            rounds.append(_Round(now))
+        _FOLLOWING[event.type].collect(rounds[n], data)
     for round_ in rounds:
-        await _follow_round(conn, round_, now)
-
-
-async def _follow_round(
-    conn: Conn, events: Sequence[tuple[CloudEvent, CaseEventData]], now: datetime
-) -> None:
-    """Events about different cases (one each), applied together."""
-    acknowledged: list[str] = []
-    opens: dict[str, bool] = {}
-    outcomes: list[tuple[str, str, Decimal | None, str | None]] = []
-    scores: dict[str, int] = {}
-    reopened: dict[str, datetime] = {}
-    for event, data in events:
-        complaint_id = data.complaint_id
-        if event.type == EventType.ACKNOWLEDGED:
-            acknowledged.append(complaint_id)
-        elif event.type == EventType.CLOSED:
-            opens[complaint_id] = False
-        elif event.type == EventType.REOPENED:
-            opens[complaint_id] = True
-            reopened[complaint_id] = data.at or now
-        elif isinstance(data, AssignedData):
-            # rare (a claim, an assignment): one statement each
-            await repository.move_holder(conn, complaint_id, data.to_assignee, data.at or now)
-        elif isinstance(data, ResolvedData):
-            opens[complaint_id] = False
-            outcomes.append((complaint_id, data.outcome.value, *remedy_value(data.remedy)))
-        elif isinstance(data, FeedbackData):
-            scores[complaint_id] = data.score
-    await repository.cases_acknowledged(conn, acknowledged)
-    await repository.cases_open(conn, opens)
-    await repository.cases_resolved(conn, outcomes)
-    await repository.cases_reopened(conn, reopened)
-    await repository.cases_rated(conn, scores)
+        await round_.apply(conn)
 
 
 def remedy_value(remedy: Remedy | None) -> tuple[Decimal | None, str | None]:
