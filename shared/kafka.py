@@ -32,6 +32,7 @@ from shared.telemetry import (
     inject_headers,
     sampled_out_parent,
     traced,
+    unsampled_roots,
 )
 
 if TYPE_CHECKING:
@@ -505,11 +506,18 @@ def _process_span(tracer: trace.Tracer, record: Record, consumer: str) -> trace.
     )
 
 
-def _sampled_out_context(record: Record) -> dict[str, str] | None:
+def _sampled_out_context(
+    record: Record, new_root: Callable[[], str] | None
+) -> dict[str, str] | None:
     """The trace context of a record whose trace is not sampled, to carry on unchanged (same
-    trace, still unsampled) by a consumer whose tracer `drops_unsampled_children`; None when
-    the record needs its span (`telemetry.sampled_out_parent`)."""
-    parent = sampled_out_parent(carrier(record.headers))
+    trace, still unsampled) by a consumer whose tracer `drops_unsampled_children`; for a
+    record with no `traceparent`, a new unsampled trace's (`new_root`, when the tracer samples
+    no new trace: `telemetry.unsampled_roots`). None when the record needs its span
+    (`telemetry.sampled_out_parent`)."""
+    headers = carrier(record.headers)
+    parent = sampled_out_parent(headers)
+    if parent is None and new_root is not None and "traceparent" not in headers:
+        parent = new_root()
     return None if parent is None else {"traceparent": parent}
 
 
@@ -533,13 +541,14 @@ async def process_batch_together(
     """
     spans: list[trace.Span] = []
     carry = drops_unsampled_children(tracer)
+    new_root = unsampled_roots(tracer)
     try:
         good: list[tuple[Record, T, dict[str, str]]] = []
         good_spans: list[trace.Span] = []
         letters: list[tuple[deadletters.Letter, dict[str, str]]] = []
         for record in records:
             # a record whose span would record nothing gets none: its context goes on as is
-            carried = _sampled_out_context(record) if carry else None
+            carried = _sampled_out_context(record, new_root) if carry else None
             span: trace.Span = trace.INVALID_SPAN
             if carried is None:
                 span = _process_span(tracer, record, consumer.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -121,6 +121,29 @@ def drops_unsampled_children(tracer: trace.Tracer) -> bool:
         return False
     description: str = sampler.get_description()  # type: ignore[no-untyped-call]
     return "remoteParentNotSampled:AlwaysOffSampler" in description
+
+
+def unsampled_roots(tracer: trace.Tracer) -> Callable[[], str] | None:
+    """A maker of the `traceparent` a span without a parent would pass on, for a tracer that
+    samples no new trace and drops the unsampled children of remote parents
+    (`build_tracer_provider`'s with nothing to export to): such a span records nothing, so a
+    consumer can give a record that came without a trace context its new trace's context
+    without starting one (a span costs about 4 µs, making it current and reading its context
+    back as much again). The ids come from the tracer's own generator, the flags as the SDK
+    sets them for a trace it does not sample. None for any other tracer."""
+    sampler = getattr(tracer, "sampler", None)
+    ids = getattr(tracer, "id_generator", None)
+    if ids is None or not drops_unsampled_children(tracer):
+        return None
+    description: str = sampler.get_description()  # type: ignore[union-attr]
+    if not description.startswith("ParentBased{root:AlwaysOffSampler,"):
+        return None
+    flags = f"{trace.TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else 0:02x}"
+
+    def new_root() -> str:
+        return f"00-{ids.generate_trace_id():032x}-{ids.generate_span_id():016x}-{flags}"
+
+    return new_root
 
 
 def failed(span: trace.Span, exc: BaseException) -> None:

@@ -165,3 +165,46 @@ async def test_a_carried_record_redone_alone_runs_in_the_context_it_came_with(da
             apply=apply,
         )
     assert traces["one"] == int(UNSAMPLED.split("-")[1], 16)
+
+
+async def test_a_record_without_a_trace_starts_an_unsampled_one_without_a_span(
+    database: str, monkeypatch: pytest.MonkeyPatch
+):
+    # nothing exports: a new trace would not be sampled, so a record that came without a
+    # `traceparent` gets a new trace's context with no span started; one whose traceparent
+    # is malformed still takes the span's path (a new trace as well)
+    tracer = tracer_of(build_tracer_provider("batch", processors=[]))
+    started: list[int] = []
+    start = kafka._process_span
+
+    def counted(tracer: Any, record: Record, consumer: str) -> Any:
+        started.append(record.offset)
+        return start(tracer, record, consumer)
+
+    monkeypatch.setattr(kafka, "_process_span", counted)
+    seen: list[dict[str, str]] = []
+
+    async def apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None:
+        seen.extend(headers for _, headers in items)
+
+    garbage = Record(
+        topic="t.v1", partition=0, offset=3, key=b"k", value=b"v", headers=(("traceparent", b"x"),)
+    )
+    async with shared_schema(database, "new_roots") as (_, pool):
+        await kafka.process_batch_together(
+            pool=pool,
+            tracer=tracer,
+            consumer=kafka.Consumer("new-roots-test"),
+            records=[_record(1, b"one"), _record(2, b"two"), garbage],
+            parse=_parse,
+            apply=apply,
+        )
+    assert started == [3]
+    parents = [headers["traceparent"] for headers in seen]
+    for parent in parents:
+        version, trace_id, span_id, flags = parent.split("-")
+        assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
+        assert int(trace_id, 16) and int(span_id, 16)
+        assert not int(flags, 16) & 1  # not sampled
+    assert parents[0][-2:] == parents[2][-2:]  # the flags a started span gives
+    assert len({parent.split("-")[1] for parent in parents}) == 3  # a trace each
