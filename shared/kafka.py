@@ -76,6 +76,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
 _M = 0x5BD1E995
 _WORD = 0xFFFFFFFF
 _UNPACK_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
+_KEPT_UNPACKERS = 64  # keys up to 256 bytes
 
 
 def murmur2(data: bytes) -> int:
@@ -87,7 +88,9 @@ def murmur2(data: bytes) -> int:
     words = length >> 2
     unpack = _UNPACK_WORDS.get(words)
     if unpack is None:
-        unpack = _UNPACK_WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+        unpack = struct.Struct(f"<{words}I").unpack_from
+        if words <= _KEPT_UNPACKERS:  # the lengths of keys ids make: a few, kept
+            _UNPACK_WORDS[words] = unpack
     for k in unpack(data):
         k = (k * _M) & _WORD
         k = ((k ^ (k >> 24)) * _M) & _WORD
@@ -547,7 +550,8 @@ async def process_batch_together(
         good_spans: list[trace.Span] = []
         letters: list[tuple[deadletters.Letter, dict[str, str]]] = []
         for record in records:
-            # a record whose span would record nothing gets none: its context goes on as is
+            # a record whose span would record nothing gets none: its context goes on as is,
+            # or, when it came with none, a new trace's does
             carried = _sampled_out_context(record, new_root) if carry else None
             span: trace.Span = trace.INVALID_SPAN
             if carried is None:

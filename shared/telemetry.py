@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -123,22 +124,46 @@ def drops_unsampled_children(tracer: trace.Tracer) -> bool:
     return "remoteParentNotSampled:AlwaysOffSampler" in description
 
 
+# The sampler `build_tracer_provider` sets with nothing to export to, and the headers of the
+# W3C propagators (OpenTelemetry's default) that a minted `traceparent` stands in for.
+_QUIET_SAMPLER = ParentBased(ALWAYS_OFF).get_description()  # type: ignore[no-untyped-call]
+_W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+_ROOTS: weakref.WeakKeyDictionary[trace.Tracer, Callable[[], str] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def unsampled_roots(tracer: trace.Tracer) -> Callable[[], str] | None:
     """A maker of the `traceparent` a span without a parent would pass on, for a tracer that
-    samples no new trace and drops the unsampled children of remote parents
-    (`build_tracer_provider`'s with nothing to export to): such a span records nothing, so a
-    consumer can give a record that came without a trace context its new trace's context
-    without starting one (a span costs about 4 µs, making it current and reading its context
-    back as much again). The ids come from the tracer's own generator, the flags as the SDK
-    sets them for a trace it does not sample. None for any other tracer."""
+    samples no new trace (`build_tracer_provider`'s with nothing to export to) while contexts
+    travel in W3C headers: such a span records nothing, so a consumer can give a record that
+    came without a trace context its new trace's context without starting one (a span costs
+    about 4 µs, making it current and reading its context back as much again). The ids come
+    from the tracer's own generator, the flags are those of a span it starts without a parent.
+    None for any other tracer, or another propagator (b3, jaeger: its own headers). Decided
+    once per tracer: the propagator is set before any record is consumed."""
+    try:
+        return _ROOTS[tracer]
+    except (KeyError, TypeError):  # (TypeError: a tracer that takes no weak reference)
+        pass
+    maker = _roots_of(tracer)
+    with contextlib.suppress(TypeError):
+        _ROOTS[tracer] = maker
+    return maker
+
+
+def _roots_of(tracer: trace.Tracer) -> Callable[[], str] | None:
     sampler = getattr(tracer, "sampler", None)
     ids = getattr(tracer, "id_generator", None)
-    if ids is None or not drops_unsampled_children(tracer):
+    if ids is None or not isinstance(sampler, ParentBased):
         return None
-    description: str = sampler.get_description()  # type: ignore[union-attr]
-    if not description.startswith("ParentBased{root:AlwaysOffSampler,"):
+    if sampler.get_description() != _QUIET_SAMPLER:  # type: ignore[no-untyped-call]
         return None
-    flags = f"{trace.TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else 0:02x}"
+    if not set(propagate.get_global_textmap().fields) <= _W3C_FIELDS:
+        return None
+    probe = tracer.start_span("probe", context=otel_context.Context())
+    flags = f"{probe.get_span_context().trace_flags:02x}"
+    probe.end()
 
     def new_root() -> str:
         return f"00-{ids.generate_trace_id():032x}-{ids.generate_span_id():016x}-{flags}"

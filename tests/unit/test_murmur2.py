@@ -34,7 +34,7 @@ def test_the_same_hash_as_aiokafka_for_every_length_and_byte() -> None:
             assert murmur2(key) == aiokafka_murmur2(key), key
 
 
-def test_a_complaint_key_lands_where_the_java_client_puts_it() -> None:
+def test_a_complaint_key_lands_where_aiokafka_puts_it() -> None:
     partitioner = KeyPartitioner()
     partitions = list(range(12))
     key = b"5f0c6d0e-3a8b-4f55-9c1e-2b7d4e6a9f10"
