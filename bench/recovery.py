@@ -625,10 +625,12 @@ async def _run(args: argparse.Namespace, tmp: Path) -> int:
                     late.append(arrived - kill.killed)
         if notify_kills:
             what = "leased" if leases_visible else "planned and unsent (no lease column seen)"
-            if late:
-                verdict = "meets" if max(late) < MAILER_TARGET_S else "MISSES"
-            else:  # every leased receipt had reached the sink before its kill: none waited
-                verdict = "no receipt waited on a kill" if not never else "MISSES"
+            if never or (late and max(late) >= MAILER_TARGET_S):
+                verdict = "MISSES"
+            elif late:
+                verdict = "meets"
+            else:  # none leased, or each had reached the sink before its kill
+                verdict = "no receipt waited on a kill"
             print(
                 f"killed mailer: {sum(len(k.leased) for k in notify_kills)} receipts {what} at "
                 f"{len(notify_kills)} kills; kill → in the sink {_figures(late)}"

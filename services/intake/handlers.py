@@ -408,14 +408,11 @@ async def apply_submissions(
 CONSUMER = "intake"
 
 
-# What later events say about a case, as intake tracks it for open load and customer history,
-# with the model each is read as; the other events on the topic are skipped unread (by their
-# type header), or, without one, read and passed over.
 @dataclass
 class _Round:
-    """What a round of followed events changes, one list per kind of change, each written by
-    one statement (`apply`); the events are about different cases, so their order within the
-    round does not matter."""
+    """What a round of followed events changes, one list per kind of change, each kind written
+    by one statement (`apply`) but the moves (rare: a claim, an assignment), one each; the
+    events are about different cases, so their order within the round does not matter."""
 
     now: datetime
     acknowledged: list[str] = field(default_factory=list)
@@ -455,6 +452,9 @@ class _Round:
         await repository.cases_rated(conn, self.scores)
 
 
+# What later events say about a case, as intake tracks it for open load and customer history,
+# with the model each is read as; the other events on the topic are skipped unread (by their
+# type header), or, without one, read and passed over.
 @dataclass(frozen=True)
 class _Followed:
     """A type of event intake follows: its data's model, and what it changes in a round."""
