@@ -81,6 +81,19 @@ UNSAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
 SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+def _count_spans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The offsets of the records a process span is started for, in order."""
+    started: list[int] = []
+    start = kafka._process_span
+
+    def counted(tracer: Any, record: Record, consumer: str) -> Any:
+        started.append(record.offset)
+        return start(tracer, record, consumer)
+
+    monkeypatch.setattr(kafka, "_process_span", counted)
+    return started
+
+
 async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchanged(
     database: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -100,14 +113,7 @@ async def test_an_unsampled_record_gets_no_span_and_its_context_goes_on_unchange
             topic="t.v1", partition=0, offset=offset, key=b"k", value=b"v", headers=headers
         )
 
-    started: list[int] = []
-    start = kafka._process_span
-
-    def counted(tracer: Any, record: Record, consumer: str) -> Any:
-        started.append(record.offset)
-        return start(tracer, record, consumer)
-
-    monkeypatch.setattr(kafka, "_process_span", counted)
+    started = _count_spans(monkeypatch)
     async with shared_schema(database, "carried") as (_, pool):
         await kafka.process_batch_together(
             pool=pool,
@@ -174,14 +180,7 @@ async def test_a_record_without_a_trace_starts_an_unsampled_one_without_a_span(
     # `traceparent` gets a new trace's context with no span started; one whose traceparent
     # is malformed still takes the span's path (a new trace as well)
     tracer = tracer_of(build_tracer_provider("batch", processors=[]))
-    started: list[int] = []
-    start = kafka._process_span
-
-    def counted(tracer: Any, record: Record, consumer: str) -> Any:
-        started.append(record.offset)
-        return start(tracer, record, consumer)
-
-    monkeypatch.setattr(kafka, "_process_span", counted)
+    started = _count_spans(monkeypatch)
     seen: list[dict[str, str]] = []
 
     async def apply(conn: db.Conn, items: list[tuple[str, dict[str, str]]]) -> None:
