@@ -487,7 +487,8 @@ async def follow_cases(
     """Apply a batch of followed events: the events seen before (the inbox) change nothing;
     the rest go in rounds, the first event of each case, then the second, …, so each case's
     events apply in their order. A round takes one statement per kind of change whatever its
-    size, and one per `complaint.assigned` (rare: a claim, an assignment)."""
+    size, and one per `complaint.assigned` (rare: a claim, an assignment). The members whose
+    load the batch changes are locked first, in the order submissions lock them."""
     followed = [(event, data) for (event, data), _ in items if data is not None]
     if not followed:
         return
@@ -503,6 +504,12 @@ async def follow_cases(
         if n == len(rounds):
             rounds.append(_Round(now))
         _FOLLOWING[event.type].collect(rounds[n], data)
+    moves = [move for round_ in rounds for move in round_.moves]
+    await repository.lock_holders(
+        conn,
+        [*(c for round_ in rounds for c in round_.opens), *(c for c, _, _ in moves)],
+        [to for _, to, _ in moves if to is not None],
+    )
     for round_ in rounds:
         await round_.apply(conn)
 

@@ -269,6 +269,24 @@ async def cases_acknowledged(conn: Conn, complaint_ids: Sequence[str]) -> None:
         )
 
 
+async def lock_holders(conn: Conn, complaint_ids: Sequence[str], also: Sequence[str]) -> None:
+    """Lock the members who hold these cases, and those `also` names, in the order
+    `lock_teams` locks a team's (team, then id), until the transaction ends. The follower's
+    rounds then change their load in whatever order their events come, and a batch of
+    submissions locking one of their teams at the same time waits for it or it for the batch,
+    never each for the other (a deadlock: a second's stall, then one of them again)."""
+    if complaint_ids or also:
+        await conn.execute(
+            """SELECT FROM staff s
+               WHERE s.staff_id IN (SELECT a.staff_id FROM assignments a
+                                    WHERE a.complaint_id = ANY($1::text[]))
+                  OR s.staff_id = ANY($2::text[])
+               ORDER BY s.team, s.staff_id FOR UPDATE OF s""",
+            list(complaint_ids),
+            list(also),
+        )
+
+
 async def cases_open(conn: Conn, opens: Mapping[str, bool]) -> None:
     """Each case is now open or not (`complaint_id -> open`): a case that closes frees its
     holder's capacity, one that reopens takes it again (a case already so changes nothing)."""

@@ -3,6 +3,7 @@ order, several cases of one member at once, a redelivered event changing nothing
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -131,3 +132,64 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
         assert (rows[a]["reopens"], rows[a]["last_reopened_at"]) == (1, NOW + timedelta(hours=1))
         assert rows[b]["reopens"] == 0
         assert (rows[d]["reopens"], rows[d]["last_reopened_at"]) == (1, NOW + timedelta(hours=2))
+
+
+def _submission(n: int) -> handlers.Submission:
+    return handlers.Submission(
+        SubmittedData.model_validate(
+            {
+                "external_id": f"web-lock-{n}",
+                "channel": "web",
+                "category": "service",
+                "description": "Late.",
+                "customer": {"id": f"c-{n}", "name": "C", "email": "c@example.com"},
+            }
+        ),
+        "web/test",
+        {},
+    )
+
+
+async def _waiting_on_a_lock(conn: db.Conn, pid: int) -> None:
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the follower never waited for the member the submissions hold")
+
+
+async def test_the_follower_locks_members_in_the_order_submissions_do(pool: db.Pool) -> None:
+    # a batch of submissions locks a team's members in id order (amy, then cat); a follower
+    # batch whose first round frees cat's load and second amy's must not take cat first
+    # and then wait for amy while the submissions wait for cat (a deadlock)
+    async with pool.acquire() as conn, conn.transaction():
+        await _member(conn, "amy")
+        accepted = await handlers.accept_many(conn, [_submission(1), _submission(2)], now=NOW)
+        x, y = (complaint_id for complaint_id, _ in accepted)
+        await _member(conn, "cat")
+        moved = _event(EventType.ASSIGNED, y, from_assignee="amy", to_assignee="cat")
+        await handlers.follow_cases(conn, [moved], NOW)
+    batch = [
+        _event(EventType.ACKNOWLEDGED, x),  # round 1: no load changes
+        _event(EventType.CLOSED, y),  # round 1: cat's load
+        _event(EventType.CLOSED, x),  # round 2: amy's load
+    ]
+    async with pool.acquire() as submissions, pool.acquire() as follower:
+        async with submissions.transaction():
+            await submissions.execute("SET LOCAL lock_timeout = '3s'")
+            await submissions.execute("SELECT FROM staff WHERE staff_id = 'amy' FOR UPDATE")
+
+            async def follow() -> None:
+                async with follower.transaction():
+                    await handlers.follow_cases(follower, batch, NOW)
+
+            following = asyncio.create_task(follow())
+            await _waiting_on_a_lock(submissions, follower.get_server_pid())
+            # the rest of the team, as `lock_teams` goes on: cat must be free
+            await submissions.execute("SELECT FROM staff WHERE staff_id = 'cat' FOR UPDATE")
+        await following
+        loads = dict(await follower.fetch("SELECT staff_id, open_load FROM staff"))
+    assert loads == {"amy": 0, "cat": 0}
