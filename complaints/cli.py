@@ -131,11 +131,18 @@ async def _up(demo: bool) -> None:
             out.print(f"  staff token ({admin.CONSOLE_MEMBER}, a manager): {token}")
             if demo:
                 out.print("[bold]demo traffic[/]: web complaints over HTTP, phone over Kafka")
+                listening = asyncio.Event()  # the traffic starts once its events can be printed
                 tasks.append(
-                    asyncio.create_task(demo_traffic.traffic(settings, keys=keys, say=out.print))
+                    asyncio.create_task(
+                        demo_traffic.traffic(settings, keys=keys, say=out.print, after=listening)
+                    )
                 )
                 tasks.append(
-                    asyncio.create_task(demo_traffic.follow(settings, token=token, say=out.print))
+                    asyncio.create_task(
+                        demo_traffic.follow(
+                            settings, token=token, say=out.print, listening=listening
+                        )
+                    )
                 )
                 tasks.append(
                     asyncio.create_task(demo_traffic.staff(settings, token=token, say=out.print))

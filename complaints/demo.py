@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -107,9 +108,14 @@ async def traffic(
     interval_s: float = 2.0,
     seed: int = 7,
     say: Callable[[str], None] = print,
+    after: asyncio.Event | None = None,
 ) -> None:
     """Post web complaints over HTTP and phone complaints over Kafka until cancelled (one every
-    `interval_s`: far within a key's default quota)."""
+    `interval_s`: far within a key's default quota), once `after` is set (the printer of the
+    stream is listening: the first complaint's events are printed too), or 15 s have passed."""
+    if after is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(after.wait(), 15)
     rng = random.Random(seed)
     producer = build_producer(settings, client_id="complaints-demo-phone")
     await producer.start()
@@ -142,10 +148,17 @@ async def traffic(
         await producer.stop()
 
 
-async def follow(settings: Settings, *, token: str, say: Callable[[str], None] = print) -> None:
-    """Print each event of the live stream on one line until cancelled. Until the services
-    have learnt the token's member from the directory (a second or so after start) the stream
-    answers 401: it tries again, and resumes where it left off if the stream ends."""
+async def follow(
+    settings: Settings,
+    *,
+    token: str,
+    say: Callable[[str], None] = print,
+    listening: asyncio.Event | None = None,
+) -> None:
+    """Print each event of the live stream on one line until cancelled; `listening` is set
+    once the stream is open. Until the services have learnt the token's member from the
+    directory (a second or so after start) the stream answers 401: it tries again, and resumes
+    where it left off if the stream ends."""
     headers = {"Authorization": f"Bearer {token}"}
     last_id = ""
     async with httpx.AsyncClient(base_url=settings.base_url(), timeout=None) as http:  # noqa: S113
@@ -155,6 +168,8 @@ async def follow(settings: Settings, *, token: str, say: Callable[[str], None] =
                 if response.status_code != 200:
                     await asyncio.sleep(0.5)
                     continue
+                if listening is not None:
+                    listening.set()
                 kind = ""
                 async for line in response.aiter_lines():
                     if line.startswith("id:"):

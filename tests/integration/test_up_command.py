@@ -94,6 +94,10 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
 
         await asyncio.wait_for(read_until("complaints is up"), 90)
         await asyncio.wait_for(read_until("notification.sent", 2), 90)
+        # the first complaint's own events are printed too (the traffic waits for the printer)
+        first = next(line for line in lines if "POST /v1/complaints" in line).split()[-1]
+        received = f"event {'complaint.received':<24} {first[:8]}"  # as the printer writes it
+        await asyncio.wait_for(read_until(received), 30)
         # the simulated staff take cases to an outcome
         await asyncio.wait_for(read_until("staff  resolved"), 90)
         children = psutil.Process(proc.pid).children(recursive=True)
