@@ -492,11 +492,19 @@ def _in_schemas(
 
 
 def _print_rows(
-    rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    line: Callable[[dict[str, Any]], str],
+    *,
+    none: str,
 ) -> None:
+    """Each row on a line of its own (`--json`: the rows as one array); `none` on stderr when
+    there are no rows, so that a listing that is empty says so and stdout stays empty."""
     if as_json:
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
         return
+    if not rows:
+        err.print(none)
     for row in rows:
         sys.stdout.write(line(row) + "\n")
 
@@ -526,6 +534,7 @@ def deadletters_list(
             f"{r['topic']}[{r['partition']}]@{r['offset']}  {r['size'] or 0} B  "
             f"{r['reason_code']}: {r['reason']}" + ("  (replayed)" if r["replayed_at"] else "")
         ),
+        none="no dead letters" + ("" if replayed else " (--replayed shows those replayed)"),
     )
 
 
@@ -625,6 +634,7 @@ def outbox_list(
             f"{r['service']:<10} {r['id']}  {r['parked_at']:%Y-%m-%d %H:%M:%S}  "
             f"{r['topic']}  {r['type']}  {r['size']} B  {r['park_reason']}"
         ),
+        none="no parked outbox rows",
     )
 
 
@@ -732,7 +742,7 @@ def exceptions_list(
     """Remedies granted as policy exceptions, newest first."""
     when = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
     rows = _resolution(lambda s: resolution_admin.list_exceptions(s, since=when))
-    _print_rows(rows, as_json, summaries.exception_line)
+    _print_rows(rows, as_json, summaries.exception_line, none="no policy exceptions")
 
 
 def main() -> None:

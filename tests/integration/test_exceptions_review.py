@@ -66,6 +66,11 @@ async def test_only_managers_and_directors_review_exceptions(running: Running) -
     assert listed[:3] == newest
     code, out, _ = await complaints_cli_text(running.settings, "exceptions", "list")
     assert code == 0 and f"{complaint_id}  refund 900.00 EUR" in out
+    # none since a time to come: the listing says so, on stderr, and prints no row
+    code, out, err = await complaints_cli_text(
+        running.settings, "exceptions", "list", "--since", "2999-01-01T00:00:00"
+    )
+    assert (code, out.strip()) == (0, "") and "no policy exceptions" in err
 
 
 async def test_the_review_is_in_the_openapi_document(running: Running) -> None:
