@@ -72,6 +72,12 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return runner(coro)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        err.print(
+            f"[red]the database refused us[/]: {exc}; create it, or point "
+            "COMPLAINTS_DATABASE_URL at one that exists and lets this user in"
+        )
+        raise typer.Exit(1) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -101,6 +107,16 @@ async def _up(demo: bool) -> None:
 
     infra = await system.resolve(Settings(), smtp_sink=True)
     tasks: list[asyncio.Task[None]] = []
+    out = Console(soft_wrap=True)
+
+    async def stopping() -> None:
+        if tasks:
+            out.print("stopping…")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
+
     try:
         settings = infra.settings
         await system.migrate_all(settings)
@@ -116,8 +132,6 @@ async def _up(demo: bool) -> None:
             ttl_s=settings.staff_token_max_lifetime_s,
         )
         base = settings.base_url()
-
-        out = Console(soft_wrap=True)
 
         def ready() -> None:
             out.print("[bold green]complaints is up[/]  (Ctrl-C stops everything)")
@@ -147,14 +161,6 @@ async def _up(demo: bool) -> None:
                 tasks.append(
                     asyncio.create_task(demo_traffic.staff(settings, token=token, say=out.print))
                 )
-
-        async def stopping() -> None:
-            if tasks:
-                out.print("stopping…")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            tasks.clear()
 
         services = system.build_services(settings, system.NAMES, secret=secret)
         await system.serve(settings, services, on_ready=ready, on_stopping=stopping)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -126,8 +127,48 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
         for child in children:
             assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     finally:
-        if proc.returncode is None:
+        if proc.returncode is None:  # a failed check: nothing of it may outlive the test
+            left = psutil.Process(proc.pid).children(recursive=True)
             proc.kill()
             await proc.wait()
+            for child in left:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         receiver.close()
         await devinfra.drop_database(ADMIN_DSN, name)
+
+
+def _orphan_brokers() -> set[int]:
+    """The tansu processes whose parent is gone (adopted by init)."""
+    found = set()
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        if process.info["ppid"] == 1 and "tansu" in " ".join(process.info["cmdline"] or ()):
+            found.add(process.info["pid"])
+    return found
+
+
+async def test_up_with_a_missing_database_says_so_and_leaves_nothing_running(tmp_path):
+    before = _orphan_brokers()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPLAINTS_", "OTEL_"))}
+    missing = f"complaints_missing_{uuid.uuid4().hex[:8]}"
+    env.update(
+        COMPLAINTS_STATE_DIR=str(tmp_path),
+        COMPLAINTS_HTTP_PORT=str(devinfra.free_port()),
+        COMPLAINTS_DATABASE_URL=ADMIN_DSN.rsplit("/", 1)[0] + f"/{missing}",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        "up",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    text = " ".join(out.decode().split())  # the console wraps long lines
+    assert proc.returncode == 1, text
+    assert f'database "{missing}" does not exist' in text and "COMPLAINTS_DATABASE_URL" in text
+    assert "Traceback" not in text
+    await asyncio.sleep(0.5)
+    assert _orphan_brokers() <= before  # the broker it started was stopped
