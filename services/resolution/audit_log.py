@@ -86,8 +86,8 @@ async def published_heads(settings: Settings, topic: str, *, timeout_s: float = 
     consumer = AIOKafkaConsumer(
         **settings.kafka_client_options(), enable_auto_commit=False, client_id="complaints-audit"
     )
-    await consumer.start()
     try:
+        await consumer.start()  # (one that cannot reach the broker is stopped all the same)
         await consumer.topics()  # metadata for every topic
         parts = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
