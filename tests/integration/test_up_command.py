@@ -59,6 +59,20 @@ class OtlpReceiver:
         self.server.shutdown()
 
 
+async def _complaints_up(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`complaints up` in a process of its own, its output (stdout and stderr) piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "complaints",
+        "up",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
 async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tmp_path):
     # its own database: its mailer must not deliver the other tests' receipts
     name = f"complaints_up_{uuid.uuid4().hex[:8]}"
@@ -74,16 +88,7 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        "up",
-        "--demo",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await _complaints_up(env, "--demo")
     lines: list[str] = []
     try:
 
@@ -156,15 +161,7 @@ async def test_up_with_a_missing_database_says_so_and_leaves_nothing_running(tmp
         COMPLAINTS_HTTP_PORT=str(devinfra.free_port()),
         COMPLAINTS_DATABASE_URL=ADMIN_DSN.rsplit("/", 1)[0] + f"/{missing}",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "complaints",
-        "up",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await _complaints_up(env)
     out, _ = await asyncio.wait_for(proc.communicate(), 90)
     text = " ".join(out.decode().split())  # the console wraps long lines
     assert proc.returncode == 1, text
