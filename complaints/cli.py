@@ -74,7 +74,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
     except (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         err.print(
-            f"[red]the database refused us[/]: {exc}; create it, or point "
+            f"[red]the database refused us[/]: {escape(str(exc))}; create it, or point "
             "COMPLAINTS_DATABASE_URL at one that exists and lets this user in"
         )
         raise typer.Exit(1) from None

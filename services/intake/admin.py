@@ -160,6 +160,7 @@ async def remove_staff(settings: Settings, staff_id: str) -> list[str]:
     """Deactivate a member: no new cases, their unacknowledged ones reassigned, every token of
     theirs refused. Returns the complaint ids moved."""
     async with _transaction(settings) as conn:
+        await repository.lock_member_teams(conn, staff_id)
         before = await repository.update_staff(conn, staff_id, active=False, available=False)
         if before is None:
             raise AdminError(f"no staff member {staff_id}")
@@ -209,19 +210,26 @@ async def set_staff(settings: Settings, staff_id: str, **changes: Any) -> list[s
     changes = {k: v for k, v in changes.items() if v is not None}
     _check_member(changes.get("role"), changes.get("languages"), changes.get("capacity"))
     async with _transaction(settings) as conn:
-        before = await repository.update_staff(conn, staff_id, **changes)
-        if before is None:
-            raise AdminError(f"no staff member {staff_id}")
-        if not before["active"]:
-            raise AdminError(f"staff member {staff_id} was removed")
-        await announce_staff(conn)
-        leaving = (before["available"] and changes.get("available") is False) or (
-            "team" in changes and changes["team"] != before["team"]
-        )
-        if not leaving:
-            return []
-        why = "assignee unavailable" if changes.get("available") is False else "assignee moved team"
-        return await handlers.reassign_from(conn, staff_id, reason=why, now=utcnow())
+        return await change_staff(conn, staff_id, **changes)
+
+
+async def change_staff(conn: Conn, staff_id: str, **changes: Any) -> list[str]:
+    """`set_staff`'s change (checked values, None left out), in the caller's transaction."""
+    if changes.get("available") is False or "team" in changes:  # may reassign their cases
+        await repository.lock_member_teams(conn, staff_id, joining=changes.get("team"))
+    before = await repository.update_staff(conn, staff_id, **changes)
+    if before is None:
+        raise AdminError(f"no staff member {staff_id}")
+    if not before["active"]:
+        raise AdminError(f"staff member {staff_id} was removed")
+    await announce_staff(conn)
+    leaving = (before["available"] and changes.get("available") is False) or (
+        "team" in changes and changes["team"] != before["team"]
+    )
+    if not leaving:
+        return []
+    why = "assignee unavailable" if changes.get("available") is False else "assignee moved team"
+    return await handlers.reassign_from(conn, staff_id, reason=why, now=utcnow())
 
 
 async def list_staff(settings: Settings) -> list[dict[str, Any]]:

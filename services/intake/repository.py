@@ -273,18 +273,42 @@ async def lock_holders(conn: Conn, complaint_ids: Sequence[str], also: Sequence[
     """Lock the members who hold these cases, and those `also` names, in the order
     `lock_teams` locks a team's (team, then id), until the transaction ends. The follower's
     rounds then change their load in whatever order their events come, and a batch of
-    submissions locking one of their teams at the same time waits for it or it for the batch,
-    never each for the other (a deadlock: a second's stall, then one of them again)."""
-    if complaint_ids or also:
-        await conn.execute(
-            """SELECT FROM staff s
-               WHERE s.staff_id IN (SELECT a.staff_id FROM assignments a
-                                    WHERE a.complaint_id = ANY($1::text[]))
-                  OR s.staff_id = ANY($2::text[])
+    submissions locking one of their teams at the same time waits for it or it for the batch:
+    neither holds one member while waiting for another the other holds (a deadlock: a second's
+    stall, then one of them again). A case moved to someone else while this waited (a member
+    made unavailable) has its new holder locked after the others."""
+    locked: set[str] = set()
+    wanted = set(also)
+    while True:
+        fresh = await conn.fetch(
+            """SELECT s.staff_id FROM staff s
+               WHERE (s.staff_id IN (SELECT a.staff_id FROM assignments a
+                                     WHERE a.complaint_id = ANY($1::text[]))
+                      OR s.staff_id = ANY($2::text[]))
+                 AND NOT s.staff_id = ANY($3::text[])
                ORDER BY s.team, s.staff_id FOR UPDATE OF s""",
             list(complaint_ids),
-            list(also),
+            list(wanted),
+            list(locked),
         )
+        if not fresh:
+            return
+        locked.update(r["staff_id"] for r in fresh)
+        wanted = set()  # only holders can have changed: read them again, now that none can
+
+
+async def lock_member_teams(conn: Conn, staff_id: str, *, joining: str | None = None) -> None:
+    """Before a member's change that may reassign their cases (removed, unavailable, moved to
+    `joining`): lock every team the change touches (theirs, the one they join, those of their
+    unacknowledged cases) in `lock_teams`' order, at once, so that the reassignment, which locks
+    the teams one case at a time, never waits for a team while holding another that a batch of
+    submissions or the follower waits for."""
+    teams = await conn.fetch(
+        """SELECT team FROM staff WHERE staff_id = $1
+           UNION SELECT team FROM assignments WHERE staff_id = $1 AND open AND NOT acknowledged""",
+        staff_id,
+    )
+    await lock_teams(conn, [r["team"] for r in teams] + ([joining] if joining else []))
 
 
 async def cases_open(conn: Conn, opens: Mapping[str, bool]) -> None:

@@ -4,12 +4,13 @@ order, several cases of one member at once, a redelivered event changing nothing
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from services.intake import admin as intake_admin
 from services.intake import handlers, repository
 from shared import db, migrate
 from shared.events import CloudEvent, EventType, SubmittedData, new_event
@@ -172,24 +173,55 @@ async def test_the_follower_locks_members_in_the_order_submissions_do(pool: db.P
         await _member(conn, "cat")
         moved = _event(EventType.ASSIGNED, y, from_assignee="amy", to_assignee="cat")
         await handlers.follow_cases(conn, [moved], NOW)
+        # amy's row after cat's in the table: locks taken in the table's order would be wrong
+        await conn.execute("UPDATE staff SET name = name WHERE staff_id = 'amy'")
     batch = [
         _event(EventType.ACKNOWLEDGED, x),  # round 1: no load changes
         _event(EventType.CLOSED, y),  # round 1: cat's load
         _event(EventType.CLOSED, x),  # round 2: amy's load
     ]
-    async with pool.acquire() as submissions, pool.acquire() as follower:
-        async with submissions.transaction():
-            await submissions.execute("SET LOCAL lock_timeout = '3s'")
-            await submissions.execute("SELECT FROM staff WHERE staff_id = 'amy' FOR UPDATE")
+    async with pool.acquire() as follower:
 
-            async def follow() -> None:
-                async with follower.transaction():
-                    await handlers.follow_cases(follower, batch, NOW)
+        async def follow() -> None:
+            async with follower.transaction():
+                await handlers.follow_cases(follower, batch, NOW)
 
-            following = asyncio.create_task(follow())
-            await _waiting_on_a_lock(submissions, follower.get_server_pid())
-            # the rest of the team, as `lock_teams` goes on: cat must be free
-            await submissions.execute("SELECT FROM staff WHERE staff_id = 'cat' FOR UPDATE")
-        await following
+        await _beside_a_team_lock(pool, follower, follow)
         loads = dict(await follower.fetch("SELECT staff_id, open_load FROM staff"))
     assert loads == {"amy": 0, "cat": 0}
+
+
+async def _beside_a_team_lock(
+    pool: db.Pool, other: db.Conn, work: Callable[[], Awaitable[object]]
+) -> None:
+    """Run `work` (on `other`) while a batch of submissions locks the team amy and cat are in,
+    as `lock_teams` does (amy, then cat), caught between the two: `work` must wait for amy
+    holding neither, or the batch waits for cat while `work` waits for amy (a deadlock)."""
+    async with pool.acquire() as submissions, submissions.transaction():
+        await submissions.execute("SET LOCAL lock_timeout = '3s'")
+        await submissions.execute("SELECT FROM staff WHERE staff_id = 'amy' FOR UPDATE")
+        working = asyncio.create_task(work())
+        await _waiting_on_a_lock(submissions, other.get_server_pid())
+        await submissions.execute("SELECT FROM staff WHERE staff_id = 'cat' FOR UPDATE")
+    await working
+
+
+async def test_a_member_made_unavailable_locks_the_team_before_their_own_row(
+    pool: db.Pool,
+) -> None:
+    # making cat unavailable moves cat's unacknowledged case to amy; it locked cat's row
+    # first and the team (amy, cat) only when reassigning: a batch of submissions holding amy
+    # and waiting for cat deadlocked with it
+    async with pool.acquire() as conn, conn.transaction():
+        await _member(conn, "cat")
+        await handlers.accept_many(conn, [_submission(3)], now=NOW)
+        await _member(conn, "amy")
+    async with pool.acquire() as admin_conn:
+
+        async def unavailable() -> list[str]:
+            async with admin_conn.transaction():
+                return await intake_admin.change_staff(admin_conn, "cat", available=False)
+
+        await _beside_a_team_lock(pool, admin_conn, unavailable)
+        holders = await admin_conn.fetch("SELECT staff_id FROM assignments")
+    assert [r["staff_id"] for r in holders] == ["amy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -101,7 +102,10 @@ async def test_up_demo_prints_urls_shows_flow_exports_spans_and_stops_cleanly(tm
         await asyncio.wait_for(read_until("complaints is up"), 90)
         await asyncio.wait_for(read_until("notification.sent", 2), 90)
         # the first complaint's own events are printed too (the traffic waits for the printer)
-        first = next(line for line in lines if "POST /v1/complaints" in line).split()[-1]
+        posted = next(line for line in lines if "POST /v1/complaints" in line)
+        accepted = re.search(r" 202 ([0-9a-f-]{36})$", posted.rstrip())
+        assert accepted, posted  # the demo's first complaint was accepted
+        first = accepted.group(1)
         received = f"event {'complaint.received':<24} {first[:8]}"  # as the printer writes it
         await asyncio.wait_for(read_until(received), 30)
         # the simulated staff take cases to an outcome
