@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from complaints.samples import activate_policy as activate_policy
 from complaints.samples import clocks_in_seconds as clocks_in_seconds
 from complaints.samples import produce_submissions as produce_submissions
 from complaints.samples import submission as submission
+from services.intake import repository as intake_repository
 
 T = TypeVar("T")
 
@@ -137,3 +138,17 @@ def remedy_granted(band: str, amount: Decimal | None, at: datetime, **facts: Any
         "policy_version": 1,
         "at": at,
     } | facts
+
+
+async def add_agent(conn: Any, staff_id: str, *, languages: Sequence[str] = ("en",)) -> None:
+    """An available agent of `customer-care` (capacity 10) in intake's directory, on `conn`."""
+    await intake_repository.add_staff(
+        conn,
+        staff_id=staff_id,
+        name=staff_id,
+        team="customer-care",
+        role="agent",
+        languages=list(languages),
+        capacity=10,
+        available=True,
+    )

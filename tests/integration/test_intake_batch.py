@@ -18,6 +18,7 @@ from services.intake import handlers, repository
 from shared import db, ids, migrate
 from shared.events import SubmittedData
 from tests.conftest import shared_schema
+from tests.support import add_agent
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 TRACE = {"traceparent": "00-0af7651916cd43dd8445a5ef6b3e9c1f-b7ad6b7169203331-01"}
@@ -98,16 +99,7 @@ async def _run_batches(pool: db.Pool) -> tuple[list[tuple[str, bool]], dict[str,
     outbox rows, complaints, holders and staff it left (the earlier submission's excluded)."""
     async with pool.acquire() as conn, conn.transaction():
         for staff_id in ("amy", "bob"):
-            await repository.add_staff(
-                conn,
-                staff_id=staff_id,
-                name=staff_id,
-                team="customer-care",
-                role="agent",
-                languages=["nl", "en"],
-                capacity=10,
-                available=True,
-            )
+            await add_agent(conn, staff_id, languages=["nl", "en"])
         ((earlier, _),) = await handlers.accept_many(
             conn, [_earlier()], now=NOW - timedelta(days=2)
         )

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from services.intake import admin as intake_admin
-from services.intake import handlers, repository
+from services.intake import handlers
 from shared import db, migrate
 from shared.events import CloudEvent, EventType, SubmittedData, new_event
 from tests.conftest import shared_schema
+from tests.support import add_agent
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
@@ -42,44 +43,30 @@ def _other(type_: str, complaint_id: str) -> tuple[handlers.CaseEvent, dict[str,
     return (event, None), {}
 
 
-async def _member(conn: db.Conn, staff_id: str) -> None:
-    await repository.add_staff(
-        conn,
-        staff_id=staff_id,
-        name=staff_id,
-        team="customer-care",
-        role="agent",
-        languages=["en"],
-        capacity=10,
-        available=True,
+def _submission(external_id: str, customer_id: str) -> handlers.Submission:
+    return handlers.Submission(
+        SubmittedData.model_validate(
+            {
+                "external_id": external_id,
+                "channel": "web",
+                "category": "service",
+                "description": "Late.",
+                "customer": {"id": customer_id, "name": "C", "email": "c@example.com"},
+            }
+        ),
+        "web/test",
+        {},
     )
 
 
 async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await _member(conn, "amy")
+        await add_agent(conn, "amy")
         accepted = await handlers.accept_many(
-            conn,
-            [
-                handlers.Submission(
-                    SubmittedData.model_validate(
-                        {
-                            "external_id": f"web-{n}",
-                            "channel": "web",
-                            "category": "service",
-                            "description": "Late.",
-                            "customer": {"id": "c-1", "name": "C", "email": "c@example.com"},
-                        }
-                    ),
-                    "web/test",
-                    {},
-                )
-                for n in range(4)
-            ],
-            now=NOW,
+            conn, [_submission(f"web-{n}", "c-1") for n in range(4)], now=NOW
         )
         a, b, c, d = (complaint_id for complaint_id, _ in accepted)
-        await _member(conn, "bob")  # after the cases went to amy
+        await add_agent(conn, "bob")  # after the cases went to amy
         weights = {
             r["complaint_id"]: r["weight"]
             for r in await conn.fetch("SELECT complaint_id, weight, staff_id FROM assignments")
@@ -135,22 +122,6 @@ async def test_a_batch_applies_each_cases_events_in_order(pool: db.Pool) -> None
         assert (rows[d]["reopens"], rows[d]["last_reopened_at"]) == (1, NOW + timedelta(hours=2))
 
 
-def _submission(n: int) -> handlers.Submission:
-    return handlers.Submission(
-        SubmittedData.model_validate(
-            {
-                "external_id": f"web-lock-{n}",
-                "channel": "web",
-                "category": "service",
-                "description": "Late.",
-                "customer": {"id": f"c-{n}", "name": "C", "email": "c@example.com"},
-            }
-        ),
-        "web/test",
-        {},
-    )
-
-
 async def _waiting_on_a_lock(conn: db.Conn, pid: int) -> None:
     for _ in range(200):
         waiting = await conn.fetchval(
@@ -167,10 +138,11 @@ async def test_the_follower_locks_members_in_the_order_submissions_do(pool: db.P
     # batch whose first round frees cat's load and second amy's must not take cat first
     # and then wait for amy while the submissions wait for cat (a deadlock)
     async with pool.acquire() as conn, conn.transaction():
-        await _member(conn, "amy")
-        accepted = await handlers.accept_many(conn, [_submission(1), _submission(2)], now=NOW)
+        await add_agent(conn, "amy")
+        submissions = [_submission(f"web-lock-{n}", f"c-{n}") for n in (1, 2)]
+        accepted = await handlers.accept_many(conn, submissions, now=NOW)
         x, y = (complaint_id for complaint_id, _ in accepted)
-        await _member(conn, "cat")
+        await add_agent(conn, "cat")
         moved = _event(EventType.ASSIGNED, y, from_assignee="amy", to_assignee="cat")
         await handlers.follow_cases(conn, [moved], NOW)
         # amy's row after cat's in the table: locks taken in the table's order would be wrong
@@ -213,9 +185,9 @@ async def test_a_member_made_unavailable_locks_the_team_before_their_own_row(
     # first and the team (amy, cat) only when reassigning: a batch of submissions holding amy
     # and waiting for cat deadlocked with it
     async with pool.acquire() as conn, conn.transaction():
-        await _member(conn, "cat")
-        await handlers.accept_many(conn, [_submission(3)], now=NOW)
-        await _member(conn, "amy")
+        await add_agent(conn, "cat")
+        await handlers.accept_many(conn, [_submission("web-lock-3", "c-3")], now=NOW)
+        await add_agent(conn, "amy")
     async with pool.acquire() as admin_conn:
 
         async def unavailable() -> list[str]:
