@@ -161,8 +161,10 @@ def enqueued(conn: Conn, messages: Sequence[Message]) -> db.Write:
 
 def _write(messages: Sequence[Message]) -> db.Write:
     """The outbox rows of `messages`, one statement for the lot, in the given order (ids
-    follow it: the relay publishes by id)."""
+    follow it: the relay publishes by id), each event of `topics.CASE_FEED` followed by its
+    copy for the internal cases feed (`topics.CASES`)."""
     current = inject_headers()
+    messages = _with_case_feed(messages)
     return db.Write(
         _ENQUEUE_SQL,
         (
@@ -176,6 +178,20 @@ def _write(messages: Sequence[Message]) -> db.Write:
             ],
         ),
     )
+
+
+def _with_case_feed(messages: Sequence[Message]) -> Sequence[Message]:
+    """`messages`, each domain event that changes what intake keeps of a case followed by the
+    same event (same id, key and trace) bound for `topics.CASES`."""
+    feed = topics.CASE_FEED
+    if not any(m.topic == topics.EVENTS and m.event.type in feed for m in messages):
+        return messages
+    teed: list[Message] = []
+    for m in messages:
+        teed.append(m)
+        if m.topic == topics.EVENTS and m.event.type in feed:
+            teed.append(Message(topics.CASES, m.key, m.event, m.trace))
+    return teed
 
 
 _ENQUEUE_SQL = (

@@ -13,7 +13,24 @@ CHANNEL_KEYS = "complaints.internal.channel-keys.v1"
 # published by intake, which owns it, for the services that check tokens and authority.
 STAFF = "complaints.internal.staff.v1"
 
-ALL = (SUBMITTED, EVENTS, DEADLETTER, COMMANDS, CHANNEL_KEYS, STAFF)
+# Internal: a copy of each event that changes what intake keeps of a case (who holds it,
+# whether it is open, its outcome, the customer's rating), keyed by complaint id, written by
+# the outbox of whichever service publishes the event (`outbox.enqueue`). Intake follows this
+# feed instead of the whole of `EVENTS`: most events there (its own two per complaint, every
+# notification) are of no use to it, and reading them cost about a tenth of its CPU.
+CASES = "complaints.internal.cases.v1"
+CASE_FEED = frozenset(
+    {
+        "complaint.acknowledged",
+        "complaint.assigned",
+        "complaint.resolved",
+        "complaint.reopened",
+        "complaint.closed",
+        "complaint.feedback_received",
+    }
+)
+
+ALL = (SUBMITTED, EVENTS, DEADLETTER, COMMANDS, CHANNEL_KEYS, STAFF, CASES)
 
 # The internal topics carry the latest state per key (a member, a key): compacted, so a
 # service started a year later still learns every member and key, while old states go.

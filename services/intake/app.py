@@ -18,7 +18,7 @@ class Intake(Service):
         self.submissions = api.install(self, self.router)
         self.consume_together(topics.SUBMITTED, handlers.parse_record, handlers.apply_submissions)
         self.consume_together(
-            topics.EVENTS,
+            topics.CASES,
             handlers.parse_case_event,
             handlers.follow_cases,
             group=f"{self.group_id}-cases",

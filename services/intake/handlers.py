@@ -453,8 +453,9 @@ class _Round:
 
 
 # What later events say about a case, as intake tracks it for open load and customer history,
-# with the model each is read as; the other events on the topic are skipped unread (by their
-# type header), or, without one, read and passed over.
+# with the model each is read as: the types of the internal cases feed (`topics.CASE_FEED`,
+# which every service's outbox writes for intake). Another type there would be skipped unread
+# (by its type header), or, without one, read and passed over.
 @dataclass(frozen=True)
 class _Followed:
     """A type of event intake follows: its data's model, and what it changes in a round."""
@@ -476,7 +477,7 @@ CaseEvent = tuple[CloudEvent, CaseEventData | None]
 
 
 def parse_case_event(record: Record) -> CaseEvent:
-    """The event in a record of `complaints.events.v1` and its data when intake follows its
+    """The event in a record of the internal cases feed and its data when intake follows its
     type (None when it does not), or `Rejected` saying why not."""
     return decode(record, FOLLOWED)
 

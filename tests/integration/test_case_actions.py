@@ -117,6 +117,52 @@ async def test_within_authority_applies_at_once_and_resolves(running) -> None:
     assert "agent-" not in channel.text  # the channel never learns who on the staff acted
 
 
+async def test_intake_learns_what_staff_decided_through_the_case_feed(running) -> None:
+    """Resolution's outbox copies each event that changes a case as intake keeps it onto the
+    internal cases feed, same id, and intake follows that feed alone: the acknowledgement,
+    the outcome and the freed capacity reach it; nothing else is copied."""
+    case = await _opened(running)
+    agent = await case.member("agent")
+    holder = (await case.view())["assignee"]
+    assert (await case.act(agent, {"action": "acknowledge"})).status_code == 200
+    resolved = await case.act(
+        agent, {"action": "resolve", "outcome": "not_upheld", "message": "As agreed."}
+    )
+    assert resolved.status_code == 200, resolved.text
+
+    async def learnt():
+        rows = await running.sql(
+            "SELECT a.acknowledged, a.open, c.outcome FROM intake.assignments a "
+            "JOIN intake.complaints c USING (complaint_id) WHERE complaint_id = $1",
+            case.id,
+        )
+        return tuple(rows[0]) == (True, False, "not_upheld")
+
+    await eventually(learnt, what="intake to learn the acknowledgement and the outcome")
+    if holder is not None:
+        drift = await running.sql(
+            """SELECT open_load, (SELECT coalesce(sum(weight), 0) FROM intake.assignments a
+                                  WHERE a.staff_id = s.staff_id AND a.open) AS held
+               FROM intake.staff s WHERE staff_id = $1""",
+            holder,
+        )
+        assert drift[0]["open_load"] == drift[0]["held"]
+
+    def of_case(topic_records: list[Any]) -> list[tuple[str, str]]:
+        return [
+            (event["id"], event["type"])
+            for event in (json.loads(r.value) for r in topic_records if r.key == case.id.encode())
+        ]
+
+    async def fed():
+        return of_case(await read_topic(running.settings.kafka_bootstrap, topics.CASES)) or None
+
+    feed = await eventually(fed, what="the case feed")
+    published = of_case(await read_topic(running.settings.kafka_bootstrap, topics.EVENTS))
+    assert [t for _, t in feed] == ["complaint.acknowledged", "complaint.resolved"]
+    assert [e for e in published if e[1] in topics.CASE_FEED] == feed
+
+
 async def test_above_authority_waits_for_the_lowest_role_that_covers_it(running) -> None:
     case = await _opened(running)
     agent = await case.member("agent")

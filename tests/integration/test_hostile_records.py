@@ -141,15 +141,20 @@ async def test_a_deep_document_is_dead_lettered_not_looped(running: Running):
 
 
 async def test_a_deep_event_stalls_no_consumer_of_the_events_topic(running: Running):
-    """Finding 2 on `complaints.events.v1`: resolution, notify and intake's follower each
-    dead-letter it, and go on with the events behind it."""
+    """Finding 2 on `complaints.events.v1`: resolution and notify each dead-letter it, and go
+    on with the events behind it; so does intake's follower on the internal cases feed."""
     key = f"poison-{uuid.uuid4().hex[:8]}".encode()
     await produce(running, topics.EVENTS, [(key, DEEP, [])])
+    await produce(running, topics.CASES, [(key, DEEP, [])])
 
-    for schema in ("resolution", "notify", "intake"):
+    for schema, topic in (
+        ("resolution", topics.EVENTS),
+        ("notify", topics.EVENTS),
+        ("intake", topics.CASES),
+    ):
         (letter,) = await letters(running, schema, key, 1)
         assert letter["reason_code"] == "too_deep"
-        assert letter["topic"] == topics.EVENTS
+        assert letter["topic"] == topic
     await fresh_complaint_is_routed(running)
 
 

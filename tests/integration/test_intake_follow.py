@@ -12,7 +12,7 @@ import pytest
 
 from services.intake import admin as intake_admin
 from services.intake import handlers
-from shared import db, migrate
+from shared import db, migrate, outbox, topics
 from shared.events import CloudEvent, EventType, SubmittedData, new_event
 from tests.conftest import shared_schema
 from tests.support import add_agent
@@ -197,3 +197,47 @@ async def test_a_member_made_unavailable_locks_the_team_before_their_own_row(
         await _beside_a_team_lock(pool, admin_conn, unavailable)
         holders = await admin_conn.fetch("SELECT staff_id FROM assignments")
     assert [r["staff_id"] for r in holders] == ["amy"]
+
+
+def test_intake_follows_exactly_the_case_feeds_types() -> None:
+    assert set(handlers.FOLLOWED) == topics.CASE_FEED
+
+
+async def test_the_outbox_copies_case_changes_to_the_internal_feed(pool: db.Pool) -> None:
+    """Each event of the case feed's types is written twice, the copy for `topics.CASES`
+    right after it with the same id, key, bytes and trace; other events once."""
+
+    def message(type_: str, trace: dict[str, str] | None = None) -> outbox.Message:
+        data = {"complaint_id": "c-1", "actor": "amy", "at": "2026-12-02T10:00:00Z"}
+        return outbox.complaint_event(
+            type_, source="complaints/test", complaint_id="c-1", data=data, at=NOW, trace=trace
+        )
+
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    messages = [
+        message(EventType.RECEIVED),
+        message(EventType.RESOLVED, trace),
+        message(EventType.SLA_WARNING),
+        message(EventType.CLOSED),
+    ]
+    async with pool.acquire() as conn:
+        await outbox.enqueue(conn, messages)
+        rows = await conn.fetch(
+            "SELECT event_id, topic, key, value, headers FROM outbox "
+            "WHERE event_id = ANY($1::text[]) ORDER BY id",
+            [m.event.id for m in messages],
+        )
+    received, resolved, warning, closed = (m.event.id for m in messages)
+    assert [(r["event_id"], r["topic"]) for r in rows] == [
+        (received, topics.EVENTS),
+        (resolved, topics.EVENTS),
+        (resolved, topics.CASES),
+        (warning, topics.EVENTS),
+        (closed, topics.EVENTS),
+        (closed, topics.CASES),
+    ]
+    for original, copy in ((rows[1], rows[2]), (rows[4], rows[5])):
+        assert [original[k] for k in ("key", "value", "headers")] == [
+            copy[k] for k in ("key", "value", "headers")
+        ]
+    assert rows[2]["headers"]["traceparent"] == trace["traceparent"]
