@@ -550,6 +550,8 @@ def sampled_out_headers(stored: dict[str, str]) -> list[tuple[str, bytes]] | Non
     parent = sampled_out_parent(stored)
     if parent is None:
         return None
+    if LEGACY_TYPE_HEADER not in stored:  # (all but rows stored before the rename) as stored
+        return [(k, v.encode()) for k, v in stored.items()]
     headers = _own_headers(stored)
     headers["traceparent"] = parent
     return [(k, v.encode()) for k, v in headers.items()]
