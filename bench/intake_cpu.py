@@ -7,6 +7,9 @@ to the last `complaint.routed`, so the figure covers accepting, routing, the out
 the follower consumer: all intake does per complaint.
 
     python -m bench.intake_cpu --complaints 10000 --runs 3
+
+`--upgrading` measures an intake that also reads `complaints.events.v1`, as during a rolling
+upgrade from a version before the internal cases feed (`COMPLAINTS_INTAKE_FOLLOW_EVENTS_TOPIC`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from bench.common import cpu_seconds, running_system
 from bench.intake import kafka_phase
 
 
-async def main(count: int, runs: int, warmup: int) -> None:
+async def main(count: int, runs: int, warmup: int, upgrading: bool) -> None:
+    overrides = {"intake_follow_events_topic": "true"} if upgrading else None
+    print("intake reads the cases feed" + (" and complaints.events.v1" if upgrading else ""))
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_system(Path(tmp), "serve", "intake") as bench:
+        async with running_system(Path(tmp), "serve", "intake", overrides=overrides) as bench:
             await kafka_phase(bench, warmup, None)
             per_complaint: list[float] = []
             rates: list[float] = []
@@ -50,5 +55,6 @@ if __name__ == "__main__":
     parser.add_argument("--complaints", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument("--upgrading", action="store_true", help="follow the events topic too")
     args = parser.parse_args()
-    asyncio.run(main(args.complaints, args.runs, args.warmup))
+    asyncio.run(main(args.complaints, args.runs, args.warmup, args.upgrading))

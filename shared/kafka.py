@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -71,6 +71,26 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
             )
     finally:
         await admin.close()
+
+
+async def group_has_read(settings: Settings, group_id: str, topic: str) -> bool:
+    """Whether consumer group `group_id` has committed an offset on any partition of `topic`
+    (asked as its consumers ask: the dev broker does not answer the admin client's form)."""
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_options(), group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        for partition in sorted(partitions):
+            if await consumer.committed(TopicPartition(topic, partition)) is not None:
+                return True
+        return False
+    finally:
+        await consumer.stop()
 
 
 _M = 0x5BD1E995

@@ -151,7 +151,7 @@ class Service:
 
     def consume_together(
         self,
-        topic: str,
+        topic: str | tuple[str, ...],
         parse: Callable[[kafka.Record], T],
         apply: Callable[[Conn, list[tuple[T, dict[str, str]]], datetime], Awaitable[object]],
         *,
@@ -161,7 +161,8 @@ class Service:
         skip: Collection[str] = (),
         follower: bool = False,
     ) -> None:
-        """Consume `topic` in batches applied all at once (see `kafka.process_batch_together`);
+        """Consume `topic` (or several, one group) in batches applied all at once (see
+        `kafka.process_batch_together`);
         after a batch commits, `after` is called (the commit itself wakes the
         workers it gave work, see `db.wake_after_commit`). Records whose type header names a
         type not in `only` (when given) or in `skip` are passed over unread (`apply` must still
@@ -195,7 +196,7 @@ class Service:
 
     def _subscribe(
         self,
-        topic: str,
+        topic: str | tuple[str, ...],
         consumer: kafka.Consumer,
         process: Callable[[list[kafka.Record], datetime], Awaitable[None]],
         after: Callable[[], None] | None,
@@ -219,7 +220,7 @@ class Service:
             self._judged[group_id] = None
 
         @self.broker.subscriber(  # type: ignore[untyped-decorator]
-            topic,
+            *((topic,) if isinstance(topic, str) else topic),
             group_id=group_id,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             parser=kafka.raw_batch,

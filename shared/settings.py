@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # Consumers off every latency path (intake following case outcomes for staff load) fetch
     # at most this often, in larger batches: fewer fetches and offset commits for the broker.
     kafka_follower_fetch_wait_ms: int = Field(default=250, ge=1)
+    # Intake also follows case changes on complaints.events.v1, where versions before the
+    # internal cases feed (topics.CASES) read them: for a rolling upgrade from such a version.
+    # Unset: it does when its group has read that topic before (an earlier version ran), not
+    # on a new installation. Set false once every service runs this version and intake's
+    # `complaints-intake-cases` group has no lag on complaints.events.v1. Gone next version.
+    intake_follow_events_topic: bool | None = None
 
     # Signs staff and customer tokens; `complaints up` keeps a generated one in the state dir.
     auth_secret: SecretStr | None = None

@@ -199,10 +199,6 @@ async def test_a_member_made_unavailable_locks_the_team_before_their_own_row(
     assert [r["staff_id"] for r in holders] == ["amy"]
 
 
-def test_intake_follows_exactly_the_case_feeds_types() -> None:
-    assert set(handlers.FOLLOWED) == topics.CASE_FEED
-
-
 async def test_the_outbox_copies_case_changes_to_the_internal_feed(pool: db.Pool) -> None:
     """Each event of the case feed's types is written twice, the copy for `topics.CASES`
     right after it with the same id, key, bytes and trace; other events once."""

@@ -13,7 +13,7 @@ SCRIPT = (Path(__file__).parents[2] / "deploy" / "topics.sh").read_text()
 def _loop_topics(config: str) -> set[str]:
     """The topics of the script's `for` loop whose `create` passes `config`."""
     found: set[str] = set()
-    for names, body in re.findall(r"for topic in (.*?); do\n(.*?)\ndone", SCRIPT, re.S):
+    for names, body in re.findall(r"for name in (.*?); do\n(.*?)\ndone", SCRIPT, re.S):
         if config in body:
             found |= set(names.replace("\\\n", " ").split())
     return found

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from services.intake.handlers import FOLLOWED, MAX_RECORD_BYTES, parse_submitted
+from shared import topics
 from shared.events import EventType, new_event
 from shared.kafka import Record, Rejected
 from tests.support import submission
@@ -116,3 +117,7 @@ def test_the_key_partitioner_agrees_with_kafkas_default_partitioner():
         theirs(k, partitions, partitions) for k in keys
     ]
     assert ours(None, partitions, [3]) == 3
+
+
+def test_intake_follows_exactly_the_case_feeds_types() -> None:
+    assert set(FOLLOWED) == topics.CASE_FEED

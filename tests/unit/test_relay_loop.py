@@ -283,3 +283,12 @@ def test_a_legacy_type_header_is_renamed_on_the_sampled_out_path_too():
         ("event-type", b"e.t"),
         ("traceparent", UNSAMPLED.encode()),
     ]
+
+
+def test_a_sampled_out_row_goes_out_with_its_headers_as_stored():
+    stored = {"event-type": "e.t", "traceparent": UNSAMPLED, "content-type": "application/json"}
+    assert sampled_out_headers(stored) == [
+        ("event-type", b"e.t"),
+        ("traceparent", UNSAMPLED.encode()),
+        ("content-type", b"application/json"),
+    ]
