@@ -73,24 +73,32 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = topics.ALL) -
         await admin.close()
 
 
-async def group_has_read(settings: Settings, group_id: str, topic: str) -> bool:
+async def group_has_read(
+    settings: Settings, group_id: str, topic: str, *, timeout_s: float = 15.0
+) -> bool:
     """Whether consumer group `group_id` has committed an offset on any partition of `topic`
-    (asked as its consumers ask: the dev broker does not answer the admin client's form)."""
+    (asked as its consumers ask, without joining it: the dev broker does not answer the admin
+    client's form). Raises when it cannot tell within `timeout_s`: the broker away, or no
+    such topic."""
     consumer = AIOKafkaConsumer(
         **settings.kafka_client_options(), group_id=group_id, enable_auto_commit=False
     )
-    await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        for partition in sorted(partitions):
-            if await consumer.committed(TopicPartition(topic, partition)) is not None:
-                return True
-        return False
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                raise LookupError(f"{topic}: the broker does not know this topic")
+            committed = await asyncio.gather(
+                *(consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions))
+            )
+            return any(offset is not None for offset in committed)
     finally:
-        await consumer.stop()
+        with contextlib.suppress(Exception):
+            await consumer.stop()
 
 
 _M = 0x5BD1E995

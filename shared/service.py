@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
-from faststream import AckPolicy, FastStream
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
@@ -508,19 +508,6 @@ class Service:
         except Exception as exc:
             return {"outbox": {"status": f"unknown ({type(exc).__name__})"}}
         return {"outbox": relay, "deadletters": letters}
-
-    def as_faststream(self) -> FastStream:
-        """This service as a plain FastStream application (no HTTP)."""
-
-        @contextlib.asynccontextmanager
-        async def lifespan() -> AsyncIterator[None]:
-            await self.open()
-            try:
-                yield
-            finally:
-                await self.stop()
-
-        return FastStream(self.broker, lifespan=lifespan)
 
 
 class _BatchFailures:

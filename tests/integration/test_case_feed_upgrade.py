@@ -18,16 +18,18 @@ from tests.conftest import SECRET, Running, isolated_parts
 from tests.support import eventually, produce_submissions, submission
 
 
-async def _commit(settings: Settings, group: str, topic: str) -> None:
-    """Commit an offset for `group` on `topic`'s first partition, as its consumer would."""
+async def _commit(
+    settings: Settings, group: str, topic: str, partition: int = 0, offset: int = 0
+) -> None:
+    """Commit `offset` for `group` on a partition of `topic`, as its consumer would."""
     consumer = AIOKafkaConsumer(
         **settings.kafka_client_options(), group_id=group, enable_auto_commit=False
     )
-    await consumer.start()
     try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.commit({partition: 0})
+        await consumer.start()
+        where = TopicPartition(topic, partition)
+        consumer.assign([where])
+        await consumer.commit({where: offset})
     finally:
         await consumer.stop()
 
@@ -50,22 +52,32 @@ async def test_a_new_installation_follows_the_feed_alone(running: Running) -> No
 
 
 async def test_the_setting_decides_over_what_the_group_read(settings: Settings) -> None:
+    """Told to, intake follows the events topic though its group never read it; told not to,
+    it does not though its group did."""
     on = Intake(settings.model_copy(update={"intake_follow_events_topic": True}), secret=SECRET)
     off = Intake(settings.model_copy(update={"intake_follow_events_topic": False}), secret=SECRET)
-    for intake in (on, off):
-        intake.group_id = f"upgrade-{uuid.uuid4().hex[:8]}"
-        await _commit(settings, intake.cases_group, topics.EVENTS)
-    assert await on.case_topics() == (topics.CASES, topics.EVENTS)
-    assert await off.case_topics() == (topics.CASES,)
+    try:
+        for intake in (on, off):
+            intake.group_id = f"upgrade-{uuid.uuid4().hex[:8]}"
+        await _commit(settings, off.cases_group, topics.EVENTS)
+        assert await on.case_topics() == (topics.CASES, topics.EVENTS)
+        assert await off.case_topics() == (topics.CASES,)
+    finally:
+        for intake in (on, off):
+            intake.tracer_provider.shutdown()
 
 
 def _case_event(type_: str, complaint_id: str, **data: Any) -> bytes:
+    return _event(type_, complaint_id, **data).to_bytes()
+
+
+def _event(type_: str, complaint_id: str, **data: Any) -> Any:
     return new_event(
         type=type_,
         source="complaints/resolution",
         subject=complaint_id,
         data={"complaint_id": complaint_id, "actor": "amy", **data},
-    ).to_bytes()
+    )
 
 
 async def test_an_upgraded_intake_reads_both_topics_and_applies_each_event_once(smtp) -> None:
@@ -73,13 +85,18 @@ async def test_an_upgraded_intake_reads_both_topics_and_applies_each_event_once(
     group: the new one sees that, follows both topics, applies what an older resolution
     published there alone, and applies an event on both topics once."""
     async with isolated_parts(smtp, services=("intake",)) as settings:
-        await _commit(settings, "complaints-intake-cases", topics.EVENTS)  # the old version's
-        intake = system.build_services(settings, ["intake"], secret=SECRET)[0]
-        await intake.start()
-        conn = await asyncpg.connect(settings.require_database_url())
         producer = AIOKafkaProducer(**settings.kafka_client_options())
         await producer.start()
+        # the old version read this one and committed past it: it is not read again
+        applied = _event(EventType.REOPENED, "c-applied-before", reason="appeal")
+        where = await producer.send_and_wait(topics.EVENTS, applied.to_bytes(), key=b"c-1")
+        await _commit(
+            settings, "complaints-intake-cases", topics.EVENTS, where.partition, where.offset + 1
+        )
+        intake = system.build_services(settings, ["intake"], secret=SECRET)[0]
+        conn = await asyncpg.connect(settings.require_database_url())
         try:
+            await intake.start()
             sent = submission("phone", category="service")
             await produce_submissions(settings.kafka_bootstrap, [sent])
 
@@ -116,6 +133,10 @@ async def test_an_upgraded_intake_reads_both_topics_and_applies_each_event_once(
 
             row = await eventually(learnt, what="intake to read past every event")
             assert (row["outcome"], row["reopens"], row["satisfaction"]) == ("upheld", 1, 2)
+            seen = await conn.fetchval(
+                "SELECT count(*) FROM intake.inbox WHERE event_id = $1", applied.id
+            )
+            assert seen == 0  # it took up the events topic where the old version stopped
         finally:
             await producer.stop()
             await conn.close()
