@@ -86,10 +86,8 @@ async def group_has_read(
     try:
         async with asyncio.timeout(timeout_s):
             await consumer.start()
+            await consumer.topics()  # metadata for every topic
             partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
             if partitions is None:
                 raise LookupError(f"{topic}: the broker does not know this topic")
             committed = await asyncio.gather(

@@ -183,13 +183,10 @@ def _write(messages: Sequence[Message]) -> db.Write:
 def _with_case_feed(messages: Sequence[Message]) -> Sequence[Message]:
     """`messages`, each domain event that changes what intake keeps of a case followed by the
     same event (same id, key and trace) bound for `topics.CASES`."""
-    feed = topics.CASE_FEED
-    if not any(m.topic == topics.EVENTS and m.event.type in feed for m in messages):
-        return messages
     teed: list[Message] = []
     for m in messages:
         teed.append(m)
-        if m.topic == topics.EVENTS and m.event.type in feed:
+        if m.topic == topics.EVENTS and m.event.type in topics.CASE_FEED:
             teed.append(Message(topics.CASES, m.key, m.event, m.trace))
     return teed
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from complaints import system
 from services.intake.app import Intake
 from shared import kafka, topics
-from shared.events import EventType, new_event
+from shared.events import CloudEvent, EventType, new_event
 from shared.settings import Settings
 from tests.conftest import SECRET, Running, isolated_parts
 from tests.support import eventually, produce_submissions, submission
@@ -67,11 +67,7 @@ async def test_the_setting_decides_over_what_the_group_read(settings: Settings) 
             intake.tracer_provider.shutdown()
 
 
-def _case_event(type_: str, complaint_id: str, **data: Any) -> bytes:
-    return _event(type_, complaint_id, **data).to_bytes()
-
-
-def _event(type_: str, complaint_id: str, **data: Any) -> Any:
+def _event(type_: str, complaint_id: str, **data: Any) -> CloudEvent:
     return new_event(
         type=type_,
         source="complaints/resolution",
@@ -110,16 +106,16 @@ async def test_an_upgraded_intake_reads_both_topics_and_applies_each_event_once(
             complaint_id = await eventually(routed, what="the complaint routed")
             key = complaint_id.encode()
             # an older resolution: on the events topic only
-            resolved = _case_event(EventType.RESOLVED, complaint_id, outcome="upheld")
+            resolved = _event(EventType.RESOLVED, complaint_id, outcome="upheld").to_bytes()
             await producer.send_and_wait(topics.EVENTS, resolved, key=key)
             # a new one: the same event on both
-            reopened = _case_event(EventType.REOPENED, complaint_id, reason="appeal")
+            reopened = _event(EventType.REOPENED, complaint_id, reason="appeal").to_bytes()
             for topic in (topics.EVENTS, topics.CASES):
                 await producer.send_and_wait(topic, reopened, key=key)
             # and one more on each, so that both copies are known to have been read
-            rated = _case_event(EventType.FEEDBACK_RECEIVED, complaint_id, score=2)
+            rated = _event(EventType.FEEDBACK_RECEIVED, complaint_id, score=2).to_bytes()
             await producer.send_and_wait(topics.EVENTS, rated, key=key)
-            acknowledged = _case_event(EventType.ACKNOWLEDGED, complaint_id)
+            acknowledged = _event(EventType.ACKNOWLEDGED, complaint_id).to_bytes()
             await producer.send_and_wait(topics.CASES, acknowledged, key=key)
 
             async def learnt() -> Any:
